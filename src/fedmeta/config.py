@@ -1,0 +1,151 @@
+"""Experiment configuration: TOML files validated by pydantic, with `--set a.b=value` overrides.
+
+Every key is checked: unknown keys, wrong types and out-of-range values raise `UserError` with
+one line naming the key.
+"""
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedmeta.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DataConfig(Section):
+    dataset: Literal["omniglot", "femnist", "synthetic"] = "omniglot"
+    path: str | None = None  # a local file; "bundled" = the compact Omniglot inside the package
+    download: bool = False
+    partition: Literal["alphabet", "drawer", "random"] = "alphabet"
+    num_clients: int | None = Field(None, ge=1)
+    rotations: bool = False
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    synthetic_alpha: float = Field(1.0, ge=0)
+    synthetic_beta: float = Field(1.0, ge=0)
+
+
+class TaskConfig(Section):
+    ways: int = Field(5, ge=2)
+    shots: int = Field(1, ge=1)
+    queries: int = Field(5, ge=1)
+
+
+class ModelConfig(Section):
+    name: Literal["conv4", "mlp"] = "conv4"
+    hidden: int = Field(64, ge=1)
+
+
+class LearnerConfig(Section):
+    algorithm: Literal["protonet"] = "protonet"
+    local_steps: int = Field(1, ge=1)
+    tasks_per_step: int = Field(1, ge=1)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+
+
+class ServerConfig(Section):
+    rounds: int = Field(10, ge=1)
+    clients_per_round: int = Field(5, ge=1)
+    sampling: Literal["uniform", "poisson"] = "uniform"
+    optimizer: Literal["sgd", "adam", "yogi"] = "sgd"
+    lr: float = Field(1.0, gt=0)
+
+
+class EvalConfig(Section):
+    every: int = Field(10, ge=0)  # rounds between evaluations; 0 = only after the last round
+    episodes: int = Field(100, ge=1)  # during training
+    final_episodes: int = Field(600, ge=1)  # after the last round
+    ways: int = Field(5, ge=2)
+    shots: int = Field(1, ge=1)
+    queries: int = Field(15, ge=1)
+
+
+class RunConfig(Section):
+    out_dir: str = "runs"
+    checkpoint_every: int = Field(10, ge=0)  # 0 = only the final checkpoint
+
+
+class Config(Section):
+    name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(0, ge=0)
+    data: DataConfig = DataConfig()
+    task: TaskConfig = TaskConfig()
+    model: ModelConfig = ModelConfig()
+    learner: LearnerConfig = LearnerConfig()
+    server: ServerConfig = ServerConfig()
+    eval: EvalConfig = EvalConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if self.data.partition == "random" and self.data.num_clients is None:
+            raise ValueError("data.num_clients is required with data.partition = 'random'")
+        if self.data.dataset == "synthetic" and self.data.num_clients is None:
+            raise ValueError("data.num_clients is required with data.dataset = 'synthetic'")
+        return self
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"config error: unknown key '{key}'"
+    message = first["msg"].removeprefix("Value error, ")
+    if not key:
+        return f"config error: {message}"
+    return f"config error: {key}: {message} (got {first.get('input')!r})"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value), the value read as TOML (bare words as strings)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"config error: --set expects KEY=VALUE, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"config error: --set {text}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def validate(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        raise UserError(_describe(error)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a TOML config (or the defaults when `path` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"config error: no such file {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise UserError(f"config error: {path} is not valid TOML: {error}") from None
+    return validate(apply_overrides(data, list(overrides)))

@@ -1,0 +1,54 @@
+"""A run directory: the resolved config, `metrics.jsonl` (a line per round), checkpoints and
+`summary.json`. Whole files are written to a temporary name and renamed, so a crash never
+leaves one half-written."""
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedmeta.config import Config
+from fedmeta.engine.checkpoint import save_checkpoint
+from fedmeta.errors import UserError
+from fedmeta.params import Params
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunDirectory:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.checkpoints = path / "checkpoints"
+        self.metrics_path = path / "metrics.jsonl"
+
+    @classmethod
+    def create(cls, config: Config, out: Path | None = None) -> "RunDirectory":
+        """A new directory `out`, or `<config.run.out_dir>/<name>-<timestamp>`."""
+        if out is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            out = Path(config.run.out_dir) / f"{config.name}-{stamp}"
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"run directory {out} already exists and is not empty")
+        run = cls(out)
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "config.toml", tomli_w.dumps(config.model_dump(exclude_none=True)))
+        return run
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(metrics) + "\n")
+
+    def checkpoint(self, params: Params, server_state: dict[str, Any], round_index: int) -> Path:
+        path = self.checkpoints / f"round_{round_index:05d}.safetensors"
+        save_checkpoint(path, params, server_state, round_index)
+        return path
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")

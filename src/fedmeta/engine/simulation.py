@@ -1,0 +1,93 @@
+"""The in-process simulation: sample a cohort, run each client's update, apply the server
+pipeline, evaluate on held-out clients, report to callbacks.
+
+Every random draw comes from a generator seeded by (seed, round[, client]), so a run is a pure
+function of its config: the same config and seed give identical metrics, and a run resumed
+from a checkpoint continues exactly as if never stopped.
+"""
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from fedmeta.build import Experiment
+from fedmeta.data import NotEnoughData
+from fedmeta.engine.sampling import poisson_cohort, uniform_cohort
+from fedmeta.evaluation import meta_test
+from fedmeta.optim import apply_updates
+from fedmeta.params import Params, tree_stack
+from fedmeta.server import Round
+
+Callback = Callable[[int, Params, dict[str, Any], dict[str, Any]], None]
+EVAL_STREAM = 2**31 - 1  # the generator key of evaluation, apart from every round's
+
+
+def seeded(*keys: int) -> torch.Generator:
+    """A generator whose seed is a hash of `keys` (numpy's SeedSequence)."""
+    seed = int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(seed)
+
+
+class Simulation:
+    def __init__(self, experiment: Experiment) -> None:
+        self.experiment = experiment
+        self.config = experiment.config
+
+    def cohort(self, round_index: int) -> torch.Tensor:
+        server, train = self.config.server, self.experiment.train
+        generator = seeded(self.config.seed, round_index)
+        if server.sampling == "poisson":
+            rate = min(1.0, server.clients_per_round / train.num_clients)
+            return poisson_cohort(train.num_clients, rate, generator)
+        return uniform_cohort(train.num_clients, server.clients_per_round, generator)
+
+    def round(self, round_index: int, params: Params,
+              server_state: dict[str, Any]) -> tuple[Params, dict[str, Any], dict[str, Any]]:
+        """One federated round; returns new params, new server state and the round's metrics."""
+        start = time.perf_counter()
+        learner, train = self.experiment.learner, self.experiment.train
+        updates, skipped = [], 0
+        for client in self.cohort(round_index).tolist():
+            try:
+                updates.append(learner.client_update(
+                    params, train.client(client), seeded(self.config.seed, round_index, client)))
+            except NotEnoughData:
+                skipped += 1
+        metrics: dict[str, Any] = {"round": round_index, "clients": len(updates),
+                                   "skipped": skipped}
+        if updates:
+            weights = torch.tensor([u.weight for u in updates])
+            rnd = Round(tree_stack(u.delta for u in updates), weights)
+            rnd, server_state = self.experiment.pipeline.apply(rnd, server_state)
+            params = apply_updates(params, rnd.deltas)
+            losses = torch.tensor([u.loss for u in updates])
+            metrics["loss"] = float((losses * weights).sum() / weights.sum())
+        metrics["seconds"] = time.perf_counter() - start
+        return params, server_state, metrics
+
+    def evaluate(self, params: Params, episodes: int) -> dict[str, float]:
+        result = meta_test(self.experiment.learner, params, self.experiment.test,
+                           self.experiment.eval_sampler, episodes,
+                           seeded(self.config.seed, EVAL_STREAM))
+        return {f"test_{key}": value for key, value in result.as_dict().items()}
+
+    def run(self, callbacks: list[Callback] = (), params: Params | None = None,
+            server_state: dict[str, Any] | None = None, start_round: int = 1) -> Params:
+        """Rounds `start_round`..`server.rounds`; evaluation every `eval.every` rounds and a
+        final evaluation on `eval.final_episodes` episodes after the last round."""
+        if params is None:
+            params = self.experiment.learner.init_params()
+        if server_state is None:
+            server_state = self.experiment.pipeline.init(params)
+        rounds, every = self.config.server.rounds, self.config.eval.every
+        for round_index in range(start_round, rounds + 1):
+            params, server_state, metrics = self.round(round_index, params, server_state)
+            if round_index == rounds:
+                metrics.update(self.evaluate(params, self.config.eval.final_episodes))
+            elif every and round_index % every == 0:
+                metrics.update(self.evaluate(params, self.config.eval.episodes))
+            for callback in callbacks:
+                callback(round_index, params, server_state, metrics)
+        return params

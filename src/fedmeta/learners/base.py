@@ -1,0 +1,93 @@
+"""The client-side contract every federated (meta-)learning algorithm implements.
+
+A learner is a set of pure functions of params (`dict[str, Tensor]`), so they can be
+differentiated through with `torch.func.grad` and batched with `torch.func.vmap`:
+
+- `adapt(params, support_x, support_y) -> task state` (fast weights, prototypes, ...),
+- `query_logits(params, state, query_x) -> logits`,
+- `meta_loss(params, episodes) -> loss` (mean query loss after adaptation),
+- `client_update(params, client, generator) -> Update` (a client's local round).
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value
+
+from fedmeta.data import ClientData, Episodes, EpisodeSampler
+from fedmeta.optim import Transform, apply_updates
+from fedmeta.params import Params, detached, tree_sub
+
+
+@dataclass(frozen=True)
+class Update:
+    """What a client sends back: its params delta (local - global), its weight, its loss."""
+
+    delta: Params
+    weight: float
+    loss: float
+
+
+class Learner(ABC):
+    """Meta-learns from episodes of a client's own classes, with `local_steps` optimizer steps
+    of `tasks_per_step` episodes each per round."""
+
+    def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
+                 local_steps: int = 1, tasks_per_step: int = 1) -> None:
+        self.model = model
+        self.sampler = sampler
+        self.local_optimizer = local_optimizer
+        self.local_steps = local_steps
+        self.tasks_per_step = tasks_per_step
+
+    def init_params(self) -> Params:
+        return detached(dict(self.model.named_parameters()))
+
+    def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, params, (x,))
+
+    @abstractmethod
+    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
+        """Task state after seeing a task's support set."""
+
+    @abstractmethod
+    def query_logits(self, params: Params, state: Any, query_x: torch.Tensor) -> torch.Tensor:
+        """Logits of the query examples given the adapted task state."""
+
+    def task_loss(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
+                  query_x: torch.Tensor, query_y: torch.Tensor) -> torch.Tensor:
+        state = self.adapt(params, support_x, support_y)
+        return F.cross_entropy(self.query_logits(params, state, query_x), query_y)
+
+    def meta_loss(self, params: Params, episodes: Episodes) -> torch.Tensor:
+        """Mean query loss over a batch of episodes."""
+        losses = [self.task_loss(params, episodes.support_x[e], episodes.support_y[e],
+                                 episodes.query_x[e], episodes.query_y[e])
+                  for e in range(episodes.num_episodes)]
+        return torch.stack(losses).mean()
+
+    def client_update(self, params: Params, client: ClientData,
+                      generator: torch.Generator) -> Update:
+        """Local meta-training on the client's own episodes (FedMeta: Chen et al. 2018)."""
+        local, state, losses = params, self.local_optimizer.init(params), []
+        for _ in range(self.local_steps):
+            episodes = self.sampler.sample(client, self.tasks_per_step, generator)
+            grads, loss = grad_and_value(self.meta_loss)(local, episodes)
+            steps, state = self.local_optimizer.update(grads, state)
+            local = apply_updates(local, steps)
+            losses.append(loss.item())
+        return Update(tree_sub(local, params), float(len(client)), sum(losses) / len(losses))
+
+    def accuracy(self, params: Params, episodes: Episodes) -> torch.Tensor:
+        """Query accuracy of each episode after adapting to its support set: shape [E]."""
+        accuracies = []
+        for e in range(episodes.num_episodes):
+            state = self.adapt(params, episodes.support_x[e], episodes.support_y[e])
+            with torch.no_grad():
+                logits = self.query_logits(params, state, episodes.query_x[e])
+            accuracies.append((logits.argmax(-1) == episodes.query_y[e]).float().mean())
+        return torch.stack(accuracies)

@@ -1,0 +1,36 @@
+"""Prototypical Networks (Snell, Swersky, Zemel 2017, "Prototypical Networks for Few-shot
+Learning"): a class is the mean embedding of its support examples; a query is scored by its
+negative squared Euclidean distance to each prototype. Federated, the clients meta-learn the
+embedding on their own classes and the server averages it.
+"""
+
+from typing import Any
+
+import torch
+
+from fedmeta.learners.base import Learner
+from fedmeta.params import Params
+
+
+def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """Mean embedding per class 0..ways-1: [ways, D]."""
+    one_hot = torch.nn.functional.one_hot(labels, ways).to(embeddings.dtype)
+    return (one_hot.T @ embeddings) / one_hot.sum(0).unsqueeze(1)
+
+
+def prototype_logits(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """Negative squared Euclidean distance of each query to each prototype: [Q, ways]."""
+    squared = (queries.pow(2).sum(1, keepdim=True) - 2 * queries @ protos.T
+               + protos.pow(2).sum(1))
+    return -squared
+
+
+class ProtoNet(Learner):
+    """Prototypical Networks over the model's embedding (the model has no classifier head)."""
+
+    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
+        ways = int(support_y.max()) + 1
+        return prototypes(self.forward(params, support_x), support_y, ways)
+
+    def query_logits(self, params: Params, state: Any, query_x: torch.Tensor) -> torch.Tensor:
+        return prototype_logits(self.forward(params, query_x), state)

@@ -1,0 +1,25 @@
+"""Multi-layer perceptron (ReLU) for feature vectors such as LEAF Synthetic, or flattened images."""
+
+import math
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """`in_shape` -> hidden ReLU layers -> `num_classes` logits (or the last hidden layer)."""
+
+    def __init__(self, in_shape: tuple[int, ...], hidden: tuple[int, ...] = (64,),
+                 num_classes: int | None = None) -> None:
+        super().__init__()
+        widths = (math.prod(in_shape), *hidden)
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.embedding_dim = widths[-1]
+        self.head = nn.Linear(self.embedding_dim, num_classes) if num_classes else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.features(x)
+        return self.head(z) if self.head is not None else z
