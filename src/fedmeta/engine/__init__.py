@@ -1,0 +1,1 @@
+"""The simulation engine: cohorts, rounds, callbacks, run directories, checkpoints."""

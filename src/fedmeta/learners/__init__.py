@@ -1,0 +1,1 @@
+"""Client-side algorithms, one module each."""
