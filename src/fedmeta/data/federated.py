@@ -125,8 +125,12 @@ class ArrayFederatedDataset(FederatedDataset):
     def client_size(self, i: int) -> int:
         return len(self._indices[self._check_index(i)]) * self._expansion
 
+    def client_indices(self, i: int) -> np.ndarray:
+        """Positions of client ``i``'s examples in the shared arrays (before ``transform``)."""
+        return self._indices[self._check_index(i)]
+
     def client(self, i: int) -> ClientData:
-        ix = self._indices[self._check_index(i)]
+        ix = self.client_indices(i)
         mask = None if self._mask is None else torch.from_numpy(self._mask[ix])
         data = ClientData(torch.from_numpy(self._x[ix]), torch.from_numpy(self._y[ix]), mask)
         return data if self._transform is None else self._transform(data)
