@@ -154,10 +154,7 @@ def convert_omniglot_zips(zips: Sequence[Path], dest: Path) -> Path:
 
     ``char_id`` numbers characters 1.. in (background first, alphabet, character) sorted order.
     """
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ImportError("converting Omniglot PNGs needs Pillow: pip install pillow") from None
+    Image = _pillow()
     entries = []
     for z in zips:
         with zipfile.ZipFile(z) as zf:
@@ -172,7 +169,7 @@ def convert_omniglot_zips(zips: Sequence[Path], dest: Path) -> Path:
         raise ValueError(f"no Omniglot PNGs found in {', '.join(map(str, zips))}")
     entries.sort(key=lambda e: e[0])
     big = np.stack([e[2] for e in entries])
-    small = np.stack([np.asarray(Image.fromarray(b).resize((28, 28), Image.LANCZOS)) for b in big])
+    small = lanczos_28(big)
     keys = [e[0] for e in entries]
     chars = [k[:3] for k in keys]
     char_id = np.cumsum([i == 0 or chars[i] != chars[i - 1] for i in range(len(chars))])
@@ -186,6 +183,20 @@ def convert_omniglot_zips(zips: Sequence[Path], dest: Path) -> Path:
         split=np.array([e[1] for e in entries]),
         char_id=char_id.astype(np.int16),
     )
+
+
+def lanczos_28(images: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W] -> [N, 28, 28] by Pillow's Lanczos resampling (reproduces omniglot.npz)."""
+    Image = _pillow()
+    return np.stack([np.asarray(Image.fromarray(im).resize((28, 28), Image.LANCZOS)) for im in images])
+
+
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("converting Omniglot PNGs needs Pillow: pip install pillow") from None
+    return Image
 
 
 def convert_leaf_femnist(leaf_dir: Path, dest: Path) -> Path:
