@@ -4,55 +4,96 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
+from fedmeta.build import bundled_omniglot
 from fedmeta.cli import main
+from fedmeta.data import EpisodeSampler, omniglot_federated
 
 TINY = ["model.hidden=8", "server.rounds=2", "server.clients_per_round=2", "eval.every=1",
-        "eval.episodes=10", "eval.final_episodes=20", "task.ways=5", "run.checkpoint_every=1"]
+        "eval.episodes=10", "eval.final_episodes=20", "task.ways=5", "learner.local_steps=2",
+        "run.checkpoint_every=1"]
 
 
-def demo(tmp_path, *overrides):
-    args = ["demo", "--quiet", "--out", str(tmp_path / "run")]
+def demo(out, *overrides):
+    args = ["demo", "--quiet", "--out", str(out)]
     for item in TINY + list(overrides):
         args += ["--set", item]
     return main(args)
 
 
-def test_demo_writes_a_complete_run_directory(tmp_path, capsys):
-    assert demo(tmp_path) == 0
-    run = tmp_path / "run"
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def fedmeta(*args):
+    return subprocess.run([sys.executable, "-m", "fedmeta.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert demo(out) == 0
+    return out
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_demo_writes_a_complete_run_directory(tiny_run):
+    lines = metrics(tiny_run)
     assert [m["round"] for m in lines] == [1, 2]
     assert all("loss" in m and "test_accuracy" in m for m in lines)
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((tiny_run / "summary.json").read_text())
     assert summary["meta_test"]["episodes"] == 20
     assert 0.0 <= summary["meta_test"]["accuracy"] <= 1.0
     assert summary["test_clients"] == 20
-    assert "hidden = 8" in (run / "config.toml").read_text()
-    checkpoint = load_file(str(run / "checkpoints" / "round_00002.safetensors"))
+    assert "hidden = 8" in (tiny_run / "config.toml").read_text()
+    checkpoint = load_file(str(tiny_run / "checkpoints" / "round_00002.safetensors"))
     assert any(k.startswith("params/") for k in checkpoint)
-    assert not list(run.rglob("*.tmp"))
-    assert "meta-test accuracy on 20 unseen clients" in capsys.readouterr().out
+    assert not list(tiny_run.rglob("*.tmp"))
 
 
-def test_same_seed_gives_identical_metrics(tmp_path):
-    assert demo(tmp_path / "a") == 0 and demo(tmp_path / "b") == 0
-    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "seconds"}
-                          for line in path.read_text().splitlines()]
-    assert strip(tmp_path / "a/run/metrics.jsonl") == strip(tmp_path / "b/run/metrics.jsonl")
+def test_same_seed_gives_identical_metrics(tiny_run, tmp_path):
+    assert demo(tmp_path / "again") == 0
+    strip = lambda lines: [{k: v for k, v in m.items() if k != "seconds"} for m in lines]
+    assert strip(metrics(tiny_run)) == strip(metrics(tmp_path / "again"))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("server.rounds=0", "server.rounds"),
-    ("learner.bogus=1", "unknown key 'learner.bogus'"),
-    ("data.path='/nonexistent/omniglot.npz'", "/nonexistent/omniglot.npz"),
+def test_eval_on_held_out_clients_matches_the_run(tiny_run):
+    result = fedmeta("eval", tiny_run, "--json", "--num-episodes", 20)
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads(result.stdout)
+    assert evaluated["round"] == 2
+    assert evaluated["accuracy"] == pytest.approx(metrics(tiny_run)[-1]["test_accuracy"])
+
+
+def test_eval_bring_your_own_episodes(tiny_run, tmp_path):
+    _, test = omniglot_federated(bundled_omniglot())
+    episodes = EpisodeSampler(5, 1, 3).sample(test.client(0), 4, torch.Generator().manual_seed(1))
+    as_uint8 = lambda x: (x.squeeze(2) * 255).round().to(torch.uint8).numpy()
+    path = tmp_path / "episodes.npz"
+    np.savez(path, support_x=as_uint8(episodes.support_x), support_y=episodes.support_y.numpy(),
+             query_x=as_uint8(episodes.query_x), query_y=episodes.query_y.numpy())
+    result = fedmeta("eval", tiny_run, "--episodes", path, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["episodes"] == 4
+
+    np.savez(path, support_x=as_uint8(episodes.support_x), support_y=episodes.support_y.numpy())
+    result = fedmeta("eval", tiny_run, "--episodes", path)
+    assert result.returncode == 2 and "missing arrays query_x, query_y" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["demo", "--set", "server.rounds=0"], "server.rounds"),
+    (["demo", "--set", "learner.bogus=1"], "unknown key 'learner.bogus'"),
+    (["demo", "--set", "data.path='/nonexistent/omniglot.npz'"], "/nonexistent/omniglot.npz"),
+    (["run", "/nonexistent/config.toml"], "no such file"),
+    (["eval", "/nonexistent/run"], "not a run directory"),
 ])
-def test_bad_input_exits_2_with_one_line(tmp_path, override, message):
-    result = subprocess.run(
-        [sys.executable, "-m", "fedmeta.cli", "demo", "--quiet", "--out", str(tmp_path / "r"),
-         "--set", override], capture_output=True, text=True, timeout=120)
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    result = fedmeta(*args, *(["--out", tmp_path / "r"] if args[0] != "eval" else []))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr
     assert "Traceback" not in result.stderr
@@ -63,5 +104,5 @@ def test_existing_run_directory_is_left_untouched(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text("precious\n")
-    assert demo(tmp_path) == 2
+    assert demo(run) == 2
     assert (run / "metrics.jsonl").read_text() == "precious\n"

@@ -14,10 +14,12 @@ from rich.console import Console
 
 from fedmeta.build import build_experiment
 from fedmeta.config import Config, load_config
+from fedmeta.engine.checkpoint import load_checkpoint
 from fedmeta.engine.callbacks import Checkpointer, MetricsLogger, ProgressBar
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
+from fedmeta.evaluation import load_episodes, mean_ci95
 
 console = Console(stderr=True)
 
@@ -64,6 +66,34 @@ def cmd_demo(args: argparse.Namespace) -> None:
     train(load_config(demo_config_path(), args.set), args.out, args.quiet)
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    if args.num_episodes is not None and args.num_episodes < 1:
+        raise UserError(f"--num-episodes must be at least 1, got {args.num_episodes}")
+    run = RunDirectory.open(args.run_dir)
+    config = load_config(run.path / "config.toml")
+    experiment = build_experiment(config)
+    params, _, round_index = load_checkpoint(args.checkpoint or run.latest_checkpoint())
+    if args.episodes is not None:
+        episodes = load_episodes(args.episodes)
+        if tuple(episodes.support_x.shape[2:]) != tuple(experiment.train.input_shape):
+            raise UserError(f"{args.episodes}: inputs of shape {tuple(episodes.support_x.shape[2:])}"
+                            f", the model takes {tuple(experiment.train.input_shape)}")
+        accuracy, ci95 = mean_ci95(experiment.learner.accuracy(params, episodes))
+        result = {"accuracy": accuracy, "ci95": ci95, "episodes": episodes.num_episodes,
+                  "source": str(args.episodes)}
+    else:
+        result = Simulation(experiment).evaluate(params, args.num_episodes
+                                                 or config.eval.final_episodes)
+        result = {k.removeprefix("test_"): v for k, v in result.items()}
+        result["source"] = "held-out clients"
+    result["round"] = round_index
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI, "
+              f"{result['episodes']} episodes from {result['source']}, round {round_index})")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="fedmeta", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -83,6 +113,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("config", type=Path)
     run_options(run)
     run_options(add("demo", cmd_demo, "federated ProtoNets on the bundled Omniglot, offline"))
+    evaluate = add("eval", cmd_eval, "evaluate a run's checkpoint on new clients or episodes")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--episodes", type=Path, help="npz of episodes (see README)")
+    evaluate.add_argument("--checkpoint", type=Path, help="default: the run's latest")
+    evaluate.add_argument("--num-episodes", type=int, help="held-out episodes to draw")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     return root
 
 

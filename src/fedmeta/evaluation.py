@@ -2,12 +2,14 @@
 its query set; mean accuracy with a 95% confidence interval over episodes, and the
 distribution of per-client accuracy (mean, 10th percentile)."""
 
+import zipfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from fedmeta.data import EpisodeSampler, FederatedDataset
+from fedmeta.data import Episodes, EpisodeSampler, FederatedDataset, episodes_from_arrays
 from fedmeta.errors import UserError
 from fedmeta.learners.base import Learner
 from fedmeta.params import Params
@@ -37,6 +39,20 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
     if values.numel() < 2:
         return float(values.mean()), float("nan")
     return float(values.mean()), float(1.96 * values.std() / values.numel() ** 0.5)
+
+
+def load_episodes(path: Path) -> Episodes:
+    """Episodes from an npz with `support_x` [E,S,H,W] (uint8 0-255 or float), `support_y`
+    [E,S], `query_x` [E,Q,H,W] and `query_y` [E,Q], validated."""
+    keys = ("support_x", "support_y", "query_x", "query_y")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [k for k in keys if k not in arrays.files]
+            if missing:
+                raise UserError(f"{path}: missing arrays {', '.join(missing)}")
+            return episodes_from_arrays(*(arrays[k] for k in keys))
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise UserError(f"{path}: {error}") from None
 
 
 def meta_test(learner: Learner, params: Params, dataset: FederatedDataset,

@@ -41,6 +41,19 @@ class RunDirectory:
         write_atomic(out / "config.toml", tomli_w.dumps(config.model_dump(exclude_none=True)))
         return run
 
+    @classmethod
+    def open(cls, path: Path) -> "RunDirectory":
+        """An existing run directory (it must hold `config.toml`)."""
+        if not (path / "config.toml").is_file():
+            raise UserError(f"{path} is not a run directory (no config.toml)")
+        return cls(path)
+
+    def latest_checkpoint(self) -> Path:
+        checkpoints = sorted(self.checkpoints.glob("round_*.safetensors"))
+        if not checkpoints:
+            raise UserError(f"{self.path} has no checkpoint yet")
+        return checkpoints[-1]
+
     def log(self, metrics: dict[str, Any]) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(metrics) + "\n")
