@@ -15,7 +15,8 @@ from rich.console import Console
 from fedmeta.build import build_experiment
 from fedmeta.config import Config, load_config
 from fedmeta.engine.checkpoint import load_checkpoint
-from fedmeta.engine.callbacks import Checkpointer, MetricsLogger, ProgressBar
+from fedmeta.engine.callbacks import (Checkpointer, EarlyStopping, MetricsLogger, ProgressBar,
+                                      TimeBudget)
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
@@ -28,30 +29,41 @@ def demo_config_path() -> Path:
     return Path(__file__).parent / "assets" / "demo.toml"
 
 
+def training_callbacks(config: Config, run: RunDirectory) -> tuple[list, Checkpointer]:
+    checkpointer = Checkpointer(run, config.run.checkpoint_every)
+    callbacks = [MetricsLogger(run), checkpointer]
+    if config.eval.patience:
+        callbacks.append(EarlyStopping(config.eval.patience))
+    if config.run.time_budget_seconds:
+        callbacks.append(TimeBudget(config.run.time_budget_seconds))
+    return callbacks, checkpointer
+
+
 def train(config: Config, out: Path | None, quiet: bool) -> dict:
-    """Build, run and summarize one experiment in a new run directory."""
+    """Build, run, evaluate and summarize one experiment in a new run directory."""
     experiment = build_experiment(config)
     run = RunDirectory.create(config, out)
     console.print(f"run directory: {run.path}  ({experiment.train.num_clients} training clients"
                   f", {experiment.test.num_clients} held-out clients)")
-    rounds = config.server.rounds
-    callbacks = [MetricsLogger(run), Checkpointer(run, config.run.checkpoint_every, rounds)]
+    simulation = Simulation(experiment)
+    callbacks, checkpointer = training_callbacks(config, run)
     start = time.perf_counter()
     if quiet:
-        Simulation(experiment).run(callbacks)
+        params = simulation.run(callbacks)
     else:
-        with ProgressBar(rounds) as bar:
-            Simulation(experiment).run(callbacks + [bar])
-    final = json.loads(run.metrics_path.read_text().splitlines()[-1])
+        with ProgressBar(config.server.rounds) as bar:
+            params = simulation.run(callbacks + [bar])
+    checkpointer.finish()
+    train_seconds = time.perf_counter() - start
+    result = {k.removeprefix("test_"): v
+              for k, v in simulation.evaluate(params, config.eval.final_episodes).items()}
     ev = config.eval
     summary = {
-        "name": config.name, "rounds": rounds, "wall_seconds": time.perf_counter() - start,
+        "name": config.name, "rounds": checkpointer.last[0], "train_seconds": train_seconds,
         "task": f"{ev.ways}-way {ev.shots}-shot", "test_clients": experiment.test.num_clients,
-        "meta_test": {k.removeprefix("test_"): v for k, v in final.items()
-                      if k.startswith("test_")},
+        "meta_test": result,
     }
     run.write_summary(summary)
-    result = summary["meta_test"]
     print(f"meta-test accuracy on {summary['test_clients']} unseen clients, {summary['task']}: "
           f"{100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI over "
           f"{result['episodes']} episodes); run directory {run.path}")

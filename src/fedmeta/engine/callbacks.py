@@ -1,11 +1,13 @@
 """Things that happen after every round: log metrics, checkpoint, show progress."""
 
 import math
+import time
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fedmeta.engine.rundir import RunDirectory
+from fedmeta.engine.simulation import StopTraining
 from fedmeta.params import Params
 
 
@@ -21,15 +23,55 @@ class MetricsLogger:
 
 
 class Checkpointer:
-    """Saves a checkpoint every `every` rounds and after the last one."""
+    """Saves a checkpoint every `every` rounds (0: never) and, on `finish()`, the last round."""
 
-    def __init__(self, run: RunDirectory, every: int, last_round: int) -> None:
-        self.run, self.every, self.last_round = run, every, last_round
+    def __init__(self, run: RunDirectory, every: int) -> None:
+        self.run, self.every = run, every
+        self.last: tuple[int, Params, dict[str, Any]] | None = None
+        self.saved_round = 0
 
     def __call__(self, round_index: int, params: Params, server_state: dict[str, Any],
                  metrics: dict[str, Any]) -> None:
-        if round_index == self.last_round or (self.every and round_index % self.every == 0):
+        self.last = (round_index, params, server_state)
+        if self.every and round_index % self.every == 0:
             self.run.checkpoint(params, server_state, round_index)
+            self.saved_round = round_index
+
+    def finish(self) -> None:
+        if self.last is not None and self.last[0] != self.saved_round:
+            round_index, params, server_state = self.last
+            self.run.checkpoint(params, server_state, round_index)
+
+
+class EarlyStopping:
+    """Stops when `metric` has not improved by `min_delta` for `patience` evaluations."""
+
+    def __init__(self, patience: int, metric: str = "test_accuracy", min_delta: float = 0.0):
+        self.patience, self.metric, self.min_delta = patience, metric, min_delta
+        self.best, self.stale = -math.inf, 0
+
+    def __call__(self, round_index: int, params: Params, server_state: dict[str, Any],
+                 metrics: dict[str, Any]) -> None:
+        if self.metric not in metrics:
+            return
+        if metrics[self.metric] > self.best + self.min_delta:
+            self.best, self.stale = metrics[self.metric], 0
+            return
+        self.stale += 1
+        if self.stale >= self.patience:
+            raise StopTraining(f"{self.metric} did not improve for {self.patience} evaluations")
+
+
+class TimeBudget:
+    """Stops once `seconds` of wall-clock time have passed since it was created."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def __call__(self, round_index: int, params: Params, server_state: dict[str, Any],
+                 metrics: dict[str, Any]) -> None:
+        if time.monotonic() >= self.deadline:
+            raise StopTraining("time budget spent")
 
 
 class ProgressBar:

@@ -20,6 +20,10 @@ from fedmeta.optim import apply_updates
 from fedmeta.params import Params, tree_stack
 from fedmeta.server import Round
 
+class StopTraining(Exception):
+    """Raised by a callback to end the run after the current round."""
+
+
 Callback = Callable[[int, Params, dict[str, Any], dict[str, Any]], None]
 EVAL_STREAM = 2**31 - 1  # the generator key of evaluation, apart from every round's
 
@@ -75,19 +79,20 @@ class Simulation:
 
     def run(self, callbacks: list[Callback] = (), params: Params | None = None,
             server_state: dict[str, Any] | None = None, start_round: int = 1) -> Params:
-        """Rounds `start_round`..`server.rounds`; evaluation every `eval.every` rounds and a
-        final evaluation on `eval.final_episodes` episodes after the last round."""
+        """Rounds `start_round`..`server.rounds`, evaluating every `eval.every` rounds, until
+        the last round or a callback raises `StopTraining`."""
         if params is None:
             params = self.experiment.learner.init_params()
         if server_state is None:
             server_state = self.experiment.pipeline.init(params)
-        rounds, every = self.config.server.rounds, self.config.eval.every
-        for round_index in range(start_round, rounds + 1):
+        every = self.config.eval.every
+        for round_index in range(start_round, self.config.server.rounds + 1):
             params, server_state, metrics = self.round(round_index, params, server_state)
-            if round_index == rounds:
-                metrics.update(self.evaluate(params, self.config.eval.final_episodes))
-            elif every and round_index % every == 0:
+            if every and round_index % every == 0:
                 metrics.update(self.evaluate(params, self.config.eval.episodes))
-            for callback in callbacks:
-                callback(round_index, params, server_state, metrics)
+            try:
+                for callback in callbacks:
+                    callback(round_index, params, server_state, metrics)
+            except StopTraining:
+                break
         return params

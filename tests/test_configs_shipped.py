@@ -1,0 +1,24 @@
+"""Every shipped config validates, and runs a round on data the test can reach."""
+
+from pathlib import Path
+
+import pytest
+
+from fedmeta.build import build_experiment
+from fedmeta.cli import demo_config_path
+from fedmeta.config import load_config
+from fedmeta.engine.simulation import Simulation
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.toml")) + [demo_config_path()]
+SHRINK = ["server.rounds=1", "server.clients_per_round=2", "learner.local_steps=1",
+          "model.hidden=8", "eval.final_episodes=5"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_config_runs_one_round(path, request):
+    config = load_config(path, SHRINK)
+    if config.data.path is None and config.data.dataset != "synthetic":
+        shared_data = request.getfixturevalue("shared_data")
+        config.data.path = str(shared_data / f"{config.data.dataset}.npz")
+    params = Simulation(build_experiment(config)).run()
+    assert all(v.isfinite().all() for v in params.values())
