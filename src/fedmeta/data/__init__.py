@@ -1,0 +1,38 @@
+"""Federated few-shot data: clients, partitioners, episodes and the datasets built on them."""
+from fedmeta.data.episodes import EpisodeSampler, Episodes, NotEnoughData, episodes_from_arrays
+from fedmeta.data.federated import (
+    ArrayFederatedDataset,
+    ClientData,
+    FederatedDataset,
+    as_float_input,
+    split_support_query,
+)
+from fedmeta.data.femnist import femnist_federated
+from fedmeta.data.omniglot import load_omniglot_arrays, omniglot_federated
+from fedmeta.data.partition import dirichlet_partition, key_partition, random_partition, shard_partition
+from fedmeta.data.sources import ChecksumError, DatasetNotFound, resolve_dataset
+from fedmeta.data.synthetic import SyntheticFederatedDataset, synthetic_federated
+
+__all__ = [
+    "ArrayFederatedDataset",
+    "ChecksumError",
+    "ClientData",
+    "DatasetNotFound",
+    "EpisodeSampler",
+    "Episodes",
+    "FederatedDataset",
+    "NotEnoughData",
+    "SyntheticFederatedDataset",
+    "as_float_input",
+    "dirichlet_partition",
+    "episodes_from_arrays",
+    "femnist_federated",
+    "key_partition",
+    "load_omniglot_arrays",
+    "omniglot_federated",
+    "random_partition",
+    "resolve_dataset",
+    "shard_partition",
+    "split_support_query",
+    "synthetic_federated",
+]
