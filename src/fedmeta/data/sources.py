@@ -101,9 +101,9 @@ def resolve_dataset(name: str, path: str | Path | None = None, download: bool = 
             dest = cache_dir() / f"femnist-leaf-{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:8]}.npz"
             return dest if dest.is_file() else convert_leaf_femnist(p, dest)
         raise DatasetNotFound(f"{name}: {p} does not exist or holds no {spec.file}")
-    for d in (os.environ.get("FEDMETA_DATA"), cache_dir(), Path.home() / ".cache" / "fedmeta"):
-        if d and (Path(d) / spec.file).is_file():
-            return Path(d) / spec.file
+    for d in (cache_dir(), Path.home() / ".cache" / "fedmeta"):
+        if (d / spec.file).is_file():
+            return d / spec.file
     where = f"put {spec.file} in {cache_dir()} (or set FEDMETA_DATA, or pass path=...)"
     if not spec.sources:
         raise DatasetNotFound(f"{name} not found: {where}; {spec.howto}")
