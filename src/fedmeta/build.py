@@ -9,13 +9,25 @@ import torch
 from fedmeta.config import Config
 from fedmeta.data import (EpisodeSampler, FederatedDataset, femnist_federated,
                           omniglot_federated, synthetic_federated)
+from fedmeta.errors import UserError
+from fedmeta.learners.anil import ANIL
 from fedmeta.learners.base import Learner
+from fedmeta.learners.fedavg import FedAvg, FedAvgFT
+from fedmeta.learners.fomaml import FOMAML
+from fedmeta.learners.maml import MAML
+from fedmeta.learners.metasgd import MetaSGD
+from fedmeta.learners.perfedavg import PerFedAvg, PerFedAvgHF
 from fedmeta.learners.protonet import ProtoNet
+from fedmeta.learners.reptile import Reptile
 from fedmeta.models import build_model
 from fedmeta.optim import OPTIMIZERS
 from fedmeta.server import Stage, chain, server_optimizer, weighted_mean
 
-LEARNERS: dict[str, type[Learner]] = {"protonet": ProtoNet}
+LEARNERS: dict[str, type[Learner]] = {
+    "protonet": ProtoNet, "maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "anil": ANIL,
+    "reptile": Reptile, "perfedavg-fo": PerFedAvg, "perfedavg-hf": PerFedAvgHF,
+    "fedavg": FedAvg, "fedavg-ft": FedAvgFT,
+}
 SYNTHETIC_TEST_CLIENTS = 100
 
 
@@ -55,15 +67,27 @@ class Experiment:
     eval_sampler: EpisodeSampler
 
 
+def head_size(config: Config, kind: str, train: FederatedDataset) -> int | None:
+    """Outputs of the model's head for a learner whose `head` is `kind` (None: no head)."""
+    if kind == "ways" and config.eval.ways != config.task.ways:
+        raise UserError(f"config error: {config.learner.algorithm} meta-learns a "
+                        f"{config.task.ways}-way head, so eval.ways must equal task.ways "
+                        f"(got {config.eval.ways})")
+    return {"none": None, "ways": config.task.ways, "global": train.num_classes}[kind]
+
+
 def build_experiment(config: Config) -> Experiment:
     train, test = build_datasets(config)
     torch.manual_seed(config.seed)
-    model = build_model(config.model.name, tuple(train.input_shape), None, config.model.hidden)
     task, learner_config = config.task, config.learner
-    learner = LEARNERS[learner_config.algorithm](
+    cls = LEARNERS[learner_config.algorithm]
+    model = build_model(config.model.name, tuple(train.input_shape),
+                        head_size(config, cls.head, train), config.model.hidden)
+    learner = cls(
         model, EpisodeSampler(task.ways, task.shots, task.queries),
         OPTIMIZERS[learner_config.optimizer](learner_config.lr),
-        local_steps=learner_config.local_steps, tasks_per_step=learner_config.tasks_per_step)
+        local_steps=learner_config.local_steps, tasks_per_step=learner_config.tasks_per_step,
+        **{key: getattr(learner_config, key) for key in cls.hyperparameters})
     ev = config.eval
     return Experiment(config, train, test, learner, build_pipeline(config),
                       EpisodeSampler(ev.ways, ev.shots, ev.queries))

@@ -46,11 +46,20 @@ class ModelConfig(Section):
 
 
 class LearnerConfig(Section):
-    algorithm: Literal["protonet"] = "protonet"
+    algorithm: Literal["protonet", "maml", "fomaml", "metasgd", "anil", "reptile",
+                       "perfedavg-fo", "perfedavg-hf", "fedavg", "fedavg-ft"] = "protonet"
     local_steps: int = Field(1, ge=1)
     tasks_per_step: int = Field(1, ge=1)
-    optimizer: Literal["sgd", "adam"] = "adam"
+    optimizer: Literal["sgd", "adam"] = "adam"  # local (outer) optimizer; unused by reptile
     lr: float = Field(1e-3, gt=0)
+    # gradient-based inner loop (maml, fomaml, metasgd, anil, reptile, perfedavg-*)
+    inner_lr: float = Field(0.4, gt=0)  # metasgd: the initial per-parameter rates
+    inner_steps: int = Field(1, ge=1)  # perfedavg trains with one step whatever this says
+    eval_inner_steps: int | None = Field(None, ge=1)  # meta-test steps; None = 2 * inner_steps
+    # fedavg, fedavg-ft
+    batch_size: int = Field(32, ge=1)  # examples per local step
+    finetune_steps: int = Field(50, ge=1)  # fedavg-ft meta-test: SGD steps on the support set
+    finetune_lr: float = Field(0.01, gt=0)
 
 
 class ServerConfig(Section):

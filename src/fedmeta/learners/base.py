@@ -7,11 +7,16 @@ differentiated through with `torch.func.grad` and batched with `torch.func.vmap`
 - `query_logits(params, state, query_x) -> logits`,
 - `meta_loss(params, episodes) -> loss` (mean query loss after adaptation),
 - `client_update(params, client, generator) -> Update` (a client's local round).
+
+Class attributes tell `fedmeta.build` what a learner needs: `head` is the model's linear
+classifier ("none": an embedding only, "ways": one output per episode class, "global": one
+output per global class of the training data) and `hyperparameters` names the `LearnerConfig`
+keys passed to the constructor beyond the common ones.
 """
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +41,9 @@ class Learner(ABC):
     """Meta-learns from episodes of a client's own classes, with `local_steps` optimizer steps
     of `tasks_per_step` episodes each per round."""
 
+    head: ClassVar[Literal["none", "ways", "global"]] = "none"
+    hyperparameters: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
                  local_steps: int = 1, tasks_per_step: int = 1) -> None:
         self.model = model
@@ -50,9 +58,24 @@ class Learner(ABC):
     def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, params, (x,))
 
+    def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the model's own logits (models with a head)."""
+        return F.cross_entropy(self.forward(params, x), y)
+
+    def features(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """The model's penultimate features (its `features` block, flattened), without the head."""
+        body = {k.removeprefix("features."): v for k, v in params.items()
+                if k.startswith("features.")}
+        return functional_call(self.model.features, body, (x,)).flatten(1)
+
     @abstractmethod
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
         """Task state after seeing a task's support set."""
+
+    def eval_adapt(self, params: Params, support_x: torch.Tensor,
+                   support_y: torch.Tensor) -> Any:
+        """Task state used at meta-test time; the training-time `adapt` unless overridden."""
+        return self.adapt(params, support_x, support_y)
 
     @abstractmethod
     def query_logits(self, params: Params, state: Any, query_x: torch.Tensor) -> torch.Tensor:
@@ -70,13 +93,20 @@ class Learner(ABC):
                   for e in range(episodes.num_episodes)]
         return torch.stack(losses).mean()
 
+    def local_batch(self, client: ClientData, generator: torch.Generator) -> Any:
+        """The data of one local step: `tasks_per_step` of the client's episodes."""
+        return self.sampler.sample(client, self.tasks_per_step, generator)
+
+    def local_gradient(self, params: Params, batch: Any) -> tuple[Params, torch.Tensor]:
+        """(gradient of the local objective, its value) on one local batch: the meta-loss."""
+        return grad_and_value(self.meta_loss)(params, batch)
+
     def client_update(self, params: Params, client: ClientData,
                       generator: torch.Generator) -> Update:
         """Local meta-training on the client's own episodes (FedMeta: Chen et al. 2018)."""
         local, state, losses = params, self.local_optimizer.init(params), []
         for _ in range(self.local_steps):
-            episodes = self.sampler.sample(client, self.tasks_per_step, generator)
-            grads, loss = grad_and_value(self.meta_loss)(local, episodes)
+            grads, loss = self.local_gradient(local, self.local_batch(client, generator))
             steps, state = self.local_optimizer.update(grads, state)
             local = apply_updates(local, steps)
             losses.append(loss.item())
@@ -86,7 +116,7 @@ class Learner(ABC):
         """Query accuracy of each episode after adapting to its support set: shape [E]."""
         accuracies = []
         for e in range(episodes.num_episodes):
-            state = self.adapt(params, episodes.support_x[e], episodes.support_y[e])
+            state = self.eval_adapt(params, episodes.support_x[e], episodes.support_y[e])
             with torch.no_grad():
                 logits = self.query_logits(params, state, episodes.query_x[e])
             accuracies.append((logits.argmax(-1) == episodes.query_y[e]).float().mean())

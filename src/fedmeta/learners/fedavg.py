@@ -1,0 +1,85 @@
+"""FedAvg (McMahan, Moore, Ramage, Hampson, Arcas 2017, "Communication-Efficient Learning of
+Deep Networks from Decentralized Data"), the non-meta-learning baseline, and FedAvg with
+fine-tuning.
+
+Training: the model's head has one output per global class of the training clients
+(`head = "global"`, `train.num_classes` outputs) and a client takes `local_steps` steps of the
+local optimizer on minibatches of `batch_size` of its own labeled examples (global labels,
+which must lie in 0..num_classes-1; no episodes).
+
+Meta-test clients hold classes never seen in training, so the global head cannot score them:
+
+- `fedavg` scores each query by its nearest class mean of the penultimate features over the
+  support set (no weight adaptation; the prototype rule of Snell et al. 2017);
+- `fedavg-ft` fine-tunes a fresh, zero-initialised N-way head together with the body for
+  `finetune_steps` full-batch SGD steps of `finetune_lr` on the support set.
+"""
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import grad_and_value
+
+from fedmeta.data import ClientData, EpisodeSampler, as_float_input
+from fedmeta.learners.base import Learner
+from fedmeta.learners.inner import sgd_steps
+from fedmeta.learners.protonet import prototype_logits, prototypes
+from fedmeta.optim import Transform
+from fedmeta.params import Params
+
+
+class FedAvg(Learner):
+    head = "global"
+    hyperparameters = ("batch_size",)
+
+    def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
+                 local_steps: int = 1, tasks_per_step: int = 1, *, batch_size: int = 32) -> None:
+        super().__init__(model, sampler, local_optimizer, local_steps, tasks_per_step)
+        self.batch_size = batch_size
+
+    def local_batch(self, client: ClientData,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A minibatch of the client's examples, drawn without replacement."""
+        num_classes = self.model.head.out_features
+        if int(client.y.max()) >= num_classes:
+            raise ValueError(f"fedavg needs global labels in 0..{num_classes - 1}, "
+                             f"got label {int(client.y.max())}")
+        picks = torch.randperm(len(client), generator=generator)[:self.batch_size]
+        return as_float_input(client.x[picks]), client.y[picks]
+
+    def local_gradient(self, params: Params,
+                       batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[Params, torch.Tensor]:
+        return grad_and_value(self.loss)(params, *batch)
+
+    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
+        return prototypes(self.features(params, support_x), support_y, int(support_y.max()) + 1)
+
+    def query_logits(self, params: Params, state: Any, query_x: torch.Tensor) -> torch.Tensor:
+        return prototype_logits(self.features(params, query_x), state)
+
+
+class FedAvgFT(FedAvg):
+    """FedAvg training; meta-test by fine-tuning a fresh N-way head and the body."""
+
+    hyperparameters = ("batch_size", "finetune_steps", "finetune_lr")
+
+    def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
+                 local_steps: int = 1, tasks_per_step: int = 1, *, batch_size: int = 32,
+                 finetune_steps: int = 50, finetune_lr: float = 0.01) -> None:
+        super().__init__(model, sampler, local_optimizer, local_steps, tasks_per_step,
+                         batch_size=batch_size)
+        self.finetune_steps = finetune_steps
+        self.finetune_lr = finetune_lr
+
+    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
+        weight = params["head.weight"]
+        ways = int(support_y.max()) + 1
+        fresh = {**params, "head.weight": weight.new_zeros(ways, weight.shape[1]),
+                 "head.bias": weight.new_zeros(ways)}
+        tuned, _ = sgd_steps(lambda p: self.loss(p, support_x, support_y), fresh,
+                             self.finetune_lr, self.finetune_steps)
+        return tuned
+
+    def query_logits(self, params: Params, state: Any, query_x: torch.Tensor) -> torch.Tensor:
+        return self.forward(state, query_x)
