@@ -3,6 +3,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# One intra-op thread: tests run tiny models, which on a shared two-core machine ran hundreds of
+# times slower with two spinning OpenMP threads than with one.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,4 @@
-"""Tiny models, episodes and clients for the learner tests.
-
-Importing this module sets torch to one intra-op thread: on a shared two-core machine, tiny
-models run hundreds of times slower with two spinning OpenMP threads than with one.
-"""
+"""Tiny models, episodes and clients for the learner tests."""
 
 import torch
 
@@ -12,7 +8,6 @@ from fedmeta.models import MLP
 from fedmeta.optim import sgd
 
 DIM, WAYS = 4, 3
-torch.set_num_threads(1)
 
 
 def mlp_learner(cls: type[Learner], hidden: tuple[int, ...] = (5,), ways: int | None = WAYS,
