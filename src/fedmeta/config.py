@@ -74,6 +74,7 @@ class EvalConfig(Section):
     every: int = Field(10, ge=0)  # rounds between evaluations; 0 = only after the last round
     episodes: int = Field(100, ge=1)  # during training
     final_episodes: int = Field(600, ge=1)  # after the last round
+    personalization_episodes: int = Field(0, ge=0)  # per held-out client, on its own split; 0 = off
     patience: int = Field(0, ge=0)  # stop after this many evaluations without improvement; 0 = never
     ways: int = Field(5, ge=2)
     shots: int = Field(1, ge=1)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedmeta.data import Episodes, EpisodeSampler, FederatedDataset, episodes_from_arrays
+from fedmeta.data import (ClientData, Episodes, EpisodeSampler, FederatedDataset, as_float_input,
+                          episodes_from_arrays, split_support_query)
 from fedmeta.errors import UserError
 from fedmeta.learners.base import Learner
 from fedmeta.params import Params
@@ -39,6 +40,55 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
     if values.numel() < 2:
         return float(values.mean()), float("nan")
     return float(values.mean()), float(1.96 * values.std() / values.numel() ** 0.5)
+
+
+def personalization_episode(support: ClientData, query: ClientData, ways: int, shots: int,
+                            generator: torch.Generator) -> Episodes | None:
+    """An N-way K-shot episode whose support comes from a client's own support split and whose
+    query is every example of its query split in the chosen classes (None: too few classes)."""
+    support_counts = torch.bincount(support.y, minlength=int(support.y.max()) + 1)
+    in_query = torch.unique(query.y)
+    eligible = in_query[(in_query < len(support_counts))]
+    eligible = eligible[support_counts[eligible] >= shots]
+    if len(eligible) < ways:
+        return None
+    chosen = eligible[torch.randperm(len(eligible), generator=generator)[:ways]]
+    support_index = torch.cat([
+        torch.nonzero(support.y == c).flatten()[
+            torch.randperm(int(support_counts[c]), generator=generator)[:shots]]
+        for c in chosen.tolist()])
+    query_index = torch.nonzero(torch.isin(query.y, chosen)).flatten()
+    relabel = lambda y: torch.searchsorted(chosen.sort().values, y)  # noqa: E731
+    return Episodes(as_float_input(support.x[support_index]).unsqueeze(0),
+                    relabel(support.y[support_index]).unsqueeze(0),
+                    as_float_input(query.x[query_index]).unsqueeze(0),
+                    relabel(query.y[query_index]).unsqueeze(0))
+
+
+def personalize(learner: Learner, params: Params, dataset: FederatedDataset, ways: int,
+                shots: int, episodes_per_client: int, generator: torch.Generator) -> MetaTestResult:
+    """Personalization of held-out clients: adapt on each client's own support split (its
+    `query_mask`, e.g. LEAF's train split, or a 20% stratified split), score its query split."""
+    per_episode, per_client = [], []
+    for i in range(dataset.num_clients):
+        support, query = split_support_query(dataset.client(i), 0.2, seed=i)
+        episodes = [personalization_episode(support, query, ways, shots, generator)
+                    for _ in range(episodes_per_client)]
+        if any(e is None for e in episodes):
+            continue
+        accuracy = torch.cat([learner.accuracy(params, e) for e in episodes])
+        per_episode.append(accuracy)
+        per_client.append(float(accuracy.mean()))
+    if not per_client:
+        raise UserError(f"no client of {dataset.name} has {ways} classes with {shots} support "
+                        "and one query example")
+    return summarize(per_episode, per_client)
+
+
+def summarize(per_episode: list[torch.Tensor], per_client: list[float]) -> MetaTestResult:
+    accuracy, ci95 = mean_ci95(torch.cat(per_episode))
+    return MetaTestResult(accuracy, ci95, sum(len(a) for a in per_episode), len(per_client),
+                          float(np.mean(per_client)), float(np.percentile(per_client, 10)))
 
 
 def load_episodes(path: Path) -> Episodes:
@@ -71,6 +121,4 @@ def meta_test(learner: Learner, params: Params, dataset: FederatedDataset,
         accuracy = learner.accuracy(params, batch)
         per_episode.append(accuracy)
         per_client.append(float(accuracy.mean()))
-    accuracy, ci95 = mean_ci95(torch.cat(per_episode))
-    return MetaTestResult(accuracy, ci95, episodes, len(per_client),
-                          float(np.mean(per_client)), float(np.percentile(per_client, 10)))
+    return summarize(per_episode, per_client)

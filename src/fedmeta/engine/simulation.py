@@ -15,7 +15,7 @@ import torch
 from fedmeta.build import Experiment
 from fedmeta.data import NotEnoughData
 from fedmeta.engine.sampling import poisson_cohort, uniform_cohort
-from fedmeta.evaluation import meta_test
+from fedmeta.evaluation import meta_test, personalize
 from fedmeta.optim import apply_updates
 from fedmeta.params import Params, tree_stack
 from fedmeta.server import Round
@@ -72,10 +72,18 @@ class Simulation:
         return params, server_state, metrics
 
     def evaluate(self, params: Params, episodes: int) -> dict[str, float]:
-        result = meta_test(self.experiment.learner, params, self.experiment.test,
-                           self.experiment.eval_sampler, episodes,
+        """Meta-test on held-out clients (`test_*`) and, when configured, their
+        personalization on their own support/query splits (`personal_*`)."""
+        ev, learner, test = self.config.eval, self.experiment.learner, self.experiment.test
+        result = meta_test(learner, params, test, self.experiment.eval_sampler, episodes,
                            seeded(self.config.seed, EVAL_STREAM))
-        return {f"test_{key}": value for key, value in result.as_dict().items()}
+        metrics = {f"test_{key}": value for key, value in result.as_dict().items()}
+        if ev.personalization_episodes:
+            result = personalize(learner, params, test, ev.ways, ev.shots,
+                                 ev.personalization_episodes,
+                                 seeded(self.config.seed, EVAL_STREAM, 1))
+            metrics.update({f"personal_{key}": value for key, value in result.as_dict().items()})
+        return metrics
 
     def run(self, callbacks: list[Callback] = (), params: Params | None = None,
             server_state: dict[str, Any] | None = None, start_round: int = 1) -> Params:
