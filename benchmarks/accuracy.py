@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 
 import torch
@@ -24,12 +24,13 @@ from fedmeta.config import load_config
 from fedmeta.engine.callbacks import TimeBudget
 from fedmeta.engine.simulation import Simulation
 
+OMNIGLOT = ["data.dataset='omniglot'", "data.rotations=true"]  # rotations as new classes, as published
 SETTINGS = {
-    "omniglot-5w1s": ["data.dataset='omniglot'", "task.ways=5", "task.shots=1", "task.queries=5",
+    "omniglot-5w1s": [*OMNIGLOT, "task.ways=5", "task.shots=1", "task.queries=5",
                       "eval.ways=5", "eval.shots=1", "eval.queries=15"],
-    "omniglot-5w5s": ["data.dataset='omniglot'", "task.ways=5", "task.shots=5", "task.queries=5",
+    "omniglot-5w5s": [*OMNIGLOT, "task.ways=5", "task.shots=5", "task.queries=5",
                       "eval.ways=5", "eval.shots=5", "eval.queries=15"],
-    "omniglot-20w1s": ["data.dataset='omniglot'", "task.ways=20", "task.shots=1",
+    "omniglot-20w1s": [*OMNIGLOT, "task.ways=20", "task.shots=1",
                        "task.queries=5", "eval.ways=20", "eval.shots=1", "eval.queries=5"],
     "femnist-5w1s": ["data.dataset='femnist'", "task.ways=5", "task.shots=1", "task.queries=2",
                      "eval.ways=5", "eval.shots=1", "eval.queries=2",
@@ -68,7 +69,7 @@ def run_one(job: tuple[str, str, str, float, int, int]) -> dict:
     simulation = Simulation(build_experiment(load_config(None, overrides)))
     rounds = []
     start = time.perf_counter()
-    params = simulation.run([TimeBudget(budget), lambda r, *_: rounds.append(r)])
+    params = simulation.run([lambda r, *_: rounds.append(r), TimeBudget(budget)])
     train_seconds = time.perf_counter() - start
     metrics = simulation.evaluate(params, episodes)
     return {"algorithm": algorithm, "setting": setting, "rounds": rounds[-1],
@@ -113,7 +114,8 @@ def main() -> None:
             for s in args.settings for a in args.algorithms]
     results = []
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        for result in pool.map(run_one, jobs):
+        for future in as_completed([pool.submit(run_one, job) for job in jobs]):
+            result = future.result()
             results.append(result)
             print(json.dumps(result), flush=True)
             if args.out:
