@@ -25,6 +25,7 @@ def test_defaults_and_overrides():
     ("[learner]\nlr = -1.0\n", "learner.lr: Input should be greater than 0"),
     ("[data]\npartition = 'random'\n", "data.num_clients is required"),
     ("[server\n", "is not valid TOML"),
+    ("[data]\ndataset = 'femnist'\npath = 'bundled'\n", "is the bundled Omniglot"),
     ("bogus = 1\n", "unknown key 'bogus'"),
 ])
 def test_bad_configs_name_the_key(tmp_path, text, message):

@@ -1,6 +1,7 @@
 """From a validated `Config` to the objects a run needs: data, learner, server pipeline."""
 
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -47,9 +48,9 @@ def build_datasets(config: Config) -> tuple[FederatedDataset, FederatedDataset]:
     if data.dataset == "femnist":
         return femnist_federated(path, test_fraction=data.test_fraction, seed=config.seed,
                                  download=data.download)
-    make = lambda count, seed: synthetic_federated(  # noqa: E731
-        count, alpha=data.synthetic_alpha, beta=data.synthetic_beta, seed=seed)
-    return make(data.num_clients, config.seed), make(SYNTHETIC_TEST_CLIENTS, config.seed + 1)
+    clients = partial(synthetic_federated, alpha=data.synthetic_alpha, beta=data.synthetic_beta)
+    return (clients(data.num_clients, seed=config.seed),
+            clients(SYNTHETIC_TEST_CLIENTS, seed=config.seed + 1))
 
 
 def build_pipeline(config: Config) -> Stage:

@@ -102,6 +102,9 @@ class Config(Section):
     def _consistent(self) -> "Config":
         if self.data.partition == "random" and self.data.num_clients is None:
             raise ValueError("data.num_clients is required with data.partition = 'random'")
+        if self.data.path == "bundled" and self.data.dataset != "omniglot":
+            raise ValueError("data.path = 'bundled' is the bundled Omniglot; "
+                             f"data.dataset is {self.data.dataset!r}")
         if self.data.dataset == "synthetic" and self.data.num_clients is None:
             raise ValueError("data.num_clients is required with data.dataset = 'synthetic'")
         return self
