@@ -20,20 +20,10 @@ def tree_sub(a: Params, b: Params) -> Params:
     return tree_map(torch.sub, a, b)
 
 
-def tree_scale(a: Params, s: float) -> Params:
-    return {k: v * s for k, v in a.items()}
-
-
 def tree_stack(trees: Iterable[Params]) -> Params:
     """Stack a sequence of params into one params with a leading dimension."""
     trees = list(trees)
     return {k: torch.stack([t[k] for t in trees]) for k in trees[0]}
-
-
-def tree_norms(stacked: Params) -> torch.Tensor:
-    """L2 norm of each row of a stacked params (leading dim = clients) over all leaves."""
-    squares = sum(v.flatten(1).pow(2).sum(1) for v in stacked.values())
-    return torch.as_tensor(squares).sqrt()
 
 
 def detached(params: Params) -> Params:

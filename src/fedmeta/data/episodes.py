@@ -59,9 +59,6 @@ class Episodes:
             e = slice(e % self.num_episodes, e % self.num_episodes + 1)
         return Episodes(self.support_x[e], self.support_y[e], self.query_x[e], self.query_y[e])
 
-    def to(self, device: torch.device | str) -> Episodes:
-        return Episodes(*(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y)))
-
 
 class EpisodeSampler:
     """Samples ``ways``-way episodes with ``shots`` support and ``queries`` query examples per class."""
