@@ -36,3 +36,10 @@ def test_too_few_classes_gives_none():
     support, query = split_support_query(writer(), 0.2, seed=0)
     assert personalization_episode(support, query, ways=8, shots=1,
                                    generator=torch.Generator()) is None
+
+
+def test_client_without_a_support_or_query_split_gives_none():
+    client = writer()
+    empty = ClientData(client.x[:0], client.y[:0])
+    assert personalization_episode(empty, client, 2, 1, torch.Generator()) is None
+    assert personalization_episode(client, empty, 2, 1, torch.Generator()) is None

@@ -46,23 +46,24 @@ def personalization_episode(support: ClientData, query: ClientData, ways: int, s
                             generator: torch.Generator) -> Episodes | None:
     """An N-way K-shot episode whose support comes from a client's own support split and whose
     query is every example of its query split in the chosen classes (None: too few classes)."""
-    support_counts = torch.bincount(support.y, minlength=int(support.y.max()) + 1)
+    if len(support) == 0 or len(query) == 0:
+        return None
+    support_counts = torch.bincount(support.y)
     in_query = torch.unique(query.y)
-    eligible = in_query[(in_query < len(support_counts))]
+    eligible = in_query[in_query < len(support_counts)]
     eligible = eligible[support_counts[eligible] >= shots]
     if len(eligible) < ways:
         return None
-    chosen = eligible[torch.randperm(len(eligible), generator=generator)[:ways]]
+    chosen = eligible[torch.randperm(len(eligible), generator=generator)[:ways]].sort().values
     support_index = torch.cat([
         torch.nonzero(support.y == c).flatten()[
             torch.randperm(int(support_counts[c]), generator=generator)[:shots]]
         for c in chosen.tolist()])
     query_index = torch.nonzero(torch.isin(query.y, chosen)).flatten()
-    relabel = lambda y: torch.searchsorted(chosen.sort().values, y)  # noqa: E731
     return Episodes(as_float_input(support.x[support_index]).unsqueeze(0),
-                    relabel(support.y[support_index]).unsqueeze(0),
+                    torch.searchsorted(chosen, support.y[support_index]).unsqueeze(0),
                     as_float_input(query.x[query_index]).unsqueeze(0),
-                    relabel(query.y[query_index]).unsqueeze(0))
+                    torch.searchsorted(chosen, query.y[query_index]).unsqueeze(0))
 
 
 def personalize(learner: Learner, params: Params, dataset: FederatedDataset, ways: int,
