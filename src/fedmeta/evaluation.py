@@ -3,13 +3,14 @@ its query set; mean accuracy with a 95% confidence interval over episodes, and t
 distribution of per-client accuracy (mean, 10th percentile)."""
 
 import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fedmeta.data import (ClientData, Episodes, EpisodeSampler, FederatedDataset, as_float_input,
+from fedmeta.data import (ClientData, Episodes, EpisodeSampler, as_float_input,
                           episodes_from_arrays, split_support_query)
 from fedmeta.errors import UserError
 from fedmeta.learners.base import Learner
@@ -66,13 +67,13 @@ def personalization_episode(support: ClientData, query: ClientData, ways: int, s
                     torch.searchsorted(chosen, query.y[query_index]).unsqueeze(0))
 
 
-def personalize(learner: Learner, params: Params, dataset: FederatedDataset, ways: int,
+def personalize(learner: Learner, params: Params, clients: Sequence[ClientData], ways: int,
                 shots: int, episodes_per_client: int, generator: torch.Generator) -> MetaTestResult:
     """Personalization of held-out clients: adapt on each client's own support split (its
     `query_mask`, e.g. LEAF's train split, or a 20% stratified split), score its query split."""
     per_episode, per_client = [], []
-    for i in range(dataset.num_clients):
-        support, query = split_support_query(dataset.client(i), 0.2, seed=i)
+    for i, client in enumerate(clients):
+        support, query = split_support_query(client, 0.2, seed=i)
         episodes = [personalization_episode(support, query, ways, shots, generator)
                     for _ in range(episodes_per_client)]
         if any(e is None for e in episodes):
@@ -81,7 +82,7 @@ def personalize(learner: Learner, params: Params, dataset: FederatedDataset, way
         per_episode.append(accuracy)
         per_client.append(float(accuracy.mean()))
     if not per_client:
-        raise UserError(f"no client of {dataset.name} has {ways} classes with {shots} support "
+        raise UserError(f"no held-out client has {ways} classes with {shots} support "
                         "and one query example")
     return summarize(per_episode, per_client)
 
@@ -106,19 +107,18 @@ def load_episodes(path: Path) -> Episodes:
         raise UserError(f"{path}: {error}") from None
 
 
-def meta_test(learner: Learner, params: Params, dataset: FederatedDataset,
+def meta_test(learner: Learner, params: Params, clients: Sequence[ClientData],
               sampler: EpisodeSampler, episodes: int,
               generator: torch.Generator) -> MetaTestResult:
     """Accuracy over `episodes` episodes drawn from uniformly chosen eligible clients."""
-    clients = {i: dataset.client(i) for i in range(dataset.num_clients)}
-    eligible = [i for i, data in clients.items() if sampler.eligible(data)]
+    eligible = [client for client in clients if sampler.eligible(client)]
     if not eligible:
-        raise UserError(f"no test client of {dataset.name} has enough data for "
+        raise UserError(f"no held-out client has enough data for "
                         f"{sampler.ways}-way {sampler.shots}-shot {sampler.queries}-query episodes")
     choice = torch.randint(len(eligible), (episodes,), generator=generator)
     per_episode, per_client = [], []
     for slot, count in zip(*torch.unique(choice, return_counts=True)):
-        batch = sampler.sample(clients[eligible[slot]], int(count), generator)
+        batch = sampler.sample(eligible[slot], int(count), generator)
         accuracy = learner.accuracy(params, batch)
         per_episode.append(accuracy)
         per_client.append(float(accuracy.mean()))

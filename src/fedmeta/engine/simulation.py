@@ -7,13 +7,14 @@ from a checkpoint continues exactly as if never stopped.
 """
 
 import time
+from functools import cached_property
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from fedmeta.build import Experiment
-from fedmeta.data import NotEnoughData
+from fedmeta.data import ClientData, NotEnoughData
 from fedmeta.engine.sampling import poisson_cohort, uniform_cohort
 from fedmeta.evaluation import meta_test, personalize
 from fedmeta.optim import apply_updates
@@ -71,10 +72,16 @@ class Simulation:
         metrics["seconds"] = time.perf_counter() - start
         return params, server_state, metrics
 
+    @cached_property
+    def test_clients(self) -> list[ClientData]:
+        """The held-out clients, materialized once for every evaluation of the run."""
+        test = self.experiment.test
+        return [test.client(i) for i in range(test.num_clients)]
+
     def evaluate(self, params: Params, episodes: int) -> dict[str, float]:
         """Meta-test on held-out clients (`test_*`) and, when configured, their
         personalization on their own support/query splits (`personal_*`)."""
-        ev, learner, test = self.config.eval, self.experiment.learner, self.experiment.test
+        ev, learner, test = self.config.eval, self.experiment.learner, self.test_clients
         result = meta_test(learner, params, test, self.experiment.eval_sampler, episodes,
                            seeded(self.config.seed, EVAL_STREAM))
         metrics = {f"test_{key}": value for key, value in result.as_dict().items()}

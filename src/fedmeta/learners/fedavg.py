@@ -53,7 +53,7 @@ class FedAvg(Learner):
         return grad_and_value(self.loss)(params, *batch)
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
-        return prototypes(self.features(params, support_x), support_y, int(support_y.max()) + 1)
+        return prototypes(self.features(params, support_x), support_y)
 
     def query_logits(self, params: Params, state: Any, query_x: torch.Tensor) -> torch.Tensor:
         return prototype_logits(self.features(params, query_x), state)

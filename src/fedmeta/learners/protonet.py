@@ -12,9 +12,9 @@ from fedmeta.learners.base import Learner
 from fedmeta.params import Params
 
 
-def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
-    """Mean embedding per class 0..ways-1: [ways, D]."""
-    one_hot = torch.nn.functional.one_hot(labels, ways).to(embeddings.dtype)
+def prototypes(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean embedding per class 0..N-1 (N = the largest label + 1): [N, D]."""
+    one_hot = torch.nn.functional.one_hot(labels).to(embeddings.dtype)
     return (one_hot.T @ embeddings) / one_hot.sum(0).unsqueeze(1)
 
 
@@ -29,8 +29,7 @@ class ProtoNet(Learner):
     """Prototypical Networks over the model's embedding (the model has no classifier head)."""
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
-        ways = int(support_y.max()) + 1
-        return prototypes(self.forward(params, support_x), support_y, ways)
+        return prototypes(self.forward(params, support_x), support_y)
 
     def query_logits(self, params: Params, state: Any, query_x: torch.Tensor) -> torch.Tensor:
         return prototype_logits(self.forward(params, query_x), state)
