@@ -85,6 +85,8 @@ class RunConfig(Section):
     out_dir: str = "runs"
     checkpoint_every: int = Field(10, ge=0)  # 0 = only the final checkpoint
     time_budget_seconds: float = Field(0, ge=0)  # stop training after this long; 0 = no limit
+    execution: Literal["auto", "loop", "vmap"] = "auto"  # cohort execution (engine/cohort.py)
+    chunk_size: int = Field(64, ge=1)  # clients vmapped at once (bounds memory)
 
 
 class Config(Section):

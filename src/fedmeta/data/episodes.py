@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.export
 
 from fedmeta.data.federated import ClientData, as_float_input
 
@@ -58,6 +59,9 @@ class Episodes:
                 raise IndexError(f"episode {e} out of range for {self.num_episodes} episodes")
             e = slice(e % self.num_episodes, e % self.num_episodes + 1)
         return Episodes(self.support_x[e], self.support_y[e], self.query_x[e], self.query_y[e])
+
+
+torch.export.register_dataclass(Episodes)  # a pytree node, so torch.func.vmap batches its fields
 
 
 class EpisodeSampler:

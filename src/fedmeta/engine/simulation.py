@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from fedmeta.build import Experiment
-from fedmeta.data import ClientData, NotEnoughData
+from fedmeta.data import ClientData
+from fedmeta.engine.cohort import run_cohort
 from fedmeta.engine.sampling import poisson_cohort, uniform_cohort
 from fedmeta.evaluation import meta_test, personalize
 from fedmeta.optim import apply_updates
-from fedmeta.params import Params, tree_stack
+from fedmeta.params import Params
 from fedmeta.server import Round
 
 class StopTraining(Exception):
@@ -52,23 +53,19 @@ class Simulation:
               server_state: dict[str, Any]) -> tuple[Params, dict[str, Any], dict[str, Any]]:
         """One federated round; returns new params, new server state and the round's metrics."""
         start = time.perf_counter()
-        learner, train = self.experiment.learner, self.experiment.train
-        updates, skipped = [], 0
-        for client in self.cohort(round_index).tolist():
-            try:
-                updates.append(learner.client_update(
-                    params, train.client(client), seeded(self.config.seed, round_index, client)))
-            except NotEnoughData:
-                skipped += 1
-        metrics: dict[str, Any] = {"round": round_index, "clients": len(updates),
-                                   "skipped": skipped}
-        if updates:
-            weights = torch.tensor([u.weight for u in updates])
-            rnd = Round(tree_stack(u.delta for u in updates), weights)
+        train, run = self.experiment.train, self.config.run
+        cohort = self.cohort(round_index).tolist()
+        updates = run_cohort(self.experiment.learner, params, [train.client(c) for c in cohort],
+                             [seeded(self.config.seed, round_index, c) for c in cohort],
+                             run.execution, run.chunk_size)
+        metrics: dict[str, Any] = {"round": round_index, "clients": updates.num_clients,
+                                   "skipped": updates.skipped}
+        if updates.num_clients:
+            rnd = Round(updates.deltas, updates.weights)
             rnd, server_state = self.experiment.pipeline.apply(rnd, server_state)
             params = apply_updates(params, rnd.deltas)
-            losses = torch.tensor([u.loss for u in updates])
-            metrics["loss"] = float((losses * weights).sum() / weights.sum())
+            metrics["loss"] = float((updates.losses * updates.weights).sum()
+                                    / updates.weights.sum())
         metrics["seconds"] = time.perf_counter() - start
         return params, server_state, metrics
 

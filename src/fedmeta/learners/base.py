@@ -6,7 +6,13 @@ differentiated through with `torch.func.grad` and batched with `torch.func.vmap`
 - `adapt(params, support_x, support_y) -> task state` (fast weights, prototypes, ...),
 - `query_logits(params, state, query_x) -> logits`,
 - `meta_loss(params, episodes) -> loss` (mean query loss after adaptation),
-- `client_update(params, client, generator) -> Update` (a client's local round).
+- `client_update(params, client, generator) -> Update` (a client's local round): the local
+  optimizer stepping on `local_gradient(params, batch)` over the batches of `local_batches`.
+
+A client's round is data first (`local_batches`, drawn from its own generator, no params
+involved), compute second, so `fedmeta.engine.cohort` can run the same steps for one client
+at a time or, stacking every client's batches, for a whole cohort under `torch.func.vmap`.
+Every batch of a learner has the same shapes whatever the client, so cohorts stack.
 
 Class attributes tell `fedmeta.build` what a learner needs: `head` is the model's linear
 classifier ("none": an embedding only, "ways": one output per episode class, "global": one
@@ -97,6 +103,10 @@ class Learner(ABC):
         """The data of one local step: `tasks_per_step` of the client's episodes."""
         return self.sampler.sample(client, self.tasks_per_step, generator)
 
+    def local_batches(self, client: ClientData, generator: torch.Generator) -> list[Any]:
+        """The data of every local step of a round, in order: one `local_batch` per step."""
+        return [self.local_batch(client, generator) for _ in range(self.local_steps)]
+
     def local_gradient(self, params: Params, batch: Any) -> tuple[Params, torch.Tensor]:
         """(gradient of the local objective, its value) on one local batch: the meta-loss."""
         return grad_and_value(self.meta_loss)(params, batch)
@@ -105,8 +115,8 @@ class Learner(ABC):
                       generator: torch.Generator) -> Update:
         """Local meta-training on the client's own episodes (FedMeta: Chen et al. 2018)."""
         local, state, losses = params, self.local_optimizer.init(params), []
-        for _ in range(self.local_steps):
-            grads, loss = self.local_gradient(local, self.local_batch(client, generator))
+        for batch in self.local_batches(client, generator):
+            grads, loss = self.local_gradient(local, batch)
             steps, state = self.local_optimizer.update(grads, state)
             local = apply_updates(local, steps)
             losses.append(loss.item())

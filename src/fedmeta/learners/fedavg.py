@@ -5,7 +5,7 @@ fine-tuning.
 Training: the model's head has one output per global class of the training clients
 (`head = "global"`, `train.num_classes` outputs) and a client takes `local_steps` steps of the
 local optimizer on minibatches of `batch_size` of its own labeled examples (global labels,
-which must lie in 0..num_classes-1; no episodes).
+which must lie in 0..num_classes-1; no episodes; a smaller client's minibatch is all of it).
 
 Meta-test clients hold classes never seen in training, so the global head cannot score them:
 
@@ -18,6 +18,7 @@ Meta-test clients hold classes never seen in training, so the global head cannot
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import grad_and_value
 
@@ -38,19 +39,33 @@ class FedAvg(Learner):
         super().__init__(model, sampler, local_optimizer, local_steps, tasks_per_step)
         self.batch_size = batch_size
 
-    def local_batch(self, client: ClientData,
-                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """A minibatch of the client's examples, drawn without replacement."""
+    def local_batch(self, client: ClientData, generator: torch.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A minibatch of `batch_size` of the client's examples, drawn without replacement, and
+        its mask: a client with fewer examples is padded with masked-out zeros, so that every
+        client's batch has the same shape (cohorts stack)."""
         num_classes = self.model.head.out_features
         if int(client.y.max()) >= num_classes:
             raise ValueError(f"fedavg needs global labels in 0..{num_classes - 1}, "
                              f"got label {int(client.y.max())}")
         picks = torch.randperm(len(client), generator=generator)[:self.batch_size]
-        return as_float_input(client.x[picks]), client.y[picks]
+        x, y = as_float_input(client.x[picks]), client.y[picks]
+        mask = torch.ones(self.batch_size, dtype=x.dtype)
+        if (missing := self.batch_size - len(picks)) > 0:
+            x = torch.cat([x, x.new_zeros(missing, *x.shape[1:])])
+            y = torch.cat([y, y.new_zeros(missing)])
+            mask[len(picks):] = 0
+        return x, y, mask
 
-    def local_gradient(self, params: Params,
-                       batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[Params, torch.Tensor]:
-        return grad_and_value(self.loss)(params, *batch)
+    def masked_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the unmasked examples."""
+        losses = F.cross_entropy(self.forward(params, x), y, reduction="none")
+        return (losses * mask).sum() / mask.sum()
+
+    def local_gradient(self, params: Params, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+                       ) -> tuple[Params, torch.Tensor]:
+        return grad_and_value(self.masked_loss)(params, *batch)
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
         return prototypes(self.features(params, support_x), support_y)

@@ -12,9 +12,12 @@ from fedmeta.learners.base import Learner
 from fedmeta.params import Params
 
 
-def prototypes(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean embedding per class 0..N-1 (N = the largest label + 1): [N, D]."""
-    one_hot = torch.nn.functional.one_hot(labels).to(embeddings.dtype)
+def prototypes(embeddings: torch.Tensor, labels: torch.Tensor,
+               ways: int | None = None) -> torch.Tensor:
+    """Mean embedding per class 0..N-1: [N, D]. N = `ways`, or the largest label + 1 (which
+    reads the labels' values, so under `vmap` `ways` must be given)."""
+    ways = int(labels.max()) + 1 if ways is None else ways
+    one_hot = (labels.unsqueeze(-1) == torch.arange(ways)).to(embeddings.dtype)
     return (one_hot.T @ embeddings) / one_hot.sum(0).unsqueeze(1)
 
 
@@ -29,6 +32,11 @@ class ProtoNet(Learner):
     """Prototypical Networks over the model's embedding (the model has no classifier head)."""
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
+        """Training episodes have the sampler's ways (a static class count, so cohorts vmap)."""
+        return prototypes(self.forward(params, support_x), support_y, self.sampler.ways)
+
+    def eval_adapt(self, params: Params, support_x: torch.Tensor,
+                   support_y: torch.Tensor) -> Any:
         return prototypes(self.forward(params, support_x), support_y)
 
     def query_logits(self, params: Params, state: Any, query_x: torch.Tensor) -> torch.Tensor:
