@@ -33,10 +33,10 @@ def test_fedavg_client_update_on_a_linear_model_is_minibatch_sgd():
                           local_steps=3, batch_size=10)
     params, client = learner.init_params(), feature_client()
     update = learner.client_update(params, client, torch.Generator().manual_seed(7))
-    generator = torch.Generator().manual_seed(7)
+    steps = torch.rand(3, len(client), generator=torch.Generator().manual_seed(7)).argsort(1)
     w, b = params["head.weight"].clone(), params["head.bias"].clone()
-    for _ in range(3):
-        picks = torch.randperm(len(client), generator=generator)[:10]
+    for picks in steps[:, :10]:
+        assert len(set(picks.tolist())) == 10  # without replacement
         x, y = client.x[picks], client.y[picks]
         residual = (torch.softmax(x @ w.T + b, 1) - F.one_hot(y, 4)) / len(y)  # dCE/dlogits
         w, b = w - 0.5 * residual.T @ x, b - 0.5 * residual.sum(0)

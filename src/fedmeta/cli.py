@@ -12,6 +12,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from fedmeta.bench.measure import measure, scale
+from fedmeta.bench.workloads import WORKLOADS
 from fedmeta.build import build_experiment
 from fedmeta.config import Config, load_config
 from fedmeta.engine.checkpoint import load_checkpoint
@@ -106,6 +108,32 @@ def cmd_eval(args: argparse.Namespace) -> None:
               f"{result['episodes']} episodes from {result['source']}, round {round_index})")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    if args.rounds < 1:
+        raise UserError(f"--rounds must be at least 1, got {args.rounds}")
+    names = [args.name] if args.name else [*WORKLOADS, "scale"]
+    for name in names:
+        result = (scale(rounds=args.rounds) if name == "scale"
+                  else measure(name, args.rounds, flower=not args.no_flower))
+        print(json.dumps(result) if args.json else bench_report(result), flush=True)
+
+
+def bench_report(result: dict) -> str:
+    """A benchmark result as a few readable lines."""
+    if result["workload"] == "scale":
+        rows = [f"  {row['clients']:>7,} clients: {1000 * row['seconds_per_round']:7.1f} ms/round,"
+                f" peak RSS {row['peak_rss_mb']:6.0f} MB" for row in result["rows"]]
+        return "\n".join([f"scale (cohort {result['cohort']}):", *rows,
+                          f"  slowest/fastest round: {result['slowest_over_fastest']:.2f}x"])
+    seconds = "  ".join(f"{key} {1000 * value:.1f} ms"
+                        for key, value in result["seconds_per_round"].items())
+    ratios = "  ".join(f"{key} {value:.2f}x" for key, value in result["ratios"].items())
+    return (f"{result['workload']} ({result['description']}; execution {result['execution']})\n"
+            f"  {result['rounds_per_s']:.2f} rounds/s, {result['client_updates_per_s']:.1f} "
+            f"client updates/s, {result['tasks_per_s']:.1f} tasks/s\n"
+            f"  per round: {seconds}\n  ratios: {ratios}")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="fedmeta", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -131,6 +159,13 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", type=Path, help="default: the run's latest")
     evaluate.add_argument("--num-episodes", type=int, help="held-out episodes to draw")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    bench = add("bench", cmd_bench, "simulation speed against a compute ceiling, a naive loop "
+                "and Flower's simulation")
+    bench.add_argument("name", nargs="?", choices=[*WORKLOADS, "scale"],
+                       help="one workload (default: all)")
+    bench.add_argument("--rounds", type=int, default=3, help="timed rounds (after a warm-up)")
+    bench.add_argument("--no-flower", action="store_true", help="skip Flower's simulation")
+    bench.add_argument("--json", action="store_true", help="one JSON object per workload")
     return root
 
 

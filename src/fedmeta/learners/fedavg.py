@@ -39,23 +39,25 @@ class FedAvg(Learner):
         super().__init__(model, sampler, local_optimizer, local_steps, tasks_per_step)
         self.batch_size = batch_size
 
-    def local_batch(self, client: ClientData, generator: torch.Generator
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A minibatch of `batch_size` of the client's examples, drawn without replacement, and
-        its mask: a client with fewer examples is padded with masked-out zeros, so that every
-        client's batch has the same shape (cohorts stack)."""
+    def local_batches(self, client: ClientData, generator: torch.Generator
+                      ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One minibatch of `batch_size` of the client's examples per local step, each drawn
+        without replacement (all steps' draws in one call), and its mask: a client with fewer
+        examples is padded with masked-out zeros, so every client's batches have the same shape
+        (cohorts stack)."""
         num_classes = self.model.head.out_features
         if int(client.y.max()) >= num_classes:
             raise ValueError(f"fedavg needs global labels in 0..{num_classes - 1}, "
                              f"got label {int(client.y.max())}")
-        picks = torch.randperm(len(client), generator=generator)[:self.batch_size]
-        x, y = as_float_input(client.x[picks]), client.y[picks]
-        mask = torch.ones(self.batch_size, dtype=x.dtype)
-        if (missing := self.batch_size - len(picks)) > 0:
-            x = torch.cat([x, x.new_zeros(missing, *x.shape[1:])])
-            y = torch.cat([y, y.new_zeros(missing)])
-            mask[len(picks):] = 0
-        return x, y, mask
+        n, size = len(client), self.batch_size
+        picks = torch.rand(self.local_steps, n, generator=generator).argsort(1)[:, :size]
+        x, y = as_float_input(client.x[picks]), client.y[picks]  # [steps, min(n, size), ...]
+        mask = torch.ones(size, dtype=x.dtype)
+        if n < size:
+            x = torch.cat([x, x.new_zeros(self.local_steps, size - n, *x.shape[2:])], 1)
+            y = torch.cat([y, y.new_zeros(self.local_steps, size - n)], 1)
+            mask[n:] = 0
+        return [(x[step], y[step], mask) for step in range(self.local_steps)]
 
     def masked_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor,
                     mask: torch.Tensor) -> torch.Tensor:

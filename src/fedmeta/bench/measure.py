@@ -1,0 +1,129 @@
+"""Time fedmeta's rounds and their baselines on the same clients and batches, interleaved
+round by round (these machines are noisy: only ratios measured in one run compare)."""
+
+import dataclasses
+import resource
+import statistics
+import time
+from typing import Any
+
+from fedmeta.bench.baselines import ceiling_seconds, naive_round, supports_naive
+from fedmeta.bench.workloads import WORKLOADS
+from fedmeta.build import Experiment, build_experiment
+from fedmeta.config import Config, validate
+from fedmeta.data import Episodes, NotEnoughData
+from fedmeta.engine.cohort import choose_execution
+from fedmeta.engine.simulation import Simulation, seeded
+
+
+def with_execution(experiment: Experiment, execution: str) -> Simulation:
+    run = experiment.config.run.model_copy(update={"execution": execution})
+    config = experiment.config.model_copy(update={"run": run})
+    return Simulation(dataclasses.replace(experiment, config=config))
+
+
+def timed(fn, *args) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - start, result
+
+
+def round_data(simulation: Simulation, round_index: int) -> tuple[list, list, list]:
+    """The round's clients, their fresh generators, and their batches (drawn from copies)."""
+    config, train = simulation.config, simulation.experiment.train
+    cohort = simulation.cohort(round_index).tolist()
+    clients = [train.client(c) for c in cohort]
+    batches = []
+    for client, c in zip(clients, cohort):
+        try:
+            batches.append(simulation.experiment.learner.local_batches(
+                client, seeded(config.seed, round_index, c)))
+        except NotEnoughData:
+            pass
+    return clients, [seeded(config.seed, round_index, c) for c in cohort], batches
+
+
+def tasks(batches: list[list[Any]]) -> int:
+    """Episodes (or minibatches) a round trains on."""
+    return sum(len(b) if isinstance(b, Episodes) else 1 for client in batches for b in client)
+
+
+def measure(name: str, rounds: int = 3, flower: bool = True) -> dict[str, Any]:
+    """Seconds per round (median over `rounds` after one warm-up round) of fedmeta with the
+    execution `auto` picks, the other execution, the compute ceiling, the naive loop and,
+    when `flower` and flwr is installed, Flower's simulation; and their ratios."""
+    experiment = build_experiment(validate(WORKLOADS[name].config))
+    config, learner = experiment.config, experiment.learner
+    params = learner.init_params()
+    chosen = choose_execution(learner.model, next(iter(params.values())).device)
+    other = "vmap" if chosen == "loop" else "loop"
+    simulations = {e: with_execution(experiment, e) for e in (chosen, other)}
+    chunk = 1 if chosen == "loop" else config.run.chunk_size
+    times: dict[str, list[float]] = {"fedmeta": [], "other_execution": [], "ceiling": []}
+    if supports_naive(learner):
+        times["naive_loop"] = []
+    state, work = experiment.pipeline.init(params), []
+    for round_index in range(rounds + 1):
+        clients, generators, batches = round_data(simulations[chosen], round_index)
+        seconds, (new_params, state, _) = timed(simulations[chosen].round, round_index, params,
+                                                state)
+        sample = {"fedmeta": seconds,
+                  "other_execution": timed(simulations[other].round, round_index, params,
+                                           state)[0],
+                  "ceiling": ceiling_seconds(learner, batches, chunk)}
+        if "naive_loop" in times:
+            sample["naive_loop"] = timed(naive_round, learner, params, clients, generators,
+                                         config.learner.optimizer, config.learner.lr)[0]
+        params = new_params
+        if round_index:  # round 0 warms up
+            for key, value in sample.items():
+                times[key].append(value)
+            work.append((len(batches), tasks(batches)))
+    seconds = {key: statistics.median(values) for key, values in times.items()}
+    if flower:
+        seconds.update(flower_seconds(experiment, rounds))
+    fedmeta = seconds["fedmeta"]
+    clients_per_round = statistics.mean(c for c, _ in work)
+    return {
+        "workload": name, "description": WORKLOADS[name].description, "execution": chosen,
+        "rounds": rounds, "clients_per_round": clients_per_round,
+        "seconds_per_round": seconds,
+        "rounds_per_s": 1 / fedmeta,
+        "client_updates_per_s": clients_per_round / fedmeta,
+        "tasks_per_s": statistics.mean(t for _, t in work) / fedmeta,
+        "ratios": {
+            "fedmeta_over_ceiling": fedmeta / seconds["ceiling"],
+            f"{other}_over_{chosen}": seconds["other_execution"] / fedmeta,
+            **{f"{key}_over_fedmeta": seconds[key] / fedmeta
+               for key in ("naive_loop", "flower_simulation") if key in seconds},
+        },
+    }
+
+
+def flower_seconds(experiment: Experiment, rounds: int) -> dict[str, float]:
+    """Flower's simulation on the same experiment, or nothing when flwr is not installed."""
+    try:
+        from fedmeta.bench.flower_baseline import flower_seconds_per_round
+    except ImportError:
+        return {}
+    return {"flower_simulation": flower_seconds_per_round(experiment, rounds)["seconds_per_round"]}
+
+
+def scale(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), rounds: int = 5) -> dict[str, Any]:
+    """fedavg-synthetic's round time and the process's peak RSS as the federation grows and
+    the cohort stays 100: cost should follow the cohort, not the federation."""
+    rows = []
+    for size in sizes:
+        data = {**WORKLOADS["fedavg-synthetic"].config["data"], "num_clients": size}
+        config: Config = validate({**WORKLOADS["fedavg-synthetic"].config, "data": data})
+        simulation = Simulation(build_experiment(config))
+        params = simulation.experiment.learner.init_params()
+        state, times = simulation.experiment.pipeline.init(params), []
+        for round_index in range(rounds + 1):
+            seconds, (params, state, _) = timed(simulation.round, round_index, params, state)
+            times.append(seconds)
+        rows.append({"clients": size, "seconds_per_round": statistics.median(times[1:]),
+                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    per_round = [row["seconds_per_round"] for row in rows]
+    return {"workload": "scale", "cohort": 100, "rows": rows,
+            "slowest_over_fastest": max(per_round) / min(per_round)}
