@@ -53,7 +53,8 @@ def test_ceiling_chunks_are_each_episodes_support_and_query_sets():
 def test_scale_reports_round_time_and_memory_per_federation_size():
     result = scale(sizes=(100, 1000), rounds=1)
     assert [row["clients"] for row in result["rows"]] == [100, 1000]
-    assert all(row["seconds_per_round"] > 0 and row["peak_rss_mb"] > 0 for row in result["rows"])
+    assert all(row["seconds_per_round"] > 0 for row in result["rows"])
+    assert 0 < result["peak_rss_mb"] < 1500
     assert result["slowest_over_fastest"] >= 1
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fedmeta.bench.measure import measure, scale
+from fedmeta.bench.measure import run_benchmarks
 from fedmeta.bench.workloads import WORKLOADS
 from fedmeta.build import build_experiment
 from fedmeta.config import Config, load_config
@@ -112,19 +112,18 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.rounds < 1:
         raise UserError(f"--rounds must be at least 1, got {args.rounds}")
     names = [args.name] if args.name else [*WORKLOADS, "scale"]
-    for name in names:
-        result = (scale(rounds=args.rounds) if name == "scale"
-                  else measure(name, args.rounds, flower=not args.no_flower))
+    for result in run_benchmarks(names, args.rounds, flower=not args.no_flower):
         print(json.dumps(result) if args.json else bench_report(result), flush=True)
 
 
 def bench_report(result: dict) -> str:
     """A benchmark result as a few readable lines."""
     if result["workload"] == "scale":
-        rows = [f"  {row['clients']:>7,} clients: {1000 * row['seconds_per_round']:7.1f} ms/round,"
-                f" peak RSS {row['peak_rss_mb']:6.0f} MB" for row in result["rows"]]
+        rows = [f"  {row['clients']:>7,} clients: {1000 * row['seconds_per_round']:7.1f} ms/round"
+                for row in result["rows"]]
         return "\n".join([f"scale (cohort {result['cohort']}):", *rows,
-                          f"  slowest/fastest round: {result['slowest_over_fastest']:.2f}x"])
+                          f"  slowest/fastest round: {result['slowest_over_fastest']:.2f}x, "
+                          f"peak RSS {result['peak_rss_mb']:.0f} MB"])
     seconds = "  ".join(f"{key} {1000 * value:.1f} ms"
                         for key, value in result["seconds_per_round"].items())
     ratios = "  ".join(f"{key} {value:.2f}x" for key, value in result["ratios"].items())

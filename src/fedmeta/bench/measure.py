@@ -5,12 +5,15 @@ import dataclasses
 import resource
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from collections.abc import Iterator
 from typing import Any
 
 from fedmeta.bench.baselines import ceiling_seconds, naive_round, supports_naive
 from fedmeta.bench.workloads import WORKLOADS
 from fedmeta.build import Experiment, build_experiment
-from fedmeta.config import Config, validate
+from fedmeta.config import validate
 from fedmeta.data import Episodes, NotEnoughData
 from fedmeta.engine.cohort import choose_execution
 from fedmeta.engine.simulation import Simulation, seeded
@@ -109,21 +112,35 @@ def flower_seconds(experiment: Experiment, rounds: int) -> dict[str, float]:
     return {"flower_simulation": flower_seconds_per_round(experiment, rounds)["seconds_per_round"]}
 
 
+def run_benchmarks(names: list[str], rounds: int, flower: bool) -> Iterator[dict[str, Any]]:
+    """Each named workload's result (`measure`, or `scale` for "scale"), in order."""
+    for name in names:
+        yield scale(rounds=rounds) if name == "scale" else measure(name, rounds, flower)
+
+
 def scale(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), rounds: int = 5) -> dict[str, Any]:
-    """fedavg-synthetic's round time and the process's peak RSS as the federation grows and
-    the cohort stays 100: cost should follow the cohort, not the federation."""
-    rows = []
-    for size in sizes:
-        data = {**WORKLOADS["fedavg-synthetic"].config["data"], "num_clients": size}
-        config: Config = validate({**WORKLOADS["fedavg-synthetic"].config, "data": data})
-        simulation = Simulation(build_experiment(config))
-        params = simulation.experiment.learner.init_params()
-        state, times = simulation.experiment.pipeline.init(params), []
-        for round_index in range(rounds + 1):
-            seconds, (params, state, _) = timed(simulation.round, round_index, params, state)
-            times.append(seconds)
-        rows.append({"clients": size, "seconds_per_round": statistics.median(times[1:]),
-                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    """fedavg-synthetic's round time as the federation grows and the cohort stays 100 (the
+    sizes' rounds interleaved, so machine noise hits them alike), and the peak RSS of a fresh
+    process holding all of them: cost should follow the cohort, not the federation."""
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        rows, peak = pool.submit(scale_rows, sizes, rounds).result()
     per_round = [row["seconds_per_round"] for row in rows]
-    return {"workload": "scale", "cohort": 100, "rows": rows,
+    return {"workload": "scale", "cohort": 100, "rows": rows, "peak_rss_mb": peak,
             "slowest_over_fastest": max(per_round) / min(per_round)}
+
+
+def scale_rows(sizes: tuple[int, ...], rounds: int) -> tuple[list[dict[str, Any]], float]:
+    workload = WORKLOADS["fedavg-synthetic"].config
+    simulations = [Simulation(build_experiment(validate(
+        {**workload, "data": {**workload["data"], "num_clients": size}}))) for size in sizes]
+    params = simulations[0].experiment.learner.init_params()
+    states = [s.experiment.pipeline.init(params) for s in simulations]
+    times: list[list[float]] = [[] for _ in sizes]
+    for round_index in range(rounds + 1):  # round 0 warms up
+        for i, simulation in enumerate(simulations):
+            seconds, (_, states[i], _) = timed(simulation.round, round_index, params, states[i])
+            if round_index:
+                times[i].append(seconds)
+    rows = [{"clients": size, "seconds_per_round": statistics.median(t)}
+            for size, t in zip(sizes, times)]
+    return rows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

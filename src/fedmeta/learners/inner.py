@@ -20,9 +20,10 @@ def sgd_steps(loss: Callable[[Params], torch.Tensor], params: Params, lr: Learni
     steps, each taken before its update)."""
     losses = []
     for _ in range(steps):
-        grads, value = grad_and_value(loss)(params)
-        if first_order:
-            grads = {k: g.detach() for k, g in grads.items()}
+        # First order, the gradient is a constant to any outer transform: take it at detached
+        # params, so the outer `grad` does not also trace this step's forward and backward.
+        at = {k: p.detach() for k, p in params.items()} if first_order else params
+        grads, value = grad_and_value(loss)(at)
         params = {k: p - (lr[k] if isinstance(lr, dict) else lr) * grads[k]
                   for k, p in params.items()}
         losses.append(value)
