@@ -13,7 +13,7 @@ rejects configs where they differ. At meta-test time a task takes `eval_inner_st
 order, since no meta-gradient is needed there.
 
 Subclasses change one hook each: `first_order` (FOMAML), `adapted` (ANIL), `inner_lr_of`
-(Meta-SGD), `local_gradient` (Per-FedAvg) or `client_update` (Reptile).
+(Meta-SGD), `local_gradient` (Per-FedAvg); Reptile its batches, gradient and optimizer.
 """
 
 from typing import Any, ClassVar
