@@ -28,3 +28,20 @@ def test_seeded_streams_differ_and_repeat():
     a, b = torch.rand(4, generator=seeded(1, 2, 3)), torch.rand(4, generator=seeded(1, 2, 4))
     assert not torch.equal(a, b)
     assert torch.equal(a, torch.rand(4, generator=seeded(1, 2, 3)))
+
+
+def test_uniform_cohort_includes_every_client_equally_often():
+    n, size, draws = 20, 5, 4000
+    counts = torch.zeros(n)
+    for r in range(draws):
+        counts[uniform_cohort(n, size, seeded(3, r))] += 1
+    expected = draws * size / n  # 1000; binomial std ~ 27
+    assert (counts - expected).abs().max() < 5 * (expected * (1 - size / n)) ** 0.5
+
+
+def test_poisson_cohort_includes_every_client_with_the_rate():
+    n, q, draws = 50, 0.1, 4000
+    counts = torch.zeros(n)
+    for r in range(draws):
+        counts[poisson_cohort(n, q, seeded(4, r))] += 1
+    assert (counts - draws * q).abs().max() < 5 * (draws * q * (1 - q)) ** 0.5
