@@ -20,12 +20,13 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.func import grad_and_value
 
-from fedmeta.data import EpisodeSampler
+from fedmeta.data import EpisodeSampler, Episodes
 from fedmeta.learners.base import Learner
 from fedmeta.learners.inner import LearningRate, sgd_steps
 from fedmeta.optim import Transform
-from fedmeta.params import Params
+from fedmeta.params import Params, tree_map
 
 
 class MAML(Learner):
@@ -68,3 +69,22 @@ class MAML(Learner):
 
     def query_logits(self, params: Params, state: Any, query_x: torch.Tensor) -> torch.Tensor:
         return self.forward(state, query_x)
+
+    def episode_gradient(self, params: Params, support_x: torch.Tensor,
+                         support_y: torch.Tensor, query_x: torch.Tensor,
+                         query_y: torch.Tensor) -> tuple[Params, torch.Tensor]:
+        """First order: (the query loss's gradient at the adapted weights, the loss), which is
+        the meta-gradient when the inner gradients are constants."""
+        adapted = self.adapt(params, support_x, support_y)
+        return grad_and_value(lambda w: self.loss(w, query_x, query_y))(adapted)
+
+    def local_gradient(self, params: Params, episodes: Episodes) -> tuple[Params, torch.Tensor]:
+        """Second order, the meta-loss's gradient through the inner loop; first order, the mean
+        `episode_gradient`, each episode's inner loop run outside any outer `grad` (the same
+        gradient without tracing the inner steps twice)."""
+        if not self.first_order:
+            return super().local_gradient(params, episodes)
+        grads, losses = zip(*(self.episode_gradient(params, *(x[e] for x in (
+            episodes.support_x, episodes.support_y, episodes.query_x, episodes.query_y)))
+            for e in range(episodes.num_episodes)))
+        return tree_map(lambda *gs: torch.stack(gs).mean(0), *grads), torch.stack(losses).mean()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.func import grad, grad_and_value, vjp
 
-from fedmeta.data import EpisodeSampler, Episodes
+from fedmeta.data import EpisodeSampler
 from fedmeta.learners.maml import MAML
 from fedmeta.optim import Transform
 from fedmeta.params import Params, tree_map
@@ -44,21 +44,13 @@ def halves(x: torch.Tensor, ways: int) -> tuple[torch.Tensor, torch.Tensor]:
 class PerFedAvg(MAML):
     """The first-order variant."""
 
+    first_order = True
+
     def episode_gradient(self, params: Params, support_x: torch.Tensor,
                          support_y: torch.Tensor, query_x: torch.Tensor,
                          query_y: torch.Tensor) -> tuple[Params, torch.Tensor]:
         adapted = self.fast_weights(params, support_x, support_y, 1, first_order=True)
         return grad_and_value(lambda p: self.loss(p, query_x, query_y))(adapted)
-
-    def local_gradient(self, params: Params, episodes: Episodes) -> tuple[Params, torch.Tensor]:
-        grads, losses = [], []
-        for e in range(episodes.num_episodes):
-            g, loss = self.episode_gradient(params, episodes.support_x[e], episodes.support_y[e],
-                                            episodes.query_x[e], episodes.query_y[e])
-            grads.append(g)
-            losses.append(loss)
-        mean = tree_map(lambda *gs: torch.stack(gs).mean(0), *grads)
-        return mean, torch.stack(losses).mean()
 
 
 class PerFedAvgHF(PerFedAvg):
