@@ -54,7 +54,8 @@ def tasks(batches: list[list[Any]]) -> int:
 def measure(name: str, rounds: int = 3, flower: bool = True) -> dict[str, Any]:
     """Seconds per round (median over `rounds` after one warm-up round) of fedmeta with the
     execution `auto` picks, the other execution, the compute ceiling, the naive loop and,
-    when `flower` and flwr is installed, Flower's simulation; and their ratios."""
+    when `flower` and flwr is installed, Flower's simulation; and their ratios (medians of
+    round-by-round ratios, but Flower's)."""
     experiment = build_experiment(validate(WORKLOADS[name].config))
     config, learner = experiment.config, experiment.learner
     params = learner.init_params()
@@ -83,9 +84,15 @@ def measure(name: str, rounds: int = 3, flower: bool = True) -> dict[str, Any]:
                 times[key].append(value)
             work.append((len(batches), tasks(batches)))
     seconds = {key: statistics.median(values) for key, values in times.items()}
+    ratios = {"fedmeta_over_ceiling": paired_ratio(times["fedmeta"], times["ceiling"]),
+              f"{other}_over_{chosen}": paired_ratio(times["other_execution"], times["fedmeta"])}
+    if "naive_loop" in times:
+        ratios["naive_loop_over_fedmeta"] = paired_ratio(times["naive_loop"], times["fedmeta"])
     if flower:
         seconds.update(flower_seconds(experiment, rounds))
     fedmeta = seconds["fedmeta"]
+    if "flower_simulation" in seconds:  # a run of its own: a ratio of medians
+        ratios["flower_simulation_over_fedmeta"] = seconds["flower_simulation"] / fedmeta
     clients_per_round = statistics.mean(c for c, _ in work)
     return {
         "workload": name, "description": WORKLOADS[name].description, "execution": chosen,
@@ -94,13 +101,14 @@ def measure(name: str, rounds: int = 3, flower: bool = True) -> dict[str, Any]:
         "rounds_per_s": 1 / fedmeta,
         "client_updates_per_s": clients_per_round / fedmeta,
         "tasks_per_s": statistics.mean(t for _, t in work) / fedmeta,
-        "ratios": {
-            "fedmeta_over_ceiling": fedmeta / seconds["ceiling"],
-            f"{other}_over_{chosen}": seconds["other_execution"] / fedmeta,
-            **{f"{key}_over_fedmeta": seconds[key] / fedmeta
-               for key in ("naive_loop", "flower_simulation") if key in seconds},
-        },
+        "ratios": ratios,
     }
+
+
+def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """The median of round-by-round ratios (each pair timed back to back, so slow spells of
+    the machine cancel)."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators))
 
 
 def flower_seconds(experiment: Experiment, rounds: int) -> dict[str, float]:
