@@ -7,11 +7,12 @@ generator before any compute), so they agree to float rounding. Which is faster 
 model and the device, measured by `fedmeta bench` (BENCHMARKS.md):
 
 - `vmap` turns a cohort of small dense models into batched matrix products: FedAvg's MLP on
-  LEAF Synthetic, a cohort of 100, ran 6.7x faster than the per-client loop on a 2-core CPU,
+  LEAF Synthetic, a cohort of 100, ran 7.5x faster than the per-client loop on a 2-core CPU,
   where `torch.func`'s per-call overhead, not arithmetic, is the cost of a client;
 - with convolutions and per-client weights, vmap becomes grouped convolutions, which the CPU
-  runs slower than one plain convolution per client (Conv-4 MAML on Omniglot: 2.4-2.5x
-  slower); a GPU is where grouped convolutions should pay (not measured yet).
+  runs slower than one plain convolution per client (Conv-4 on Omniglot: 1.5x slower
+  for first-order MAML, 2.4x for MAML); a GPU is where grouped convolutions should pay
+  (not measured yet).
 
 `auto` applies that rule: `vmap` unless the model has convolutions and runs on the CPU.
 `chunk_size` bounds memory: at most that many clients' activations are alive at once.
