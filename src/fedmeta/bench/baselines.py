@@ -91,4 +91,5 @@ def maml_step(learner: MAML, model: torch.nn.Module, episodes: Episodes) -> None
 
 
 def supports_naive(learner: Learner) -> bool:
+    """Whether `naive_round` implements `learner`'s algorithm."""
     return type(learner) in (FedAvg, MAML, FOMAML) and getattr(learner, "inner_steps", 1) == 1

@@ -5,9 +5,9 @@ import dataclasses
 import resource
 import statistics
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-from collections.abc import Iterator
 from typing import Any
 
 from fedmeta.bench.baselines import ceiling_seconds, naive_round, supports_naive
