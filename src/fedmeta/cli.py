@@ -22,6 +22,7 @@ from fedmeta.engine.callbacks import (Checkpointer, EarlyStopping, MetricsLogger
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
+from fedmeta.privacy.accountant import epsilon, noise_multiplier_for
 from fedmeta.evaluation import load_episodes, mean_ci95
 
 console = Console(stderr=True)
@@ -133,6 +134,32 @@ def bench_report(result: dict) -> str:
             f"  per round: {seconds}\n  ratios: {ratios}")
 
 
+def cmd_privacy(args: argparse.Namespace) -> None:
+    checks = [("--sample-rate", args.sample_rate, 0 < args.sample_rate <= 1, "in (0, 1]"),
+              ("--rounds", args.rounds, args.rounds >= 1, "at least 1"),
+              ("--delta", args.delta, 0 < args.delta < 1, "in (0, 1)")]
+    if args.target_epsilon is None:
+        checks.append(("--noise-multiplier", args.noise_multiplier, args.noise_multiplier >= 0,
+                       "non-negative"))
+    else:
+        checks.append(("--target-epsilon", args.target_epsilon, args.target_epsilon > 0,
+                       "positive"))
+    for flag, value, ok, expected in checks:
+        if not ok:
+            raise UserError(f"{flag} must be {expected}, got {value}")
+    sigma = args.noise_multiplier
+    if args.target_epsilon is not None:
+        sigma = noise_multiplier_for(args.target_epsilon, args.sample_rate, args.rounds,
+                                     args.delta, args.accountant)
+    spent = epsilon(sigma, args.sample_rate, args.rounds, args.delta, args.accountant)
+    result = {"epsilon": spent, "delta": args.delta, "noise_multiplier": sigma,
+              "sample_rate": args.sample_rate, "rounds": args.rounds,
+              "accountant": args.accountant}
+    print(json.dumps(result) if args.json else
+          f"epsilon {spent:.4g} at delta {args.delta:g} after {args.rounds} rounds: noise "
+          f"multiplier {sigma:.4g}, sample rate {args.sample_rate:g} ({args.accountant.upper()})")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="fedmeta", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -165,6 +192,17 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3, help="timed rounds (after a warm-up)")
     bench.add_argument("--no-flower", action="store_true", help="skip Flower's simulation")
     bench.add_argument("--json", action="store_true", help="one JSON object per workload")
+    privacy = add("privacy", cmd_privacy, "epsilon of T rounds of the subsampled Gaussian "
+                  "mechanism, or the noise multiplier for a target epsilon")
+    given = privacy.add_mutually_exclusive_group(required=True)
+    given.add_argument("--noise-multiplier", type=float, help="noise std / clip norm")
+    given.add_argument("--target-epsilon", type=float, help="solve for the noise multiplier")
+    privacy.add_argument("--sample-rate", type=float, required=True,
+                         help="probability a client (or record) joins a round")
+    privacy.add_argument("--rounds", type=int, required=True)
+    privacy.add_argument("--delta", type=float, default=1e-5)
+    privacy.add_argument("--accountant", choices=["rdp", "pld"], default="rdp")
+    privacy.add_argument("--json", action="store_true", help="print one JSON object")
     return root
 
 

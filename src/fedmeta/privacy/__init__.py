@@ -1,0 +1,1 @@
+"""Differential privacy: accounting (and, as they land, clipping, noise and audits)."""

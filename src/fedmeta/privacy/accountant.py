@@ -1,0 +1,45 @@
+"""Privacy accounting with Google's `dp-accounting`: the (epsilon, delta) of T rounds of the
+Poisson-subsampled Gaussian mechanism, the mechanism of DP-FedAvg (McMahan, Ramage, Talwar,
+Zhang 2018, "Learning Differentially Private Recurrent Language Models") and of DP-SGD
+(Abadi et al. 2016), by Rényi DP (Mironov 2017; Mironov, Talwar, Zhang 2019) or by privacy
+loss distributions (Koskela, Jälkö, Honkela 2020; Doroshenko et al. 2022).
+
+Each round samples each client with probability `sample_rate`, clips their updates to L2 norm
+C and adds Gaussian noise of std `noise_multiplier * C` to their sum.
+"""
+
+from typing import Literal
+
+import dp_accounting
+from dp_accounting.pld import PLDAccountant
+from dp_accounting.rdp import RdpAccountant
+
+AccountantName = Literal["rdp", "pld"]
+
+
+def round_event(noise_multiplier: float, sample_rate: float) -> dp_accounting.DpEvent:
+    """One round: Poisson sampling at `sample_rate`, then the Gaussian mechanism."""
+    gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
+    return gaussian if sample_rate >= 1 else dp_accounting.PoissonSampledDpEvent(sample_rate,
+                                                                                 gaussian)
+
+
+def make_accountant(name: AccountantName) -> dp_accounting.PrivacyAccountant:
+    return RdpAccountant() if name == "rdp" else PLDAccountant()
+
+
+def epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float,
+            accountant: AccountantName = "rdp") -> float:
+    """Epsilon at `delta` after `rounds` rounds (inf without noise)."""
+    ledger = make_accountant(accountant)
+    ledger.compose(round_event(noise_multiplier, sample_rate), rounds)
+    return float(ledger.get_epsilon(delta))
+
+
+def noise_multiplier_for(target_epsilon: float, sample_rate: float, rounds: int, delta: float,
+                         accountant: AccountantName = "rdp") -> float:
+    """The smallest noise multiplier whose `rounds` rounds spend at most `target_epsilon`."""
+    return float(dp_accounting.calibrate_dp_mechanism(
+        lambda: make_accountant(accountant),
+        lambda sigma: dp_accounting.SelfComposedDpEvent(round_event(sigma, sample_rate), rounds),
+        target_epsilon, delta))
