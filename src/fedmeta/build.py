@@ -22,6 +22,8 @@ from fedmeta.learners.protonet import ProtoNet
 from fedmeta.learners.reptile import Reptile
 from fedmeta.models import build_model
 from fedmeta.optim import OPTIMIZERS
+from fedmeta.privacy.accountant import PrivacyBudget
+from fedmeta.privacy.user_level import clip_updates, gaussian_noise, private_mean
 from fedmeta.server import Stage, chain, server_optimizer, weighted_mean
 
 LEARNERS: dict[str, type[Learner]] = {
@@ -53,9 +55,37 @@ def build_datasets(config: Config) -> tuple[FederatedDataset, FederatedDataset]:
             clients(SYNTHETIC_TEST_CLIENTS, seed=config.seed + 1))
 
 
-def build_pipeline(config: Config) -> Stage:
-    server = config.server
-    return chain(weighted_mean(), server_optimizer(OPTIMIZERS[server.optimizer](server.lr)))
+def client_sample_rate(config: Config, num_clients: int) -> float:
+    """A client's chance to join a round under Poisson sampling (expected cohort / clients)."""
+    return min(1.0, config.server.clients_per_round / num_clients)
+
+
+def build_pipeline(config: Config, num_clients: int) -> Stage:
+    """Aggregate, then the server optimizer; with `privacy.clip_norm`, clip each client's
+    update first, and with noise, DP-FedAvg's fixed-denominator mean and Gaussian noise."""
+    server, privacy = config.server, config.privacy
+    step = server_optimizer(OPTIMIZERS[server.optimizer](server.lr))
+    if not privacy.clip_norm:
+        return chain(weighted_mean(), step)
+    if not privacy.noise_multiplier:
+        return chain(clip_updates(privacy.clip_norm), weighted_mean(), step)
+    expected = client_sample_rate(config, num_clients) * num_clients
+    return chain(clip_updates(privacy.clip_norm), private_mean(expected),
+                 gaussian_noise(privacy.noise_multiplier * privacy.clip_norm / expected,
+                                config.seed), step)
+
+
+def build_privacy_budget(config: Config, num_clients: int) -> PrivacyBudget | None:
+    """The accountant of a run with user-level DP noise (None without)."""
+    privacy = config.privacy
+    if not privacy.noise_multiplier:
+        return None
+    budget = PrivacyBudget(privacy.noise_multiplier, client_sample_rate(config, num_clients),
+                           privacy.delta, privacy.accountant, privacy.target_epsilon)
+    if not budget.allows(1):
+        raise UserError(f"config error: privacy.target_epsilon {privacy.target_epsilon} is "
+                        f"less than one round spends ({budget.epsilon_after(1):.4g})")
+    return budget
 
 
 @dataclass
@@ -66,6 +96,7 @@ class Experiment:
     learner: Learner
     pipeline: Stage
     eval_sampler: EpisodeSampler
+    privacy: PrivacyBudget | None = None
 
 
 def head_size(config: Config, kind: str, train: FederatedDataset) -> int | None:
@@ -90,5 +121,6 @@ def build_experiment(config: Config) -> Experiment:
         local_steps=learner_config.local_steps, tasks_per_step=learner_config.tasks_per_step,
         **{key: getattr(learner_config, key) for key in cls.hyperparameters})
     ev = config.eval
-    return Experiment(config, train, test, learner, build_pipeline(config),
-                      EpisodeSampler(ev.ways, ev.shots, ev.queries))
+    return Experiment(config, train, test, learner, build_pipeline(config, train.num_clients),
+                      EpisodeSampler(ev.ways, ev.shots, ev.queries),
+                      build_privacy_budget(config, train.num_clients))

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from fedmeta.bench.measure import run_benchmarks
 from fedmeta.bench.workloads import WORKLOADS
-from fedmeta.build import build_experiment
+from fedmeta.build import Experiment, build_experiment
 from fedmeta.config import Config, load_config
 from fedmeta.engine.checkpoint import load_checkpoint
 from fedmeta.engine.callbacks import (Checkpointer, EarlyStopping, MetricsLogger, ProgressBar,
@@ -60,17 +60,28 @@ def train(config: Config, out: Path | None, quiet: bool) -> dict:
     train_seconds = time.perf_counter() - start
     result = {k.removeprefix("test_"): v
               for k, v in simulation.evaluate(params, config.eval.final_episodes).items()}
-    ev = config.eval
+    ev, rounds = config.eval, checkpointer.last[0]
     summary = {
-        "name": config.name, "rounds": checkpointer.last[0], "train_seconds": train_seconds,
+        "name": config.name, "rounds": rounds, "train_seconds": train_seconds,
         "task": f"{ev.ways}-way {ev.shots}-shot", "test_clients": experiment.test.num_clients,
-        "meta_test": result,
+        "meta_test": result, "privacy": privacy_summary(experiment, rounds),
     }
     run.write_summary(summary)
     print(f"meta-test accuracy on {summary['test_clients']} unseen clients, {summary['task']}: "
           f"{100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI over "
           f"{result['episodes']} episodes); run directory {run.path}")
     return summary
+
+
+def privacy_summary(experiment: Experiment, rounds: int) -> dict:
+    """The run's user-level DP guarantee (epsilon None: no noise, no guarantee)."""
+    privacy, budget = experiment.config.privacy, experiment.privacy
+    if budget is None:
+        return {"epsilon": None, "clip_norm": privacy.clip_norm}
+    return {"epsilon": budget.epsilon_after(rounds), "delta": budget.delta,
+            "noise_multiplier": budget.noise_multiplier, "clip_norm": privacy.clip_norm,
+            "client_sample_rate": budget.sample_rate, "accountant": budget.accountant,
+            "target_epsilon": privacy.target_epsilon or None}
 
 
 def cmd_run(args: argparse.Namespace) -> None:

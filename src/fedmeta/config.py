@@ -89,6 +89,17 @@ class RunConfig(Section):
     chunk_size: int = Field(64, ge=1)  # clients vmapped at once (bounds memory)
 
 
+class PrivacyConfig(Section):
+    """User-level DP (DP-FedAvg): clip each client's update to `clip_norm`, noise of std
+    `noise_multiplier * clip_norm` on the sum; 0 = off. Clipping alone is allowed."""
+
+    noise_multiplier: float = Field(0.0, ge=0)
+    clip_norm: float | None = Field(None, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    target_epsilon: float = Field(0.0, ge=0)  # stop before the run would spend more; 0 = no budget
+    accountant: Literal["rdp", "pld"] = "rdp"
+
+
 class Config(Section):
     name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = Field(0, ge=0)
@@ -99,9 +110,18 @@ class Config(Section):
     server: ServerConfig = ServerConfig()
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
+        privacy = self.privacy
+        if privacy.noise_multiplier and privacy.clip_norm is None:
+            raise ValueError("privacy.noise_multiplier needs privacy.clip_norm (the sensitivity)")
+        if privacy.noise_multiplier and self.server.sampling != "poisson":
+            raise ValueError("user-level DP is accounted for Poisson sampling of clients: "
+                             "set server.sampling = 'poisson'")
+        if privacy.target_epsilon and not privacy.noise_multiplier:
+            raise ValueError("privacy.target_epsilon needs privacy.noise_multiplier > 0")
         if self.data.partition == "random" and self.data.num_clients is None:
             raise ValueError("data.num_clients is required with data.partition = 'random'")
         if self.data.path == "bundled" and self.data.dataset != "omniglot":

@@ -29,7 +29,7 @@ from flwr.simulation import run_simulation
 
 from fedmeta.build import Experiment, build_experiment
 from fedmeta.config import Config
-from fedmeta.engine.simulation import seeded
+from fedmeta.engine.seeding import seeded
 from fedmeta.params import Params, tree_add
 
 

@@ -16,7 +16,8 @@ from fedmeta.build import Experiment, build_experiment
 from fedmeta.config import validate
 from fedmeta.data import Episodes, NotEnoughData
 from fedmeta.engine.cohort import choose_execution
-from fedmeta.engine.simulation import Simulation, seeded
+from fedmeta.engine.seeding import seeded
+from fedmeta.engine.simulation import Simulation
 
 
 def with_execution(experiment: Experiment, execution: str) -> Simulation:

@@ -75,7 +75,8 @@ class TimeBudget:
 
 
 class ProgressBar:
-    """A rich progress bar showing the round, the last loss and test accuracy, and the ETA."""
+    """A rich progress bar showing the round, the last loss and test accuracy, the privacy
+    spent (epsilon, with user-level DP) and the ETA."""
 
     def __init__(self, rounds: int, start_round: int = 1) -> None:
         self.progress = Progress(
@@ -96,4 +97,6 @@ class ProgressBar:
                  metrics: dict[str, Any]) -> None:
         self.accuracy = metrics.get("test_accuracy", self.accuracy)
         status = f"loss {metrics.get('loss', math.nan):.3f}  test acc {100 * self.accuracy:.1f}%"
+        if "epsilon" in metrics:
+            status += f"  ε {metrics['epsilon']:.2f}"
         self.progress.update(self.task, completed=round_index, status=status)

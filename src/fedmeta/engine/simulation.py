@@ -10,13 +10,13 @@ import time
 from functools import cached_property
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
-from fedmeta.build import Experiment
+from fedmeta.build import Experiment, client_sample_rate
 from fedmeta.data import ClientData
 from fedmeta.engine.cohort import run_cohort
 from fedmeta.engine.sampling import poisson_cohort, uniform_cohort
+from fedmeta.engine.seeding import seeded
 from fedmeta.evaluation import meta_test, personalize
 from fedmeta.optim import apply_updates
 from fedmeta.params import Params
@@ -30,12 +30,6 @@ Callback = Callable[[int, Params, dict[str, Any], dict[str, Any]], None]
 EVAL_STREAM = 2**31 - 1  # the generator key of evaluation, apart from every round's
 
 
-def seeded(*keys: int) -> torch.Generator:
-    """A generator whose seed is a hash of `keys` (numpy's SeedSequence)."""
-    seed = int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator().manual_seed(seed)
-
-
 class Simulation:
     def __init__(self, experiment: Experiment) -> None:
         self.experiment = experiment
@@ -45,7 +39,7 @@ class Simulation:
         server, train = self.config.server, self.experiment.train
         generator = seeded(self.config.seed, round_index)
         if server.sampling == "poisson":
-            rate = min(1.0, server.clients_per_round / train.num_clients)
+            rate = client_sample_rate(self.config, train.num_clients)
             return poisson_cohort(train.num_clients, rate, generator)
         return uniform_cohort(train.num_clients, server.clients_per_round, generator)
 
@@ -92,14 +86,19 @@ class Simulation:
     def run(self, callbacks: list[Callback] = (), params: Params | None = None,
             server_state: dict[str, Any] | None = None, start_round: int = 1) -> Params:
         """Rounds `start_round`..`server.rounds`, evaluating every `eval.every` rounds, until
-        the last round or a callback raises `StopTraining`."""
+        the last round, a callback raises `StopTraining`, or the next round would exceed
+        `privacy.target_epsilon`; with user-level DP, `epsilon` is in every round's metrics."""
         if params is None:
             params = self.experiment.learner.init_params()
         if server_state is None:
             server_state = self.experiment.pipeline.init(params)
-        every = self.config.eval.every
+        every, budget = self.config.eval.every, self.experiment.privacy
         for round_index in range(start_round, self.config.server.rounds + 1):
+            if budget is not None and not budget.allows(round_index):
+                break  # the round would spend more than privacy.target_epsilon
             params, server_state, metrics = self.round(round_index, params, server_state)
+            if budget is not None:
+                metrics["epsilon"] = budget.epsilon_after(round_index)
             if every and round_index % every == 0:
                 metrics.update(self.evaluate(params, self.config.eval.episodes))
             try:

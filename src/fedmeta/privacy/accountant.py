@@ -43,3 +43,23 @@ def noise_multiplier_for(target_epsilon: float, sample_rate: float, rounds: int,
         lambda: make_accountant(accountant),
         lambda sigma: dp_accounting.SelfComposedDpEvent(round_event(sigma, sample_rate), rounds),
         target_epsilon, delta))
+
+
+class PrivacyBudget:
+    """Epsilon after each round of a run, and whether a round stays within `target_epsilon`
+    (0: no budget). Depends on the round count only, so a resumed run agrees."""
+
+    def __init__(self, noise_multiplier: float, sample_rate: float, delta: float,
+                 accountant: AccountantName = "rdp", target_epsilon: float = 0.0) -> None:
+        self.noise_multiplier, self.sample_rate, self.delta = noise_multiplier, sample_rate, delta
+        self.accountant, self.target_epsilon = accountant, target_epsilon
+        self._spent: dict[int, float] = {}
+
+    def epsilon_after(self, rounds: int) -> float:
+        if rounds not in self._spent:
+            self._spent[rounds] = epsilon(self.noise_multiplier, self.sample_rate, rounds,
+                                          self.delta, self.accountant)
+        return self._spent[rounds]
+
+    def allows(self, rounds: int) -> bool:
+        return not self.target_epsilon or self.epsilon_after(rounds) <= self.target_epsilon

@@ -1,0 +1,112 @@
+"""User-level DP (DP-FedAvg) stages against numpy and statistics; epsilon in a run's metrics
+and summary; the budget stops training before it is exceeded; bad privacy configs refused."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra.numpy import arrays
+
+from fedmeta.build import build_experiment
+from fedmeta.config import load_config
+from fedmeta.engine.simulation import Simulation
+from fedmeta.errors import UserError
+from fedmeta.privacy.accountant import epsilon
+from fedmeta.privacy.user_level import (client_norms, clip_updates, gaussian_noise,
+                                        private_mean)
+from fedmeta.server import Round
+from test_cli import demo
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+
+
+@given(arrays(np.float32, st.tuples(st.integers(1, 8), st.integers(1, 5)), elements=finite),
+       arrays(np.float32, st.tuples(st.just(8), st.integers(1, 3), st.integers(1, 3)),
+              elements=finite),
+       st.floats(1e-3, 1e2))
+@settings(max_examples=60, deadline=None)
+def test_every_clipped_client_update_has_norm_at_most_c(a, b, clip):
+    clients = a.shape[0]
+    deltas = {"a": torch.from_numpy(a), "b": torch.from_numpy(b[:clients])}
+    before = client_norms(deltas)
+    clipped, _ = clip_updates(clip).apply(Round(deltas, torch.ones(clients)), {})
+    after = client_norms(clipped.deltas)
+    assert (after <= clip * (1 + 1e-5)).all()
+    small = before <= clip
+    for key in deltas:  # updates already within the bound are untouched
+        torch.testing.assert_close(clipped.deltas[key][small], deltas[key][small])
+
+
+def test_private_mean_is_the_sum_over_the_expected_cohort():
+    deltas = {"w": torch.arange(12.0).view(3, 4)}
+    rnd, _ = private_mean(4.0).apply(Round(deltas, torch.tensor([1.0, 5.0, 9.0])), {})
+    np.testing.assert_allclose(rnd.deltas["w"].numpy(), np.arange(12.0).reshape(3, 4).sum(0) / 4)
+    assert rnd.aggregated
+
+
+def test_noise_has_the_configured_std_and_is_reproducible():
+    stage, std = gaussian_noise(0.3, seed=7), 0.3
+    zero = Round({"w": torch.zeros(200_000, dtype=torch.float64)}, torch.ones(1), aggregated=True)
+    state = stage.init({})
+    first, state = stage.apply(zero, state)
+    noise = first.deltas["w"]
+    # the sample std of n normal draws has standard error std / sqrt(2n) ~ 0.16% here
+    assert abs(noise.std().item() / std - 1) < 0.01
+    assert abs(noise.mean().item()) < 5 * std / len(noise) ** 0.5
+    second, state = stage.apply(zero, state)
+    assert int(state["count"]) == 2 and not torch.equal(second.deltas["w"], noise)
+    again, _ = stage.apply(zero, stage.init({}))
+    assert torch.equal(again.deltas["w"], noise)
+    with pytest.raises(ValueError, match="after an aggregator"):
+        stage.apply(Round({"w": torch.zeros(2, 3)}, torch.ones(2)), stage.init({}))
+
+
+DP = ["data.dataset='synthetic'", "data.num_clients=50", "model.name='mlp'", "model.hidden=8",
+      "task.ways=3", "task.shots=2", "eval.ways=3", "eval.shots=2", "eval.every=0",
+      "eval.episodes=5", "server.clients_per_round=10", "server.sampling='poisson'",
+      "server.rounds=4", "privacy.noise_multiplier=1.0", "privacy.clip_norm=0.5"]
+
+
+def run_metrics(overrides: list[str]) -> list[dict]:
+    logged = []
+    Simulation(build_experiment(load_config(None, overrides))).run(
+        [lambda r, p, s, metrics: logged.append(metrics)])
+    return logged
+
+
+def test_each_round_reports_the_accountants_epsilon():
+    logged = run_metrics(DP)
+    assert [m["epsilon"] for m in logged] == [
+        pytest.approx(epsilon(1.0, 10 / 50, t, 1e-5)) for t in range(1, 5)]
+
+
+def test_the_budget_stops_before_a_round_would_exceed_it():
+    target = (epsilon(1.0, 0.2, 2, 1e-5) + epsilon(1.0, 0.2, 3, 1e-5)) / 2
+    logged = run_metrics(DP + [f"privacy.target_epsilon={target}"])
+    assert len(logged) == 2 and logged[-1]["epsilon"] <= target
+
+
+def test_summary_has_a_privacy_section(tmp_path):
+    out = tmp_path / "run"
+    assert demo(out, "server.sampling='poisson'", "privacy.noise_multiplier=2.0",
+                "privacy.clip_norm=1.0") == 0
+    privacy = json.loads((out / "summary.json").read_text())["privacy"]
+    assert privacy["epsilon"] == pytest.approx(epsilon(2.0, 2 / 30, 2, 1e-5))
+    assert privacy["clip_norm"] == 1.0 and privacy["accountant"] == "rdp"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["privacy.noise_multiplier=1.0"], "needs privacy.clip_norm"),
+    (["privacy.noise_multiplier=1.0", "privacy.clip_norm=1.0"], "Poisson sampling"),
+    (["privacy.target_epsilon=1.0"], "needs privacy.noise_multiplier"),
+])
+def test_inconsistent_privacy_configs_are_refused(overrides, message):
+    with pytest.raises(UserError, match=message):
+        load_config(None, overrides)
+
+
+def test_a_budget_smaller_than_one_round_is_refused():
+    with pytest.raises(UserError, match="less than one round spends"):
+        build_experiment(load_config(None, DP + ["privacy.target_epsilon=0.001"]))
