@@ -172,7 +172,7 @@ def split_support_query(
         _, counts = torch.unique_consecutive(client.y[order], return_counts=True)
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.arange(len(client)) - torch.repeat_interleave(starts, counts)
-        n_query = torch.minimum(torch.round(counts * query_fraction).long(), counts - 1)
+        n_query = torch.minimum(torch.round(counts.double() * query_fraction).long(), counts - 1)
         query = torch.zeros(len(client), dtype=torch.bool)
         query[order] = rank < torch.repeat_interleave(n_query, counts)
     support = ~query
