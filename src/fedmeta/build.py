@@ -23,6 +23,7 @@ from fedmeta.learners.reptile import Reptile
 from fedmeta.models import build_model
 from fedmeta.optim import OPTIMIZERS
 from fedmeta.privacy.accountant import PrivacyBudget
+from fedmeta.privacy.audit import CanaryAudit
 from fedmeta.privacy.user_level import clip_updates, gaussian_noise, private_mean
 from fedmeta.server import Stage, chain, server_optimizer, weighted_mean
 
@@ -97,6 +98,7 @@ class Experiment:
     pipeline: Stage
     eval_sampler: EpisodeSampler
     privacy: PrivacyBudget | None = None
+    audit: CanaryAudit | None = None
 
 
 def head_size(config: Config, kind: str, train: FederatedDataset) -> int | None:
@@ -121,6 +123,11 @@ def build_experiment(config: Config) -> Experiment:
         local_steps=learner_config.local_steps, tasks_per_step=learner_config.tasks_per_step,
         **{key: getattr(learner_config, key) for key in cls.hyperparameters})
     ev = config.eval
+    privacy, audit = config.privacy, None
+    if privacy.canaries:
+        audit = CanaryAudit(learner.init_params(), privacy.canaries,
+                            privacy.canary_norm or privacy.clip_norm or 1.0,
+                            client_sample_rate(config, train.num_clients), config.seed)
     return Experiment(config, train, test, learner, build_pipeline(config, train.num_clients),
                       EpisodeSampler(ev.ways, ev.shots, ev.queries),
-                      build_privacy_budget(config, train.num_clients))
+                      build_privacy_budget(config, train.num_clients), audit)

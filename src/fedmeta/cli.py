@@ -22,6 +22,7 @@ from fedmeta.engine.callbacks import (Checkpointer, EarlyStopping, MetricsLogger
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
+from fedmeta.params import Params
 from fedmeta.privacy.accountant import epsilon, noise_multiplier_for
 from fedmeta.evaluation import load_episodes, mean_ci95
 
@@ -64,7 +65,7 @@ def train(config: Config, out: Path | None, quiet: bool) -> dict:
     summary = {
         "name": config.name, "rounds": rounds, "train_seconds": train_seconds,
         "task": f"{ev.ways}-way {ev.shots}-shot", "test_clients": experiment.test.num_clients,
-        "meta_test": result, "privacy": privacy_summary(experiment, rounds),
+        "meta_test": result, "privacy": privacy_summary(experiment, rounds, params),
     }
     run.write_summary(summary)
     print(f"meta-test accuracy on {summary['test_clients']} unseen clients, {summary['task']}: "
@@ -73,15 +74,21 @@ def train(config: Config, out: Path | None, quiet: bool) -> dict:
     return summary
 
 
-def privacy_summary(experiment: Experiment, rounds: int) -> dict:
-    """The run's user-level DP guarantee (epsilon None: no noise, no guarantee)."""
+def privacy_summary(experiment: Experiment, rounds: int, params: Params) -> dict:
+    """The run's user-level DP guarantee (epsilon None: no noise, no guarantee) and, with
+    canaries, the empirical estimate of the final `params`."""
     privacy, budget = experiment.config.privacy, experiment.privacy
-    if budget is None:
-        return {"epsilon": None, "clip_norm": privacy.clip_norm}
-    return {"epsilon": budget.epsilon_after(rounds), "delta": budget.delta,
-            "noise_multiplier": budget.noise_multiplier, "clip_norm": privacy.clip_norm,
-            "client_sample_rate": budget.sample_rate, "accountant": budget.accountant,
-            "target_epsilon": privacy.target_epsilon or None}
+    summary = {"epsilon": None, "clip_norm": privacy.clip_norm}
+    if budget is not None:
+        summary.update({"epsilon": budget.epsilon_after(rounds), "delta": budget.delta,
+                        "noise_multiplier": budget.noise_multiplier,
+                        "client_sample_rate": budget.sample_rate,
+                        "accountant": budget.accountant,
+                        "target_epsilon": privacy.target_epsilon or None})
+    if experiment.audit is not None:
+        summary["audit"] = experiment.audit.estimate(experiment.learner.init_params(), params,
+                                                     privacy.delta)
+    return summary
 
 
 def cmd_run(args: argparse.Namespace) -> None:

@@ -98,6 +98,8 @@ class PrivacyConfig(Section):
     delta: float = Field(1e-5, gt=0, lt=1)
     target_epsilon: float = Field(0.0, ge=0)  # stop before the run would spend more; 0 = no budget
     accountant: Literal["rdp", "pld"] = "rdp"
+    canaries: int = Field(0, ge=0)  # canary clients for the empirical audit; 0 = no audit
+    canary_norm: float | None = Field(None, gt=0)  # their update's norm; default clip_norm or 1
 
 
 class Config(Section):

@@ -54,14 +54,31 @@ class Simulation:
                              run.execution, run.chunk_size)
         metrics: dict[str, Any] = {"round": round_index, "clients": updates.num_clients,
                                    "skipped": updates.skipped}
-        if updates.num_clients:
-            rnd = Round(updates.deltas, updates.weights)
-            rnd, server_state = self.experiment.pipeline.apply(rnd, server_state)
+        deltas, weights = updates.deltas, updates.weights
+        if self.experiment.audit is not None:
+            deltas, weights, metrics["canaries"] = self.with_canaries(round_index, deltas,
+                                                                      weights)
+        if len(weights):
+            rnd, server_state = self.experiment.pipeline.apply(Round(deltas, weights),
+                                                               server_state)
             params = apply_updates(params, rnd.deltas)
+        if updates.num_clients:
             metrics["loss"] = float((updates.losses * updates.weights).sum()
                                     / updates.weights.sum())
         metrics["seconds"] = time.perf_counter() - start
         return params, server_state, metrics
+
+    def with_canaries(self, round_index: int, deltas: Params,
+                      weights: torch.Tensor) -> tuple[Params, torch.Tensor, int]:
+        """The round's updates with those of the audit's canaries sampled this round, each
+        weighted as the round's average client (or 1)."""
+        canaries = self.experiment.audit.round_updates(round_index)
+        if canaries is None:
+            return deltas, weights, 0
+        count = len(next(iter(canaries.values())))
+        weight = weights.mean() if len(weights) else torch.tensor(1.0)
+        return ({k: torch.cat([deltas[k], canaries[k].to(deltas[k].dtype)]) for k in deltas},
+                torch.cat([weights, weight.expand(count)]), count)
 
     @cached_property
     def test_clients(self) -> list[ClientData]:
