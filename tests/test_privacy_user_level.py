@@ -14,7 +14,8 @@ from fedmeta.config import load_config
 from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
 from fedmeta.privacy.accountant import epsilon
-from fedmeta.privacy.user_level import (client_norms, clip_updates, gaussian_noise,
+from fedmeta.privacy.user_level import (adaptive_clipping, adaptive_noise_split,
+                                        client_norms, clip_updates, gaussian_noise,
                                         private_mean)
 from fedmeta.server import Round
 from test_cli import demo
@@ -47,8 +48,9 @@ def test_private_mean_is_the_sum_over_the_expected_cohort():
 
 
 def test_noise_has_the_configured_std_and_is_reproducible():
-    stage, std = gaussian_noise(0.3, seed=7), 0.3
-    zero = Round({"w": torch.zeros(200_000, dtype=torch.float64)}, torch.ones(1), aggregated=True)
+    stage, std = gaussian_noise(1.5, expected_clients=10, seed=7), 1.5 * 2.0 / 10
+    zero = Round({"w": torch.zeros(200_000, dtype=torch.float64)}, torch.ones(1),
+                 aggregated=True, clip_norm=2.0)
     state = stage.init({})
     first, state = stage.apply(zero, state)
     noise = first.deltas["w"]
@@ -59,12 +61,12 @@ def test_noise_has_the_configured_std_and_is_reproducible():
     assert int(state["count"]) == 2 and not torch.equal(second.deltas["w"], noise)
     again, _ = stage.apply(zero, stage.init({}))
     assert torch.equal(again.deltas["w"], noise)
-    with pytest.raises(ValueError, match="after an aggregator"):
-        stage.apply(Round({"w": torch.zeros(2, 3)}, torch.ones(2)), stage.init({}))
+    with pytest.raises(ValueError, match="after clipping and an aggregator"):
+        stage.apply(Round({"w": torch.zeros(3)}, torch.ones(2), aggregated=True), stage.init({}))
 
 
 DP = ["data.dataset='synthetic'", "data.num_clients=50", "model.name='mlp'", "model.hidden=8",
-      "task.ways=3", "task.shots=2", "eval.ways=3", "eval.shots=2", "eval.every=0",
+      "task.ways=3", "task.shots=2", "task.queries=1", "eval.ways=3", "eval.shots=2", "eval.every=0",
       "eval.episodes=5", "server.clients_per_round=10", "server.sampling='poisson'",
       "server.rounds=4", "privacy.noise_multiplier=1.0", "privacy.clip_norm=0.5"]
 
@@ -111,3 +113,44 @@ def test_inconsistent_privacy_configs_are_refused(overrides, message):
 def test_a_budget_smaller_than_one_round_is_refused():
     with pytest.raises(UserError, match="less than one round spends"):
         build_experiment(load_config(None, DP + ["privacy.target_epsilon=0.001"]))
+
+
+def test_adaptive_clipping_tracks_the_median_update_norm():
+    """Andrew et al. 2021: without count noise, C settles where half the clients are within."""
+    norms = torch.linspace(0.5, 4.5, 41)  # median 2.5
+    deltas = {"w": torch.randn(41, 7, generator=torch.Generator().manual_seed(0))}
+    deltas["w"] = deltas["w"] / deltas["w"].norm(dim=1, keepdim=True) * norms.unsqueeze(1)
+    stage = adaptive_clipping(0.1, 0.5, 0.2, count_noise=0.0, expected_clients=41, seed=0)
+    state = stage.init({})
+    for _ in range(200):
+        rnd, state = stage.apply(Round(deltas, torch.ones(41)), state)
+    assert float(state["clip_norm"]) == pytest.approx(2.5, rel=0.1)
+    assert rnd.clip_norm == pytest.approx(float(state["clip_norm"]), rel=0.05)
+    assert (client_norms(rnd.deltas) <= rnd.clip_norm * (1 + 1e-5)).all()
+
+
+def test_adaptive_clipping_keeps_the_total_noise_multiplier():
+    sigma_updates = adaptive_noise_split(1.0, count_noise=5.0)
+    assert sigma_updates ** -2 + (2 * 5.0) ** -2 == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="must exceed half"):
+        adaptive_noise_split(1.0, count_noise=0.4)
+
+
+def test_a_dp_run_with_adaptive_clipping_moves_its_clip_norm():
+    experiment = build_experiment(load_config(None, DP + ["privacy.adaptive_clipping=true",
+                                                          "privacy.clip_count_noise=5.0"]))
+    params = experiment.learner.init_params()
+    state = experiment.pipeline.init(params)
+    simulation = Simulation(experiment)
+    for r in range(1, 4):
+        params, state, _ = simulation.round(r, params, state)
+    assert float(state["0"]["clip_norm"]) != 0.5 and int(state["0"]["count"]) == 3
+
+
+def test_a_dp_round_with_no_trained_client_still_releases_noise():
+    experiment = build_experiment(load_config(None, DP + ["task.queries=200"]))  # none can
+    params = experiment.learner.init_params()
+    new, state, metrics = Simulation(experiment).round(1, params,
+                                                       experiment.pipeline.init(params))
+    assert metrics["clients"] == 0 and metrics["skipped"] > 0
+    assert all(not torch.equal(new[k], params[k]) for k in params)

@@ -24,7 +24,8 @@ from fedmeta.models import build_model
 from fedmeta.optim import OPTIMIZERS
 from fedmeta.privacy.accountant import PrivacyBudget
 from fedmeta.privacy.audit import CanaryAudit
-from fedmeta.privacy.user_level import clip_updates, gaussian_noise, private_mean
+from fedmeta.privacy.user_level import (adaptive_clipping, adaptive_noise_split,
+                                        clip_updates, gaussian_noise, private_mean)
 from fedmeta.server import Stage, chain, server_optimizer, weighted_mean
 
 LEARNERS: dict[str, type[Learner]] = {
@@ -63,17 +64,23 @@ def client_sample_rate(config: Config, num_clients: int) -> float:
 
 def build_pipeline(config: Config, num_clients: int) -> Stage:
     """Aggregate, then the server optimizer; with `privacy.clip_norm`, clip each client's
-    update first, and with noise, DP-FedAvg's fixed-denominator mean and Gaussian noise."""
+    update first (to a fixed or an adaptive norm), and with noise, DP-FedAvg's
+    fixed-denominator mean and Gaussian noise."""
     server, privacy = config.server, config.privacy
     step = server_optimizer(OPTIMIZERS[server.optimizer](server.lr))
     if not privacy.clip_norm:
         return chain(weighted_mean(), step)
-    if not privacy.noise_multiplier:
-        return chain(clip_updates(privacy.clip_norm), weighted_mean(), step)
     expected = client_sample_rate(config, num_clients) * num_clients
-    return chain(clip_updates(privacy.clip_norm), private_mean(expected),
-                 gaussian_noise(privacy.noise_multiplier * privacy.clip_norm / expected,
-                                config.seed), step)
+    clip, sigma = clip_updates(privacy.clip_norm), privacy.noise_multiplier
+    if privacy.adaptive_clipping:
+        count_noise = (privacy.clip_count_noise or expected / 20) if sigma else 0.0
+        clip = adaptive_clipping(privacy.clip_norm, privacy.clip_quantile,
+                                 privacy.clip_learning_rate, count_noise, expected, config.seed)
+        sigma = adaptive_noise_split(sigma, count_noise) if sigma else 0.0
+    if not sigma:
+        return chain(clip, weighted_mean(), step)
+    return chain(clip, private_mean(expected), gaussian_noise(sigma, expected, config.seed),
+                 step)
 
 
 def build_privacy_budget(config: Config, num_clients: int) -> PrivacyBudget | None:

@@ -98,6 +98,11 @@ class PrivacyConfig(Section):
     delta: float = Field(1e-5, gt=0, lt=1)
     target_epsilon: float = Field(0.0, ge=0)  # stop before the run would spend more; 0 = no budget
     accountant: Literal["rdp", "pld"] = "rdp"
+    # adaptive clipping (Andrew et al. 2021): clip_norm is then the initial norm
+    adaptive_clipping: bool = False
+    clip_quantile: float = Field(0.5, gt=0, lt=1)  # the quantile of update norms to track
+    clip_learning_rate: float = Field(0.2, gt=0)
+    clip_count_noise: float | None = Field(None, gt=0)  # default: expected cohort / 20
     canaries: int = Field(0, ge=0)  # canary clients for the empirical audit; 0 = no audit
     canary_norm: float | None = Field(None, gt=0)  # their update's norm; default clip_norm or 1
 
@@ -122,6 +127,8 @@ class Config(Section):
         if privacy.noise_multiplier and self.server.sampling != "poisson":
             raise ValueError("user-level DP is accounted for Poisson sampling of clients: "
                              "set server.sampling = 'poisson'")
+        if privacy.adaptive_clipping and privacy.clip_norm is None:
+            raise ValueError("privacy.adaptive_clipping needs privacy.clip_norm (the initial norm)")
         if privacy.target_epsilon and not privacy.noise_multiplier:
             raise ValueError("privacy.target_epsilon needs privacy.noise_multiplier > 0")
         if self.data.partition == "random" and self.data.num_clients is None:

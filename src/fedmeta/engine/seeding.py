@@ -9,3 +9,10 @@ def seeded(*keys: int) -> torch.Generator:
     """A generator whose seed is a hash of `keys` (numpy's SeedSequence)."""
     seed = int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0])
     return torch.Generator().manual_seed(seed)
+
+
+# The key after the seed that sets a stream apart from the rounds' (seed, round[, client]):
+EVAL_STREAM = 2**31 - 1  # evaluation episodes
+AUDIT_STREAM = 2**31 - 2  # canaries of the privacy audit
+NOISE_STREAM = 2**31 - 3  # DP noise on the aggregate
+CLIP_STREAM = 2**31 - 4  # DP noise on adaptive clipping's count

@@ -16,7 +16,7 @@ from fedmeta.build import Experiment, client_sample_rate
 from fedmeta.data import ClientData
 from fedmeta.engine.cohort import run_cohort
 from fedmeta.engine.sampling import poisson_cohort, uniform_cohort
-from fedmeta.engine.seeding import seeded
+from fedmeta.engine.seeding import EVAL_STREAM, seeded
 from fedmeta.evaluation import meta_test, personalize
 from fedmeta.optim import apply_updates
 from fedmeta.params import Params
@@ -27,7 +27,6 @@ class StopTraining(Exception):
 
 
 Callback = Callable[[int, Params, dict[str, Any], dict[str, Any]], None]
-EVAL_STREAM = 2**31 - 1  # the generator key of evaluation, apart from every round's
 
 
 class Simulation:
@@ -58,7 +57,9 @@ class Simulation:
         if self.experiment.audit is not None:
             deltas, weights, metrics["canaries"] = self.with_canaries(round_index, deltas,
                                                                       weights)
-        if len(weights):
+        # With DP noise a round is released even if no sampled client could train: whether
+        # it runs must not depend on the clients' data.
+        if len(weights) or self.experiment.privacy is not None:
             rnd, server_state = self.experiment.pipeline.apply(Round(deltas, weights),
                                                                server_state)
             params = apply_updates(params, rnd.deltas)

@@ -17,10 +17,8 @@ from typing import Any
 import dp_accounting
 import torch
 
-from fedmeta.engine.seeding import seeded
+from fedmeta.engine.seeding import AUDIT_STREAM, seeded
 from fedmeta.params import Params
-
-AUDIT_STREAM = 2**31 - 2  # generator keys of the canaries, apart from rounds and evaluation
 
 
 class CanaryAudit:

@@ -16,9 +16,13 @@ from fedmeta.params import Params
 
 @dataclass(frozen=True)
 class Round:
+    """The clients' deltas [C, ...] (one delta once `aggregated`), their weights, and the L2
+    norm they were clipped to, if a clipping stage ran (the sensitivity noise is scaled to)."""
+
     deltas: Params
     weights: torch.Tensor
     aggregated: bool = False
+    clip_norm: float | None = None
 
     def with_deltas(self, deltas: Params, aggregated: bool | None = None) -> "Round":
         return replace(self, deltas=deltas,
