@@ -117,6 +117,15 @@ def head_size(config: Config, kind: str, train: FederatedDataset) -> int | None:
     return {"none": None, "ways": config.task.ways, "global": train.num_classes}[kind]
 
 
+def sample_privacy(config: Config) -> dict[str, float]:
+    """The DP-SGD settings a fedavg learner takes (none unless configured)."""
+    privacy = config.privacy
+    if privacy.sample_clip_norm is None:
+        return {}
+    return {"sample_clip_norm": privacy.sample_clip_norm,
+            "sample_noise_multiplier": privacy.sample_noise_multiplier}
+
+
 def build_experiment(config: Config) -> Experiment:
     train, test = build_datasets(config)
     torch.manual_seed(config.seed)
@@ -128,7 +137,8 @@ def build_experiment(config: Config) -> Experiment:
         model, EpisodeSampler(task.ways, task.shots, task.queries),
         OPTIMIZERS[learner_config.optimizer](learner_config.lr),
         local_steps=learner_config.local_steps, tasks_per_step=learner_config.tasks_per_step,
-        **{key: getattr(learner_config, key) for key in cls.hyperparameters})
+        **{key: getattr(learner_config, key) for key in cls.hyperparameters},
+        **sample_privacy(config))
     ev = config.eval
     privacy, audit = config.privacy, None
     if privacy.canaries:

@@ -24,6 +24,7 @@ from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
 from fedmeta.params import Params
 from fedmeta.privacy.accountant import epsilon, noise_multiplier_for
+from fedmeta.privacy.sample_level import client_epsilon
 from fedmeta.evaluation import load_episodes, mean_ci95
 
 console = Console(stderr=True)
@@ -85,6 +86,17 @@ def privacy_summary(experiment: Experiment, rounds: int, params: Params) -> dict
                         "client_sample_rate": budget.sample_rate,
                         "accountant": budget.accountant,
                         "target_epsilon": privacy.target_epsilon or None})
+    if privacy.sample_clip_norm is not None:
+        train, learner = experiment.train, experiment.config.learner
+        smallest = min(train.client_size(i) for i in range(train.num_clients))
+        summary["sample_level"] = {
+            "epsilon_smallest_client": client_epsilon(
+                privacy.sample_noise_multiplier, learner.batch_size, smallest,
+                learner.local_steps * rounds, privacy.delta),
+            "smallest_client": smallest, "delta": privacy.delta,
+            "clip_norm": privacy.sample_clip_norm,
+            "noise_multiplier": privacy.sample_noise_multiplier,
+            "assumes": "the client took part in every round"}
     if experiment.audit is not None:
         summary["audit"] = experiment.audit.estimate(experiment.learner.init_params(), params,
                                                      privacy.delta)

@@ -103,6 +103,9 @@ class PrivacyConfig(Section):
     clip_quantile: float = Field(0.5, gt=0, lt=1)  # the quantile of update norms to track
     clip_learning_rate: float = Field(0.2, gt=0)
     clip_count_noise: float | None = Field(None, gt=0)  # default: expected cohort / 20
+    # sample-level DP-SGD inside each client (fedavg, fedavg-ft): per-example clip and noise
+    sample_clip_norm: float | None = Field(None, gt=0)
+    sample_noise_multiplier: float = Field(0.0, ge=0)
     canaries: int = Field(0, ge=0)  # canary clients for the empirical audit; 0 = no audit
     canary_norm: float | None = Field(None, gt=0)  # their update's norm; default clip_norm or 1
 
@@ -129,6 +132,12 @@ class Config(Section):
                              "set server.sampling = 'poisson'")
         if privacy.adaptive_clipping and privacy.clip_norm is None:
             raise ValueError("privacy.adaptive_clipping needs privacy.clip_norm (the initial norm)")
+        if privacy.sample_noise_multiplier and privacy.sample_clip_norm is None:
+            raise ValueError("privacy.sample_noise_multiplier needs privacy.sample_clip_norm")
+        if privacy.sample_clip_norm and self.learner.algorithm not in ("fedavg", "fedavg-ft"):
+            raise ValueError("sample-level DP-SGD (privacy.sample_clip_norm) is for fedavg and "
+                             "fedavg-ft, whose local loss is a mean over examples; "
+                             f"learner.algorithm is {self.learner.algorithm!r}")
         if privacy.target_epsilon and not privacy.noise_multiplier:
             raise ValueError("privacy.target_epsilon needs privacy.noise_multiplier > 0")
         if self.data.partition == "random" and self.data.num_clients is None:

@@ -57,11 +57,13 @@ def choose_execution(model: nn.Module, device: torch.device) -> Literal["loop", 
 
 
 def stack_batches(batches: Sequence[Any]) -> Any:
-    """Stack clients' batches (tensors, tuples or dataclasses of tensors) on a new leading
-    client dimension."""
+    """Stack clients' batches (tensors, or tuples, dicts or dataclasses of them) on a new
+    leading client dimension."""
     first = batches[0]
     if isinstance(first, torch.Tensor):
         return torch.stack(list(batches))
+    if isinstance(first, dict):
+        return {k: stack_batches([b[k] for b in batches]) for k in first}
     if dataclasses.is_dataclass(first):
         return type(first)(*(stack_batches([getattr(b, f.name) for b in batches])
                              for f in dataclasses.fields(first)))

@@ -28,6 +28,7 @@ from fedmeta.learners.inner import sgd_steps
 from fedmeta.learners.protonet import prototype_logits, prototypes
 from fedmeta.optim import Transform
 from fedmeta.params import Params
+from fedmeta.privacy.sample_level import private_gradient
 
 
 class FedAvg(Learner):
@@ -35,9 +36,12 @@ class FedAvg(Learner):
     hyperparameters = ("batch_size",)
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
-                 local_steps: int = 1, tasks_per_step: int = 1, *, batch_size: int = 32) -> None:
+                 local_steps: int = 1, tasks_per_step: int = 1, *, batch_size: int = 32,
+                 sample_clip_norm: float | None = None,
+                 sample_noise_multiplier: float = 0.0) -> None:
         super().__init__(model, sampler, local_optimizer, local_steps, tasks_per_step)
         self.batch_size = batch_size
+        self.sample_clip_norm, self.sample_noise_multiplier = sample_clip_norm, sample_noise_multiplier
 
     def local_batches(self, client: ClientData, generator: torch.Generator
                       ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -57,7 +61,13 @@ class FedAvg(Learner):
             x = torch.cat([x, x.new_zeros(self.local_steps, size - n, *x.shape[2:])], 1)
             y = torch.cat([y, y.new_zeros(self.local_steps, size - n)], 1)
             mask[n:] = 0
-        return [(x[step], y[step], mask) for step in range(self.local_steps)]
+        if self.sample_clip_norm is None:
+            return [(x[step], y[step], mask) for step in range(self.local_steps)]
+        shapes = [(k, v.shape, v.dtype) for k, v in self.model.named_parameters()]
+        return [(x[step], y[step], mask,
+                 {k: torch.randn(shape, generator=generator, dtype=dtype)
+                  for k, shape, dtype in shapes})
+                for step in range(self.local_steps)]
 
     def masked_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor,
                     mask: torch.Tensor) -> torch.Tensor:
@@ -65,9 +75,16 @@ class FedAvg(Learner):
         losses = F.cross_entropy(self.forward(params, x), y, reduction="none")
         return (losses * mask).sum() / mask.sum()
 
-    def local_gradient(self, params: Params, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-                       ) -> tuple[Params, torch.Tensor]:
-        return grad_and_value(self.masked_loss)(params, *batch)
+    def local_gradient(self, params: Params, batch: tuple) -> tuple[Params, torch.Tensor]:
+        """The minibatch's gradient or, with sample-level DP, DP-SGD's (each example on its
+        own, so batch norm normalizes within an example); its noise comes with the batch."""
+        if self.sample_clip_norm is None:
+            return grad_and_value(self.masked_loss)(params, *batch)
+        return private_gradient(self.example_loss, params, *batch[:3], self.sample_clip_norm,
+                                self.sample_noise_multiplier, batch[3])
+
+    def example_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.forward(params, x.unsqueeze(0)), y.unsqueeze(0))
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
         return prototypes(self.features(params, support_x), support_y)
@@ -83,9 +100,10 @@ class FedAvgFT(FedAvg):
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
                  local_steps: int = 1, tasks_per_step: int = 1, *, batch_size: int = 32,
-                 finetune_steps: int = 50, finetune_lr: float = 0.01) -> None:
+                 finetune_steps: int = 50, finetune_lr: float = 0.01,
+                 **sample_privacy: float | None) -> None:
         super().__init__(model, sampler, local_optimizer, local_steps, tasks_per_step,
-                         batch_size=batch_size)
+                         batch_size=batch_size, **sample_privacy)
         self.finetune_steps = finetune_steps
         self.finetune_lr = finetune_lr
 
