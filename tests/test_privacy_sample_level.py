@@ -14,7 +14,7 @@ from fedmeta.config import load_config
 from fedmeta.engine.cohort import run_cohort
 from fedmeta.errors import UserError
 from fedmeta.learners.fedavg import FedAvg
-from fedmeta.privacy.sample_level import client_epsilon
+from fedmeta.privacy.accountant import without_replacement_epsilon as client_epsilon
 from test_cli import demo
 from tiny import feature_client, mlp_learner
 

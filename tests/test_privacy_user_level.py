@@ -13,7 +13,7 @@ from fedmeta.build import build_experiment
 from fedmeta.config import load_config
 from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
-from fedmeta.privacy.accountant import epsilon
+from fedmeta.privacy.accountant import epsilon, without_replacement_epsilon
 from fedmeta.privacy.user_level import (adaptive_clipping, adaptive_noise_split,
                                         client_norms, clip_updates, gaussian_noise,
                                         private_mean)
@@ -102,7 +102,8 @@ def test_summary_has_a_privacy_section(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["privacy.noise_multiplier=1.0"], "needs privacy.clip_norm"),
-    (["privacy.noise_multiplier=1.0", "privacy.clip_norm=1.0"], "Poisson sampling"),
+    (["privacy.noise_multiplier=1.0", "privacy.clip_norm=1.0", "privacy.accountant='pld'"],
+     "accounted by RDP"),
     (["privacy.target_epsilon=1.0"], "needs privacy.noise_multiplier"),
 ])
 def test_inconsistent_privacy_configs_are_refused(overrides, message):
@@ -154,3 +155,11 @@ def test_a_dp_round_with_no_trained_client_still_releases_noise():
                                                        experiment.pipeline.init(params))
     assert metrics["clients"] == 0 and metrics["skipped"] > 0
     assert all(not torch.equal(new[k], params[k]) for k in params)
+
+
+def test_fixed_size_cohorts_are_accounted_without_replacement():
+    uniform = [o for o in DP if o != "server.sampling='poisson'"] + ["server.sampling='uniform'"]
+    logged = run_metrics(uniform)
+    assert [m["clients"] + m["skipped"] for m in logged] == [10] * 4
+    assert logged[-1]["epsilon"] == pytest.approx(without_replacement_epsilon(1.0, 10, 50, 4,
+                                                                              1e-5))

@@ -88,8 +88,11 @@ def build_privacy_budget(config: Config, num_clients: int) -> PrivacyBudget | No
     privacy = config.privacy
     if not privacy.noise_multiplier:
         return None
+    fixed = None
+    if config.server.sampling == "uniform":
+        fixed = (min(config.server.clients_per_round, num_clients), num_clients)
     budget = PrivacyBudget(privacy.noise_multiplier, client_sample_rate(config, num_clients),
-                           privacy.delta, privacy.accountant, privacy.target_epsilon)
+                           privacy.delta, privacy.accountant, privacy.target_epsilon, fixed)
     if not budget.allows(1):
         raise UserError(f"config error: privacy.target_epsilon {privacy.target_epsilon} is "
                         f"less than one round spends ({budget.epsilon_after(1):.4g})")

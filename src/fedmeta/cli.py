@@ -23,8 +23,7 @@ from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
 from fedmeta.params import Params
-from fedmeta.privacy.accountant import epsilon, noise_multiplier_for
-from fedmeta.privacy.sample_level import client_epsilon
+from fedmeta.privacy.accountant import epsilon, noise_multiplier_for, without_replacement_epsilon
 from fedmeta.evaluation import load_episodes, mean_ci95
 
 console = Console(stderr=True)
@@ -90,7 +89,7 @@ def privacy_summary(experiment: Experiment, rounds: int, params: Params) -> dict
         train, learner = experiment.train, experiment.config.learner
         smallest = min(train.client_size(i) for i in range(train.num_clients))
         summary["sample_level"] = {
-            "epsilon_smallest_client": client_epsilon(
+            "epsilon_smallest_client": without_replacement_epsilon(
                 privacy.sample_noise_multiplier, learner.batch_size, smallest,
                 learner.local_steps * rounds, privacy.delta),
             "smallest_client": smallest, "delta": privacy.delta,

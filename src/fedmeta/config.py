@@ -127,9 +127,10 @@ class Config(Section):
         privacy = self.privacy
         if privacy.noise_multiplier and privacy.clip_norm is None:
             raise ValueError("privacy.noise_multiplier needs privacy.clip_norm (the sensitivity)")
-        if privacy.noise_multiplier and self.server.sampling != "poisson":
-            raise ValueError("user-level DP is accounted for Poisson sampling of clients: "
-                             "set server.sampling = 'poisson'")
+        if (privacy.noise_multiplier and self.server.sampling == "uniform"
+                and privacy.accountant == "pld"):
+            raise ValueError("fixed-size cohorts (server.sampling = 'uniform') are accounted "
+                             "by RDP: set privacy.accountant = 'rdp' or sampling 'poisson'")
         if privacy.adaptive_clipping and privacy.clip_norm is None:
             raise ValueError("privacy.adaptive_clipping needs privacy.clip_norm (the initial norm)")
         if privacy.sample_noise_multiplier and privacy.sample_clip_norm is None:
