@@ -6,6 +6,7 @@ with Poisson sampling of `--cohort` expected clients spend exactly that epsilon;
 same run with clipping and no noise. Each run appends a JSON line to `--out`.
 
     python benchmarks/privacy.py --data ../shared/data --rounds 60 --out results.jsonl
+    python benchmarks/privacy.py --plot results.jsonl privacy.png   # accuracy vs epsilon
 """
 
 import argparse
@@ -55,16 +56,49 @@ def run(setting: str, target: float, args: argparse.Namespace) -> dict:
             "seconds": time.perf_counter() - start, **result}
 
 
+def plot(results: Path, image: Path) -> None:
+    """Meta-test accuracy (95% CI) against epsilon, one line per setting; inf at the right."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    finite = sorted({r["target_epsilon"] for r in rows if r["target_epsilon"] != float("inf")})
+    at = {eps: i for i, eps in enumerate(finite + [float("inf")])}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        mine = sorted((r for r in rows if r["setting"] == setting),
+                      key=lambda r: at[r["target_epsilon"]])
+        ax.errorbar([at[r["target_epsilon"]] for r in mine],
+                    [100 * r["test_accuracy"] for r in mine],
+                    yerr=[100 * r["test_ci95"] for r in mine], marker="o", capsize=3,
+                    label=setting)
+    ax.set_xticks(range(len(at)), [f"{e:g}" for e in at])
+    ax.set_xlabel("epsilon (delta 1e-5; inf = clipping, no noise)")
+    ax.set_ylabel("meta-test accuracy, 5-way 1-shot (%)")
+    ax.set_title("Federated ProtoNets under user-level DP")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(image, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="folder with omniglot.npz, femnist.npz")
+    parser.add_argument("--plot", nargs=2, type=Path, metavar=("RESULTS", "IMAGE"),
+                        help="only draw RESULTS (jsonl) as IMAGE (png)")
+    parser.add_argument("--data", help="folder with omniglot.npz, femnist.npz")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
     parser.add_argument("--epsilons", nargs="+", type=float, default=[1, 2, 4, 8, float("inf")])
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--cohort", type=int, default=30)
     parser.add_argument("--episodes", type=int, default=600)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.plot:
+        return plot(*args.plot)
+    if not (args.data and args.out):
+        parser.error("--data and --out are needed to run")
     torch.set_num_threads(2)
     for setting in args.settings:
         for target in args.epsilons:
