@@ -14,7 +14,7 @@ from rich.console import Console
 
 from fedmeta.bench.measure import run_benchmarks
 from fedmeta.bench.workloads import WORKLOADS
-from fedmeta.build import Experiment, build_experiment
+from fedmeta.build import build_experiment
 from fedmeta.config import Config, load_config
 from fedmeta.engine.checkpoint import load_checkpoint
 from fedmeta.engine.callbacks import (Checkpointer, EarlyStopping, MetricsLogger, ProgressBar,
@@ -22,8 +22,8 @@ from fedmeta.engine.callbacks import (Checkpointer, EarlyStopping, MetricsLogger
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
-from fedmeta.params import Params
-from fedmeta.privacy.accountant import epsilon, noise_multiplier_for, without_replacement_epsilon
+from fedmeta.privacy.accountant import epsilon, noise_multiplier_for
+from fedmeta.privacy.summary import privacy_summary
 from fedmeta.evaluation import load_episodes, mean_ci95
 
 console = Console(stderr=True)
@@ -71,34 +71,6 @@ def train(config: Config, out: Path | None, quiet: bool) -> dict:
     print(f"meta-test accuracy on {summary['test_clients']} unseen clients, {summary['task']}: "
           f"{100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI over "
           f"{result['episodes']} episodes); run directory {run.path}")
-    return summary
-
-
-def privacy_summary(experiment: Experiment, rounds: int, params: Params) -> dict:
-    """The run's user-level DP guarantee (epsilon None: no noise, no guarantee) and, with
-    canaries, the empirical estimate of the final `params`."""
-    privacy, budget = experiment.config.privacy, experiment.privacy
-    summary = {"epsilon": None, "clip_norm": privacy.clip_norm}
-    if budget is not None:
-        summary.update({"epsilon": budget.epsilon_after(rounds), "delta": budget.delta,
-                        "noise_multiplier": budget.noise_multiplier,
-                        "client_sample_rate": budget.sample_rate,
-                        "accountant": budget.accountant,
-                        "target_epsilon": privacy.target_epsilon or None})
-    if privacy.sample_clip_norm is not None:
-        train, learner = experiment.train, experiment.config.learner
-        smallest = min(train.client_size(i) for i in range(train.num_clients))
-        summary["sample_level"] = {
-            "epsilon_smallest_client": without_replacement_epsilon(
-                privacy.sample_noise_multiplier, learner.batch_size, smallest,
-                learner.local_steps * rounds, privacy.delta),
-            "smallest_client": smallest, "delta": privacy.delta,
-            "clip_norm": privacy.sample_clip_norm,
-            "noise_multiplier": privacy.sample_noise_multiplier,
-            "assumes": "the client took part in every round"}
-    if experiment.audit is not None:
-        summary["audit"] = experiment.audit.estimate(experiment.learner.init_params(), params,
-                                                     privacy.delta)
     return summary
 
 

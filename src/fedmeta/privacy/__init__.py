@@ -1,1 +1,2 @@
-"""Differential privacy: accounting (and, as they land, clipping, noise and audits)."""
+"""Differential privacy: accounting, user-level DP stages (clipping, adaptive clipping,
+noise), sample-level DP-SGD, and the canary audit."""

@@ -13,6 +13,7 @@ import torch
 from torch.func import grad_and_value, vmap
 
 from fedmeta.params import Params
+from fedmeta.privacy.user_level import clip_factors
 
 
 def private_gradient(loss_one: Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor],
@@ -23,8 +24,7 @@ def private_gradient(loss_one: Callable[[Params, torch.Tensor, torch.Tensor], to
     example's loss, `mask` marks real examples, `noise` holds standard normal draws shaped
     like the params."""
     grads, losses = vmap(grad_and_value(loss_one), in_dims=(None, 0, 0))(params, x, y)
-    norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
-    scale = (clip_norm / norms.clamp_min(1e-12)).clamp(max=1.0) * mask
+    scale = clip_factors(grads, clip_norm) * mask
     batch = mask.sum()
     private = {k: (torch.tensordot(scale.to(g.dtype), g, dims=1)
                    + noise_multiplier * clip_norm * noise[k]) / batch for k, g in grads.items()}

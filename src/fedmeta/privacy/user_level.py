@@ -15,13 +15,19 @@ from fedmeta.server.chain import Round, Stage, stateless
 
 
 def client_norms(deltas: dict[str, torch.Tensor]) -> torch.Tensor:
-    """L2 norm of each client's whole update (all params together): [C]."""
+    """L2 norm of each row of stacked params, all params together: [C] (a client's whole
+    update, or one example's gradient)."""
     return torch.sqrt(sum(v.flatten(1).pow(2).sum(1) for v in deltas.values()))
+
+
+def clip_factors(deltas: dict[str, torch.Tensor], clip_norm: float) -> torch.Tensor:
+    """Per row, the factor that scales it down to L2 norm at most `clip_norm`: [C]."""
+    return (clip_norm / client_norms(deltas).clamp_min(1e-12)).clamp(max=1.0)
 
 
 def clip_to(rnd: Round, clip_norm: float) -> Round:
     """Each client's update scaled down to L2 norm at most `clip_norm` (flat clipping)."""
-    scale = (clip_norm / client_norms(rnd.deltas).clamp_min(1e-12)).clamp(max=1.0)
+    scale = clip_factors(rnd.deltas, clip_norm)
     clipped = {k: v * scale.view(-1, *[1] * (v.dim() - 1)).to(v.dtype)
                for k, v in rnd.deltas.items()}
     return replace(rnd.with_deltas(clipped), clip_norm=clip_norm)
