@@ -48,12 +48,12 @@ def test_every_algorithm_runs_a_round_and_a_meta_test(algorithm):
 def test_head_follows_the_learner_and_ways_heads_need_equal_eval_ways():
     train = SimpleNamespace(num_classes=GLOBAL_CLASSES)
     config = load_config(None, ["task.ways=5", "eval.ways=5", "learner.algorithm=maml"])
-    assert [head_size(config, kind, train) for kind in ("none", "ways", "global")] == \
+    assert [head_size(config, kind, train.num_classes) for kind in ("none", "ways", "global")] == \
         [None, 5, GLOBAL_CLASSES]
     mismatch = load_config(None, ["task.ways=10", "eval.ways=5", "learner.algorithm=maml"])
-    assert head_size(mismatch, "none", train) is None  # ProtoNet, FedAvg: any eval ways
+    assert head_size(mismatch, "none", train.num_classes) is None  # ProtoNet, FedAvg: any eval ways
     with pytest.raises(UserError, match="eval.ways must equal task.ways"):
-        head_size(mismatch, "ways", train)
+        head_size(mismatch, "ways", train.num_classes)
 
 
 @pytest.mark.parametrize("rotations", [False, True])

@@ -15,9 +15,9 @@ from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
 from fedmeta.privacy.accountant import epsilon, without_replacement_epsilon
 from fedmeta.privacy.user_level import (adaptive_clipping, adaptive_noise_split,
-                                        client_norms, clip_updates, gaussian_noise,
-                                        private_mean)
+                                        client_norms, clip_updates, gaussian_noise)
 from fedmeta.server import Round
+from fedmeta.server.aggregate import mean
 from test_cli import demo
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
@@ -42,7 +42,8 @@ def test_every_clipped_client_update_has_norm_at_most_c(a, b, clip):
 
 def test_private_mean_is_the_sum_over_the_expected_cohort():
     deltas = {"w": torch.arange(12.0).view(3, 4)}
-    rnd, _ = private_mean(4.0).apply(Round(deltas, torch.tensor([1.0, 5.0, 9.0])), {})
+    stage = mean(4.0)
+    rnd, _ = stage.apply(Round(deltas, torch.tensor([1.0, 5.0, 9.0])), stage.init(deltas))
     np.testing.assert_allclose(rnd.deltas["w"].numpy(), np.arange(12.0).reshape(3, 4).sum(0) / 4)
     assert rnd.aggregated
 

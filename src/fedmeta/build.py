@@ -24,9 +24,13 @@ from fedmeta.models import build_model
 from fedmeta.optim import OPTIMIZERS
 from fedmeta.privacy.accountant import PrivacyBudget
 from fedmeta.privacy.audit import CanaryAudit
+from fedmeta.params import Params
+from fedmeta.privacy.encryption import CkksKeys, ckks_sum
+from fedmeta.privacy.secure_aggregation import secagg_sum
 from fedmeta.privacy.user_level import (adaptive_clipping, adaptive_noise_split,
-                                        clip_updates, gaussian_noise, private_mean)
-from fedmeta.server import Stage, chain, server_optimizer, weighted_mean
+                                        clip_updates, gaussian_noise)
+from fedmeta.server import Round, Stage, chain, server_optimizer
+from fedmeta.server.aggregate import Summation, mean, plain_sum
 
 LEARNERS: dict[str, type[Learner]] = {
     "protonet": ProtoNet, "maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "anil": ANIL,
@@ -62,14 +66,49 @@ def client_sample_rate(config: Config, num_clients: int) -> float:
     return min(1.0, config.server.clients_per_round / num_clients)
 
 
-def build_pipeline(config: Config, num_clients: int) -> Stage:
+@dataclass(frozen=True)
+class Pipeline:
+    """The server pipeline in three parts: per-client stages (clipping), the aggregator, and
+    the stages on the aggregate (noise, the server optimizer). `init`/`apply` run all three,
+    as a simulation does; a deployment with secure aggregation runs `client` on each client,
+    sums securely and runs `server` on the mean. `denominator`: the mean's fixed denominator
+    (DP-FedAvg's expected cohort), or None for the sample-weighted mean."""
+
+    client: Stage
+    aggregate: Stage
+    server: Stage
+    denominator: float | None = None
+
+    @property
+    def stage(self) -> Stage:
+        return chain(self.client, self.aggregate, self.server)
+
+    def init(self, params: Params) -> dict:
+        return self.stage.init(params)
+
+    def apply(self, rnd: Round, state: dict) -> tuple[Round, dict]:
+        return self.stage.apply(rnd, state)
+
+
+def build_summation(config: Config) -> Summation:
+    """How the aggregator sums: in the clear, or with secure aggregation's arithmetic."""
+    agg = config.aggregation
+    if agg.secure == "secagg+":
+        return secagg_sum(agg.secagg_clipping_range, agg.secagg_quantization_range,
+                          agg.secagg_modulus_range, agg.secagg_max_weight, config.seed)
+    if agg.secure == "ckks":
+        return ckks_sum(CkksKeys.generate(agg.ckks_poly_modulus_degree, agg.ckks_scale_bits))
+    return plain_sum
+
+
+def build_pipeline(config: Config, num_clients: int) -> Pipeline:
     """Aggregate, then the server optimizer; with `privacy.clip_norm`, clip each client's
     update first (to a fixed or an adaptive norm), and with noise, DP-FedAvg's
     fixed-denominator mean and Gaussian noise."""
     server, privacy = config.server, config.privacy
-    step = server_optimizer(OPTIMIZERS[server.optimizer](server.lr))
+    step, summation = server_optimizer(OPTIMIZERS[server.optimizer](server.lr)), build_summation(config)
     if not privacy.clip_norm:
-        return chain(weighted_mean(), step)
+        return Pipeline(chain(), mean(None, summation), step)
     expected = client_sample_rate(config, num_clients) * num_clients
     clip, sigma = clip_updates(privacy.clip_norm), privacy.noise_multiplier
     if privacy.adaptive_clipping:
@@ -78,9 +117,9 @@ def build_pipeline(config: Config, num_clients: int) -> Stage:
                                  privacy.clip_learning_rate, count_noise, expected, config.seed)
         sigma = adaptive_noise_split(sigma, count_noise) if sigma else 0.0
     if not sigma:
-        return chain(clip, weighted_mean(), step)
-    return chain(clip, private_mean(expected), gaussian_noise(sigma, expected, config.seed),
-                 step)
+        return Pipeline(clip, mean(None, summation), step)
+    return Pipeline(clip, mean(expected, summation),
+                    chain(gaussian_noise(sigma, expected, config.seed), step), expected)
 
 
 def build_privacy_budget(config: Config, num_clients: int) -> PrivacyBudget | None:
@@ -105,19 +144,19 @@ class Experiment:
     train: FederatedDataset
     test: FederatedDataset
     learner: Learner
-    pipeline: Stage
+    pipeline: Pipeline
     eval_sampler: EpisodeSampler
     privacy: PrivacyBudget | None = None
     audit: CanaryAudit | None = None
 
 
-def head_size(config: Config, kind: str, train: FederatedDataset) -> int | None:
+def head_size(config: Config, kind: str, num_classes: int) -> int | None:
     """Outputs of the model's head for a learner whose `head` is `kind` (None: no head)."""
     if kind == "ways" and config.eval.ways != config.task.ways:
         raise UserError(f"config error: {config.learner.algorithm} meta-learns a "
                         f"{config.task.ways}-way head, so eval.ways must equal task.ways "
                         f"(got {config.eval.ways})")
-    return {"none": None, "ways": config.task.ways, "global": train.num_classes}[kind]
+    return {"none": None, "ways": config.task.ways, "global": num_classes}[kind]
 
 
 def sample_privacy(config: Config) -> dict[str, float]:
@@ -129,19 +168,27 @@ def sample_privacy(config: Config) -> dict[str, float]:
             "sample_noise_multiplier": privacy.sample_noise_multiplier}
 
 
-def build_experiment(config: Config) -> Experiment:
-    train, test = build_datasets(config)
+def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int) -> Learner:
+    """The configured learner for inputs of `input_shape` and data of `num_classes` global
+    classes, its model initialized from `config.seed`."""
     torch.manual_seed(config.seed)
     task, learner_config = config.task, config.learner
     cls = LEARNERS[learner_config.algorithm]
-    model = build_model(config.model.name, tuple(train.input_shape),
-                        head_size(config, cls.head, train), config.model.hidden)
-    learner = cls(
+    model = build_model(config.model.name, tuple(input_shape),
+                        head_size(config, cls.head, num_classes), config.model.hidden)
+    return cls(
         model, EpisodeSampler(task.ways, task.shots, task.queries),
         OPTIMIZERS[learner_config.optimizer](learner_config.lr),
         local_steps=learner_config.local_steps, tasks_per_step=learner_config.tasks_per_step,
         **{key: getattr(learner_config, key) for key in cls.hyperparameters},
         **sample_privacy(config))
+
+
+def build_experiment(config: Config, datasets: tuple[FederatedDataset, FederatedDataset]
+                     | None = None) -> Experiment:
+    """The experiment of `config`, on `datasets` (train, test) if given, else the config's."""
+    train, test = datasets or build_datasets(config)
+    learner = build_learner(config, train.input_shape, train.num_classes)
     ev = config.eval
     privacy, audit = config.privacy, None
     if privacy.canaries:

@@ -110,6 +110,33 @@ class PrivacyConfig(Section):
     canary_norm: float | None = Field(None, gt=0)  # their update's norm; default clip_norm or 1
 
 
+class AggregationConfig(Section):
+    """How the server learns the clients' aggregate. "secagg+": Flower's SecAgg+ (Bell et
+    al. 2020) on a deployment, its fixed-point arithmetic in simulation; "ckks": each client
+    encrypts its weighted update under CKKS (TenSEAL), the server adds ciphertexts, a key
+    holder decrypts only the sum."""
+
+    secure: Literal["none", "secagg+", "ckks"] = "none"
+    # SecAgg+ fixed point: values clipped to [-range, range], 2^22 levels, weights n/max_weight
+    secagg_clipping_range: float = Field(8.0, gt=0)
+    secagg_quantization_range: int = Field(2 ** 22, ge=2)
+    secagg_modulus_range: int = Field(2 ** 32, ge=4)
+    secagg_max_weight: float = Field(1000.0, gt=0)
+    secagg_num_shares: int = Field(3, ge=2)
+    secagg_reconstruction_threshold: int = Field(2, ge=2)
+    # CKKS: ring degree and the bits of the coefficient modulus chain; scale 2^ckks_scale_bits
+    ckks_poly_modulus_degree: Literal[8192, 16384] = 8192
+    ckks_scale_bits: int = Field(50, ge=20, le=58)
+
+
+class FlowerConfig(Section):
+    """A run on Flower: how long the server waits for a round's replies, and how many it needs."""
+
+    round_timeout: float = Field(600.0, gt=0)  # seconds
+    min_clients: int = Field(1, ge=1)  # fewer replies than this fail the run
+    eval_episodes_per_client: int = Field(20, ge=1)  # federated evaluation on each node
+
+
 class Config(Section):
     name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = Field(0, ge=0)
@@ -121,6 +148,8 @@ class Config(Section):
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    aggregation: AggregationConfig = AggregationConfig()
+    flower: FlowerConfig = FlowerConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
@@ -148,6 +177,13 @@ class Config(Section):
                              f"data.dataset is {self.data.dataset!r}")
         if self.data.dataset == "synthetic" and self.data.num_clients is None:
             raise ValueError("data.num_clients is required with data.dataset = 'synthetic'")
+        secure = self.aggregation.secure
+        if secure != "none" and privacy.adaptive_clipping:
+            raise ValueError(f"aggregation.secure = {secure!r} hides the per-client norms "
+                             "adaptive clipping needs: set privacy.adaptive_clipping = false")
+        if secure != "none" and privacy.canaries:
+            raise ValueError(f"aggregation.secure = {secure!r}: the canary audit needs the "
+                             "plain aggregate path (privacy.canaries = 0)")
         return self
 
 

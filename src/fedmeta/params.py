@@ -28,3 +28,15 @@ def tree_stack(trees: Iterable[Params]) -> Params:
 
 def detached(params: Params) -> Params:
     return {k: v.detach().clone() for k, v in params.items()}
+
+
+def flatten_rows(stacked: Params) -> torch.Tensor:
+    """Stacked params [C, ...] as one matrix [C, total size], params in key order."""
+    return torch.cat([v.flatten(1) for v in stacked.values()], 1)
+
+
+def unflatten(vector: torch.Tensor, like: Params) -> Params:
+    """A flat vector back to params shaped as one row of `like` (stacked [C, ...] params)."""
+    sizes = [v[0].numel() for v in like.values()]
+    return {k: part.view(v.shape[1:]).to(v.dtype)
+            for (k, v), part in zip(like.items(), vector.split(sizes))}

@@ -16,3 +16,4 @@ EVAL_STREAM = 2**31 - 1  # evaluation episodes
 AUDIT_STREAM = 2**31 - 2  # canaries of the privacy audit
 NOISE_STREAM = 2**31 - 3  # DP noise on the aggregate
 CLIP_STREAM = 2**31 - 4  # DP noise on adaptive clipping's count
+SECAGG_STREAM = 2**31 - 5  # stochastic rounding of secure aggregation's fixed point

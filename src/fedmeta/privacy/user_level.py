@@ -70,16 +70,6 @@ def adaptive_clipping(initial: float, quantile: float, learning_rate: float,
                                  "count": torch.zeros((), dtype=torch.int64)}, apply)
 
 
-def private_mean(expected_clients: float) -> Stage:
-    """The unweighted sum of the clients' updates over the expected cohort size."""
-
-    def aggregate(rnd: Round) -> Round:
-        return rnd.with_deltas({k: v.sum(0) / expected_clients for k, v in rnd.deltas.items()},
-                               aggregated=True)
-
-    return stateless(aggregate)
-
-
 def gaussian_noise(noise_multiplier: float, expected_clients: float, seed: int) -> Stage:
     """Add N(0, s^2) to every coordinate of the aggregate, s = `noise_multiplier` x the clip
     norm / `expected_clients`. Each call draws from a generator seeded by (seed, calls so

@@ -1,16 +1,43 @@
-"""Aggregators: reduce stacked client deltas [C, ...] to one delta."""
+"""Aggregators: reduce stacked client deltas [C, ...] to one delta.
+
+How the weighted sum is computed is a `Summation`: in the clear by default, or through a secure
+aggregation protocol's arithmetic (`fedmeta.privacy.secure_aggregation`,
+`fedmeta.privacy.encryption`), which reveals only the sum, with that protocol's rounding.
+"""
+
+from typing import Callable
 
 import torch
 
-from fedmeta.server.chain import Round, Stage, stateless
+from fedmeta.params import Params
+from fedmeta.server.chain import Round, Stage
+
+# (deltas [C, ...], coefficients [C], call count) -> (sum of coefficient x delta, total
+# coefficient), both as the protocol computes them; the count seeds any randomness it needs.
+Summation = Callable[[Params, torch.Tensor, int], tuple[Params, torch.Tensor]]
 
 
-def weighted_mean() -> Stage:
+def plain_sum(deltas: Params, coefficients: torch.Tensor, count: int) -> tuple[Params, torch.Tensor]:
+    """The weighted sum in the clear."""
+    return ({k: torch.tensordot(coefficients.to(v.dtype), v, dims=1) for k, v in deltas.items()},
+            coefficients.sum())
+
+
+def mean(denominator: float | None = None, summation: Summation = plain_sum) -> Stage:
+    """The clients' deltas summed by `summation` and divided: with `denominator` None, the
+    sample-weighted mean (FedAvg: McMahan et al. 2017); otherwise the unweighted sum over that
+    fixed number (DP-FedAvg's expected cohort size, so one client's influence is bounded)."""
+
+    def apply(rnd: Round, state: dict) -> tuple[Round, dict]:
+        coefficients = rnd.weights if denominator is None else torch.ones_like(rnd.weights)
+        total, weight = summation(rnd.deltas, coefficients, int(state["count"]))
+        divisor = weight if denominator is None else denominator
+        return (rnd.with_deltas({k: v / divisor for k, v in total.items()}, aggregated=True),
+                {"count": state["count"] + 1})
+
+    return Stage(lambda params: {"count": torch.zeros((), dtype=torch.int64)}, apply)
+
+
+def weighted_mean(summation: Summation = plain_sum) -> Stage:
     """Sample-weighted mean of the client deltas (FedAvg: McMahan et al. 2017)."""
-
-    def aggregate(rnd: Round) -> Round:
-        w = rnd.weights / rnd.weights.sum()
-        mean = {k: torch.tensordot(w.to(v.dtype), v, dims=1) for k, v in rnd.deltas.items()}
-        return rnd.with_deltas(mean, aggregated=True)
-
-    return stateless(aggregate)
+    return mean(None, summation)
