@@ -7,23 +7,22 @@ status 2; nothing is left half-written in a run directory.
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from rich.console import Console
 
 from fedmeta.bench.measure import run_benchmarks
 from fedmeta.bench.workloads import WORKLOADS
-from fedmeta.build import build_experiment
+from fedmeta.build import build_datasets, build_experiment
 from fedmeta.config import Config, load_config
 from fedmeta.engine.checkpoint import load_checkpoint
-from fedmeta.engine.callbacks import (Checkpointer, EarlyStopping, MetricsLogger, ProgressBar,
-                                      TimeBudget)
-from fedmeta.engine.rundir import RunDirectory
+from fedmeta.data.client_files import save_client
+from fedmeta.engine.rundir import RunDirectory, write_atomic_bytes
 from fedmeta.engine.simulation import Simulation
+from fedmeta.engine.training import train_and_summarize
 from fedmeta.errors import UserError
+from fedmeta.privacy.encryption import CkksKeys
 from fedmeta.privacy.accountant import epsilon, noise_multiplier_for
-from fedmeta.privacy.summary import privacy_summary
 from fedmeta.evaluation import load_episodes, mean_ci95
 
 console = Console(stderr=True)
@@ -33,45 +32,13 @@ def demo_config_path() -> Path:
     return Path(__file__).parent / "assets" / "demo.toml"
 
 
-def training_callbacks(config: Config, run: RunDirectory) -> tuple[list, Checkpointer]:
-    checkpointer = Checkpointer(run, config.run.checkpoint_every)
-    callbacks = [MetricsLogger(run), checkpointer]
-    if config.eval.patience:
-        callbacks.append(EarlyStopping(config.eval.patience))
-    if config.run.time_budget_seconds:
-        callbacks.append(TimeBudget(config.run.time_budget_seconds))
-    return callbacks, checkpointer
-
-
 def train(config: Config, out: Path | None, quiet: bool) -> dict:
     """Build, run, evaluate and summarize one experiment in a new run directory."""
     experiment = build_experiment(config)
     run = RunDirectory.create(config, out)
     console.print(f"run directory: {run.path}  ({experiment.train.num_clients} training clients"
                   f", {experiment.test.num_clients} held-out clients)")
-    simulation = Simulation(experiment)
-    callbacks, checkpointer = training_callbacks(config, run)
-    start = time.perf_counter()
-    if quiet:
-        params = simulation.run(callbacks)
-    else:
-        with ProgressBar(config.server.rounds) as bar:
-            params = simulation.run(callbacks + [bar])
-    checkpointer.finish()
-    train_seconds = time.perf_counter() - start
-    result = {k.removeprefix("test_"): v
-              for k, v in simulation.evaluate(params, config.eval.final_episodes).items()}
-    ev, rounds = config.eval, checkpointer.last[0]
-    summary = {
-        "name": config.name, "rounds": rounds, "train_seconds": train_seconds,
-        "task": f"{ev.ways}-way {ev.shots}-shot", "test_clients": experiment.test.num_clients,
-        "meta_test": result, "privacy": privacy_summary(experiment, rounds, params),
-    }
-    run.write_summary(summary)
-    print(f"meta-test accuracy on {summary['test_clients']} unseen clients, {summary['task']}: "
-          f"{100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI over "
-          f"{result['episodes']} episodes); run directory {run.path}")
-    return summary
+    return train_and_summarize(Simulation(experiment), run, progress=not quiet)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -161,6 +128,35 @@ def cmd_privacy(args: argparse.Namespace) -> None:
           f"multiplier {sigma:.4g}, sample rate {args.sample_rate:g} ({args.accountant.upper()})")
 
 
+def cmd_export_clients(args: argparse.Namespace) -> None:
+    """One file per client, for the machines of a deployment (`fedmeta.data.client_files`)."""
+    config = load_config(args.config, args.set)
+    train, test = build_datasets(config)
+    if args.clients is not None and not 1 <= args.clients <= train.num_clients:
+        raise UserError(f"--clients must be in [1, {train.num_clients}], got {args.clients}")
+    if args.held_out is not None and not 0 <= args.held_out <= test.num_clients:
+        raise UserError(f"--held-out must be in [0, {test.num_clients}], got {args.held_out}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    count, held_out = args.clients or train.num_clients, args.held_out or 0
+    for i in range(count):
+        save_client(args.out / f"client_{i:05d}.npz", train.client(i), i)
+    for i in range(held_out):
+        save_client(args.out / f"heldout_{i:05d}.npz", test.client(i), count + i)
+    print(f"wrote {count} training and {held_out} held-out client files to {args.out}")
+
+
+def cmd_ckks_keys(args: argparse.Namespace) -> None:
+    """A CKKS key pair: `secret.ckks` for every client, `public.ckks` for anyone else."""
+    config = load_config(args.config, args.set)
+    agg = config.aggregation
+    keys = CkksKeys.generate(agg.ckks_poly_modulus_degree, agg.ckks_scale_bits)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_atomic_bytes(args.out / "secret.ckks", keys.secret)
+    write_atomic_bytes(args.out / "public.ckks", keys.public)
+    print(f"wrote {args.out / 'secret.ckks'} (give it to every client: node config ckks-key) "
+          f"and {args.out / 'public.ckks'}")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="fedmeta", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -204,6 +200,17 @@ def parser() -> argparse.ArgumentParser:
     privacy.add_argument("--delta", type=float, default=1e-5)
     privacy.add_argument("--accountant", choices=["rdp", "pld"], default="rdp")
     privacy.add_argument("--json", action="store_true", help="print one JSON object")
+    export = add("export-clients", cmd_export_clients, "write each client's data to a file "
+                 "of its own, for a deployment's machines")
+    export.add_argument("config", type=Path)
+    export.add_argument("out", type=Path, help="directory for client_NNNNN.npz files")
+    export.add_argument("--clients", type=int, help="the first N training clients (default all)")
+    export.add_argument("--held-out", type=int, help="also the first N held-out clients")
+    export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    keys = add("ckks-keys", cmd_ckks_keys, "generate the CKKS key pair of encrypted aggregation")
+    keys.add_argument("out", type=Path, help="directory for secret.ckks and public.ckks")
+    keys.add_argument("--config", type=Path, help="a config whose aggregation.ckks_* to use")
+    keys.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     return root
 
 

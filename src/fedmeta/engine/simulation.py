@@ -14,7 +14,7 @@ import torch
 
 from fedmeta.build import Experiment, client_sample_rate
 from fedmeta.data import ClientData
-from fedmeta.engine.cohort import run_cohort
+from fedmeta.engine.cohort import CohortUpdates, run_cohort
 from fedmeta.engine.sampling import poisson_cohort, uniform_cohort
 from fedmeta.engine.seeding import EVAL_STREAM, seeded
 from fedmeta.evaluation import meta_test, personalize
@@ -46,11 +46,7 @@ class Simulation:
               server_state: dict[str, Any]) -> tuple[Params, dict[str, Any], dict[str, Any]]:
         """One federated round; returns new params, new server state and the round's metrics."""
         start = time.perf_counter()
-        train, run = self.experiment.train, self.config.run
-        cohort = self.cohort(round_index).tolist()
-        updates = run_cohort(self.experiment.learner, params, [train.client(c) for c in cohort],
-                             [seeded(self.config.seed, round_index, c) for c in cohort],
-                             run.execution, run.chunk_size)
+        updates = self.client_updates(round_index, params, self.cohort(round_index).tolist())
         metrics: dict[str, Any] = {"round": round_index, "clients": updates.num_clients,
                                    "skipped": updates.skipped}
         deltas, weights = updates.deltas, updates.weights
@@ -68,6 +64,14 @@ class Simulation:
                                     / updates.weights.sum())
         metrics["seconds"] = time.perf_counter() - start
         return params, server_state, metrics
+
+    def client_updates(self, round_index: int, params: Params,
+                       cohort: list[int]) -> CohortUpdates:
+        """The cohort's local rounds, computed here (`fedmeta.engine.cohort`)."""
+        train, run = self.experiment.train, self.config.run
+        return run_cohort(self.experiment.learner, params, [train.client(c) for c in cohort],
+                          [seeded(self.config.seed, round_index, c) for c in cohort],
+                          run.execution, run.chunk_size)
 
     def with_canaries(self, round_index: int, deltas: Params,
                       weights: torch.Tensor) -> tuple[Params, torch.Tensor, int]:

@@ -1,0 +1,185 @@
+"""fedmeta's Flower ClientApp: a SuperNode's client trains on its own data file.
+
+On a deployment the node's config names the file (`data-path`, see
+`fedmeta.data.client_files`), whether the client is held out for evaluation only
+(`held-out`), and, for CKKS aggregation, the shared secret-key context (`ckks-key`, written by
+`fedmeta ckks-keys`). The data never leaves the node, only params deltas (or their
+encryption) and metrics do. In Flower's simulation a node has only a `partition-id`: it is
+training client `partition-id` of the config's dataset, or held-out client `partition-id`
+minus the number of training clients.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
+
+from fedmeta.build import build_datasets, build_learner
+from fedmeta.config import Config
+from fedmeta.data import ClientData, EpisodeSampler, FederatedDataset, NotEnoughData
+from fedmeta.data.client_files import load_client
+from fedmeta.engine.seeding import EVAL_STREAM, seeded
+from fedmeta.flower.secagg import from_arrays, to_parameters
+from fedmeta.learners.base import Learner, Update
+from fedmeta.params import Params, flatten_rows, unflatten
+from fedmeta.privacy.encryption import decrypt, encrypt, load_context
+from fedmeta.privacy.user_level import clip_to
+from fedmeta.server.chain import Round
+
+app = ClientApp()
+
+
+@lru_cache(maxsize=4)
+def local_client(path: str) -> tuple[int, ClientData]:
+    return load_client(path)
+
+
+@lru_cache(maxsize=4)
+def learner_for(config_json: str, input_shape: tuple[int, ...], num_classes: int) -> Learner:
+    torch.set_num_threads(1)  # one client per process; SuperNodes may share a machine
+    return build_learner(Config.model_validate_json(config_json), input_shape, num_classes)
+
+
+@lru_cache(maxsize=2)
+def ckks_context(path: str):
+    return load_context(Path(path).read_bytes())
+
+
+@lru_cache(maxsize=1)
+def simulated_datasets(config_json: str) -> tuple[FederatedDataset, FederatedDataset]:
+    return build_datasets(Config.model_validate_json(config_json))
+
+
+def node_client(settings: Any, context: Context) -> tuple[int, ClientData, bool]:
+    """(client id, its data, whether it is held out) of this node; `settings`: the config
+    record of the message (it carries the fedmeta config)."""
+    node = context.node_config
+    if "data-path" in node:
+        client_id, client = local_client(str(node["data-path"]))
+        return client_id, client, bool(node.get("held-out", False))
+    train, test = simulated_datasets(str(settings["fedmeta"]))
+    partition = int(node["partition-id"])
+    if partition < train.num_clients:
+        return partition, train.client(partition), False
+    return partition, test.client(partition - train.num_clients), True
+
+
+def input_shape(client: ClientData) -> tuple[int, ...]:
+    """One model input's shape: uint8 images gain a channel."""
+    shape = tuple(client.x.shape[1:])
+    return (1, *shape) if client.x.dtype == torch.uint8 else shape
+
+
+def node_learner(settings: Any, client: ClientData) -> tuple[Config, Learner]:
+    """The run's config and learner, from a message's config record (`settings`)."""
+    text = str(settings["fedmeta"])
+    learner = learner_for(text, input_shape(client), int(settings["num-classes"]))
+    return Config.model_validate_json(text), learner
+
+
+@app.query("describe")
+def describe(msg: Message, context: Context) -> Message:
+    client_id, client, held_out = node_client(msg.content["config"], context)
+    record = ConfigRecord({"client-id": client_id, "num-examples": len(client),
+                           "input-shape": list(input_shape(client)),
+                           "num-classes": int(client.y.max()) + 1, "held-out": held_out})
+    if "ckks-key" in context.node_config:
+        key = ckks_context(str(context.node_config["ckks-key"]))
+        record["ckks-public"] = key.serialize(save_secret_key=False, save_relin_keys=False)
+    return Message(RecordDict({"node": record}), reply_to=msg)
+
+
+def local_update(msg: Message, context: Context, params: Params,
+                 settings: Any) -> tuple[Config, Update | None]:
+    """The node's client update from the global `params` (None: too little data)."""
+    client_id, client, _ = node_client(settings, context)
+    config, learner = node_learner(settings, client)
+    try:
+        return config, learner.client_update(params, client, seeded(
+            config.seed, int(settings["round"]), client_id))
+    except NotEnoughData:
+        return config, None
+
+
+@app.train("update")
+def train(msg: Message, context: Context) -> Message:
+    settings = msg.content["config"]
+    config, update = local_update(msg, context, dict(msg.content["arrays"].to_torch_state_dict()),
+                                  settings)
+    if update is None:
+        return Message(RecordDict({"metrics": MetricRecord({"skipped": 1})}), reply_to=msg)
+    metrics = MetricRecord({"weight": update.weight, "loss": update.loss})
+    if config.aggregation.secure != "ckks":
+        return Message(RecordDict({"arrays": ArrayRecord(update.delta), "metrics": metrics}),
+                       reply_to=msg)
+    encrypted = encrypt(ckks_context(str(context.node_config["ckks-key"])),
+                        secure_contribution(config, update.delta, update.weight),
+                        config.aggregation.ckks_poly_modulus_degree // 2)
+    return Message(RecordDict({"encrypted": ConfigRecord({"ciphertexts": encrypted}),
+                               "metrics": metrics}), reply_to=msg)
+
+
+def secure_contribution(config: Config, delta: dict[str, torch.Tensor],
+                        weight: float) -> torch.Tensor:
+    """What a client adds to a secure sum: its delta, clipped when user-level DP clips, times
+    its weight for a weighted mean (times 1 under DP's fixed-denominator mean)."""
+    stacked = Round({k: v[None] for k, v in delta.items()}, torch.tensor([weight]))
+    if config.privacy.clip_norm:
+        stacked = clip_to(stacked, config.privacy.clip_norm)
+    coefficient = 1.0 if config.privacy.noise_multiplier else weight
+    return flatten_rows(stacked.deltas)[0].double() * coefficient
+
+
+@app.train(mods=[secaggplus_mod])
+def train_secagg_plus(msg: Message, context: Context) -> Message:
+    """A client update under Flower's SecAgg+ workflow (legacy FitIns in, FitRes out): the
+    delta, clipped under user-level DP, weighted by `num_examples` (1 under DP's fixed
+    denominator); `secaggplus_mod` quantizes and masks it before it leaves the node."""
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    settings = dict(fitins.config)
+    _, learner = node_learner(settings, node_client(settings, context)[1])
+    like = {k: v[None] for k, v in learner.init_params().items()}
+    params = {k: v[0] for k, v in from_arrays(parameters_to_ndarrays(fitins.parameters),
+                                              like).items()}
+    config, update = local_update(msg, context, params, settings)
+    if update is None:
+        raise ValueError("too little data for a local round")
+    weight = 1.0 if config.privacy.noise_multiplier else update.weight
+    delta = unflatten(secure_contribution(config, update.delta, 1.0), like)
+    fitres = FitRes(Status(Code.OK, "ok"), to_parameters(delta), int(round(weight)),
+                    {"loss": update.loss})
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
+
+
+@app.query("decrypt")
+def decrypt_sum(msg: Message, context: Context) -> Message:
+    """As a key holder: the plaintext of an encrypted sum (never of one client's update:
+    the server is trusted to send only sums, the honest-but-curious model)."""
+    ciphertexts = list(msg.content["encrypted"]["ciphertexts"])
+    plain = decrypt(ckks_context(str(context.node_config["ckks-key"])), ciphertexts)
+    return Message(RecordDict({"arrays": ArrayRecord({"sum": plain})}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Meta-test on the node's own classes: adapt on each episode's support set, score its
+    query set."""
+    client_id, client, _ = node_client(msg.content["config"], context)
+    config, learner = node_learner(msg.content["config"], client)
+    params = dict(msg.content["arrays"].to_torch_state_dict())
+    ev = config.eval
+    try:
+        episodes = EpisodeSampler(ev.ways, ev.shots, ev.queries).sample(
+            client, config.flower.eval_episodes_per_client,
+            seeded(config.seed, EVAL_STREAM, client_id))
+    except NotEnoughData:
+        return Message(RecordDict({"metrics": MetricRecord({"accuracies": []})}), reply_to=msg)
+    accuracies = learner.accuracy(params, episodes).tolist()
+    return Message(RecordDict({"metrics": MetricRecord({"accuracies": accuracies})}),
+                   reply_to=msg)

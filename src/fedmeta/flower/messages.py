@@ -1,0 +1,39 @@
+"""What the ServerApp and the ClientApp say to each other (Flower Message API records).
+
+- `query.describe` -> the node's client id, example count, input shape, class count, role
+  and, if it holds a CKKS key, the key's public part;
+- `train.update` (params, round, config) -> the client's delta (or, with CKKS, its weighted delta
+  encrypted), its weight and mean local loss;
+- `query.decrypt` (an encrypted sum) -> its plaintext, from a key holder;
+- `evaluate` (params) -> accuracy over episodes of the node's own classes;
+- `train` (legacy FitIns, under Flower's SecAgg+ workflow) -> the client's delta as FitRes,
+  which `secaggplus_mod` masks before it leaves the node.
+
+The fedmeta config travels with every message as JSON, so both sides build the same learner.
+"""
+
+import os
+
+# flwr reads these on import: no telemetry, no update check, no dependency installs at run time
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+from flwr.common.config import unflatten_dict  # noqa: E402
+
+from fedmeta.config import Config, validate  # noqa: E402
+
+DESCRIBE, DECRYPT = "query.describe", "query.decrypt"
+TRAIN, EVALUATE = "train.update", "evaluate"
+
+
+def config_from_run_config(run_config: dict) -> Config:
+    """The fedmeta config of a Flower run: `[tool.flwr.app.config]` holds fedmeta's keys as
+    tables (`[tool.flwr.app.config.learner]`), which Flower flattens to dotted keys."""
+    return validate(unflatten_dict(dict(run_config)))
+
+
+def config_message(config: Config, **values: int | float | list[int]) -> dict:
+    """The `config` record of a message: the fedmeta config as JSON and `values`."""
+    return {"fedmeta": config.model_dump_json(), **values}
+

@@ -1,0 +1,233 @@
+"""fedmeta's Flower ServerApp: the simulation's round loop, with each sampled client's update
+computed on its own SuperNode.
+
+The server first asks every node to describe itself (client id, size, input shape, classes,
+role), orders the training nodes by client id and samples cohorts among them exactly as the
+simulation samples clients, so a deployment over the clients' files reproduces a simulation
+of them. Each round it sends the global params to the cohort and waits `flower.round_timeout`
+seconds: clients that fail or do not answer in time are left out and logged, and the round
+goes on if at least `flower.min_clients` replied. Held-out nodes (`held-out = true`) only
+evaluate: they adapt to episodes of their own classes and score them.
+
+With `aggregation.secure = "ckks"` the clients send their weighted updates encrypted, the
+server adds the ciphertexts with the public context the clients described, and a key holder
+(a client of the round) decrypts only the sum; the rest of the server pipeline (noise, the
+server optimizer) runs on that mean.
+"""
+
+import logging
+import time
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedmeta.build import build_experiment
+from fedmeta.config import Config
+from fedmeta.data import ClientData, FederatedDataset
+from fedmeta.engine.cohort import CohortUpdates, empty_updates
+from fedmeta.engine.rundir import RunDirectory
+from fedmeta.engine.simulation import Simulation
+from fedmeta.engine.training import train_and_summarize
+from fedmeta.errors import UserError
+from fedmeta.evaluation import summarize
+from fedmeta.flower.secagg import run_secagg_plus
+from fedmeta.flower.messages import (DECRYPT, DESCRIBE, EVALUATE, TRAIN, config_from_run_config,
+                                     config_message)
+from fedmeta.optim import apply_updates
+from fedmeta.params import Params, tree_stack, unflatten
+from fedmeta.privacy.encryption import add_encrypted, load_context
+from fedmeta.server import Round
+
+log = logging.getLogger("fedmeta.flower")
+
+
+class RemoteClients(FederatedDataset):
+    """Clients as the server knows them: what their nodes described. Their data stays there."""
+
+    name = "remote"
+
+    def __init__(self, described: list[dict[str, Any]]) -> None:
+        self.described = described
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.described)
+
+    def client(self, i: int) -> ClientData:
+        raise RuntimeError("a remote client's data lives on its SuperNode")
+
+    def client_size(self, i: int) -> int:
+        return int(self.described[i]["num-examples"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        shapes = {tuple(node["input-shape"]) for node in self.described}
+        if len(shapes) > 1:
+            raise UserError(f"data error: the nodes' inputs differ in shape: {sorted(shapes)}")
+        return shapes.pop() if shapes else ()
+
+    @property
+    def num_classes(self) -> int:
+        return max((int(node["num-classes"]) for node in self.described), default=0)
+
+
+class FlowerFederation(Simulation):
+    """A `Simulation` whose clients are SuperNodes reached through Flower's `Grid`."""
+
+    def __init__(self, grid: Grid, config: Config, context: Context | None = None) -> None:
+        self.grid, self.config, self.context = grid, config, context
+        described = self.describe_nodes()
+        train = sorted((n for n in described if not n["held-out"]), key=lambda n: n["client-id"])
+        test = [n for n in described if n["held-out"]]
+        if len(train) < config.flower.min_clients:
+            raise UserError(f"only {len(train)} training nodes connected; flower.min_clients "
+                            f"is {config.flower.min_clients}")
+        self.train_nodes = [n["node-id"] for n in train]
+        self.test_nodes = [n["node-id"] for n in test]
+        self.public_key = next((n["ckks-public"] for n in train if "ckks-public" in n), None)
+        if config.aggregation.secure == "ckks" and self.public_key is None:
+            raise UserError("aggregation.secure = 'ckks' but no node holds a CKKS key "
+                            "(node config ckks-key)")
+        classes = RemoteClients(train).num_classes
+        self.num_classes = max(classes, RemoteClients(test).num_classes)
+        super().__init__(build_experiment(config, (RemoteClients(train), RemoteClients(test))))
+
+    def describe_nodes(self) -> list[dict[str, Any]]:
+        """Every connected node's description, waiting up to `flower.round_timeout` for at
+        least `flower.min_clients` nodes."""
+        deadline = time.monotonic() + self.config.flower.round_timeout
+        while True:
+            nodes = sorted(self.grid.get_node_ids())
+            if len(nodes) >= self.config.flower.min_clients or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        replies = self.send(DESCRIBE, nodes, lambda node: RecordDict(
+            {"config": ConfigRecord(config_message(self.config))}))
+        return [{**dict(reply.content["node"]), "node-id": reply.metadata.src_node_id}
+                for reply in replies]
+
+    def send(self, message_type: str, nodes: list[int],
+             content: Any) -> list[Message]:
+        """Send `content(node)` to each node; the replies that came back in time without error,
+        in the order of `nodes`."""
+        messages = [Message(content(node), dst_node_id=node, message_type=message_type)
+                    for node in nodes]
+        replies = {}
+        for reply in self.grid.send_and_receive(messages,
+                                                timeout=self.config.flower.round_timeout):
+            if reply.has_error():
+                log.warning("node %s failed on %s: %s", reply.metadata.src_node_id,
+                            message_type, reply.error.reason)
+            else:
+                replies[reply.metadata.src_node_id] = reply
+        if len(replies) < len(nodes):
+            log.warning("%s: %d of %d nodes replied", message_type, len(replies), len(nodes))
+        return [replies[node] for node in nodes if node in replies]
+
+    def content(self, params: Params, **values: Any) -> RecordDict:
+        return RecordDict({"arrays": ArrayRecord(params), "config": ConfigRecord(config_message(
+            self.config, **{"num-classes": self.num_classes, **values}))})
+
+    def train_replies(self, round_index: int, params: Params, cohort: list[int]) -> list[Message]:
+        nodes = [self.train_nodes[c] for c in cohort]
+        replies = self.send(TRAIN, nodes, lambda node: self.content(params, round=round_index))
+        answered = [r for r in replies if "skipped" not in r.content["metrics"]]
+        if len(answered) < self.config.flower.min_clients:
+            raise UserError(f"round {round_index}: {len(answered)} of {len(nodes)} sampled "
+                            f"clients replied, fewer than flower.min_clients "
+                            f"({self.config.flower.min_clients})")
+        return answered
+
+    def client_updates(self, round_index: int, params: Params,
+                       cohort: list[int]) -> CohortUpdates:
+        replies = self.train_replies(round_index, params, cohort)
+        skipped = len(cohort) - len(replies)
+        if not replies:
+            return empty_updates(params, skipped)
+        metrics = [r.content["metrics"] for r in replies]
+        return CohortUpdates(
+            tree_stack(dict(r.content["arrays"].to_torch_state_dict()) for r in replies),
+            torch.tensor([float(m["weight"]) for m in metrics]),
+            torch.tensor([float(m["loss"]) for m in metrics]), skipped)
+
+    def run(self, callbacks: list = (), params: Params | None = None,
+            server_state: dict[str, Any] | None = None, start_round: int = 1) -> Params:
+        if self.config.aggregation.secure != "secagg+":
+            return super().run(callbacks, params, server_state, start_round)
+        params = self.experiment.learner.init_params() if params is None else params
+        server_state = self.experiment.pipeline.init(params) if server_state is None else server_state
+        return run_secagg_plus(self, self.context, params, server_state, list(callbacks))
+
+    def round(self, round_index: int, params: Params,
+              server_state: dict[str, Any]) -> tuple[Params, dict[str, Any], dict[str, Any]]:
+        if self.config.aggregation.secure == "ckks":
+            return self.encrypted_round(round_index, params, server_state)
+        return super().round(round_index, params, server_state)
+
+    def encrypted_round(self, round_index: int, params: Params,
+                        server_state: dict[str, Any]) -> tuple[Params, dict, dict]:
+        """A round whose sum the server computes on ciphertexts and a key holder decrypts."""
+        start = time.perf_counter()
+        cohort = self.cohort(round_index).tolist()
+        replies = self.train_replies(round_index, params, cohort)
+        metrics = [r.content["metrics"] for r in replies]
+        total = None
+        if replies:
+            encrypted = add_encrypted(load_context(self.public_key), (
+                list(r.content["encrypted"]["ciphertexts"]) for r in replies))
+            key_holder = replies[0].metadata.src_node_id
+            decrypted = self.send(DECRYPT, [key_holder], lambda node: RecordDict(
+                {"encrypted": ConfigRecord({"ciphertexts": encrypted})}))
+            if not decrypted:
+                raise UserError(f"round {round_index}: the key holder did not decrypt the sum")
+            total = unflatten(decrypted[0].content["arrays"].to_torch_state_dict()["sum"],
+                              {k: v[None] for k, v in params.items()})
+        params, server_state, info = self.secure_step(
+            round_index, params, server_state, total, metrics, len(cohort) - len(replies))
+        info["seconds"] = time.perf_counter() - start
+        return params, server_state, info
+
+    def secure_step(self, round_index: int, params: Params, server_state: dict[str, Any],
+                    total: Params | None, metrics: list, skipped: int) -> tuple[Params, dict, dict]:
+        """The server pipeline after the aggregator, on a securely computed sum of the
+        clients' contributions (`total`, None if no client took part) and their metrics."""
+        weights = torch.tensor([float(m["weight"]) for m in metrics])
+        info: dict[str, Any] = {"round": round_index, "clients": len(metrics),
+                                "skipped": skipped}
+        if total is None:
+            return params, server_state, info
+        pipeline = self.experiment.pipeline
+        divisor = weights.sum() if pipeline.denominator is None else pipeline.denominator
+        rnd = Round({k: v / divisor for k, v in total.items()}, weights, aggregated=True,
+                    clip_norm=self.config.privacy.clip_norm)
+        rnd, server_state["2"] = pipeline.server.apply(rnd, server_state["2"])
+        losses = torch.tensor([float(m["loss"]) for m in metrics])
+        info["loss"] = float((losses * weights).sum() / weights.sum())
+        return apply_updates(params, rnd.deltas), server_state, info
+
+    def evaluate(self, params: Params, episodes: int) -> dict[str, float]:
+        """Federated meta-test: every held-out node adapts to episodes of its own classes."""
+        if not self.test_nodes:
+            return {}
+        replies = self.send(EVALUATE, self.test_nodes, lambda node: self.content(params))
+        per_client = [torch.tensor(list(r.content["metrics"]["accuracies"])) for r in replies]
+        per_client = [a for a in per_client if len(a)]
+        if not per_client:
+            return {}
+        result = summarize(per_client, [float(a.mean()) for a in per_client])
+        return {f"test_{key}": value for key, value in result.as_dict().items()}
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    config = config_from_run_config(context.run_config)
+    federation = FlowerFederation(grid, config, context)
+    run = RunDirectory.create(config)
+    log.info("fedmeta on Flower: %d training nodes, %d held-out; run directory %s",
+             len(federation.train_nodes), len(federation.test_nodes), run.path)
+    train_and_summarize(federation, run, progress=False)

@@ -1,0 +1,53 @@
+"""A client's own data file: written by `fedmeta export-clients`, validated when loaded."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedmeta.config import load_config
+from fedmeta.data.client_files import clients_federated, load_client, save_client
+from fedmeta.data.federated import ClientData
+from fedmeta.errors import UserError
+from test_cli import fedmeta
+
+
+def test_a_client_round_trips_and_files_form_a_federation_ordered_by_id(tmp_path):
+    clients = [ClientData(torch.randint(0, 255, (n, 4, 4), dtype=torch.uint8),
+                          torch.arange(n) % 3) for n in (5, 7)]
+    save_client(tmp_path / "b.npz", clients[0], 1)
+    save_client(tmp_path / "a.npz", clients[1], 0)
+    client_id, loaded = load_client(tmp_path / "b.npz")
+    assert client_id == 1 and torch.equal(loaded.x, clients[0].x)
+    federation = clients_federated([tmp_path / "b.npz", tmp_path / "a.npz"])
+    assert federation.num_clients == 2 and len(federation.client(0)) == 7
+
+
+@pytest.mark.parametrize("arrays, reason", [
+    ({"x": np.zeros((2, 3), np.float32), "y": np.zeros(2, np.int64)}, "lacks client_id"),
+    ({"x": np.full((2, 3), np.nan, np.float32), "y": np.zeros(2, np.int64),
+      "client_id": 0}, "NaN"),
+    ({"x": np.zeros((2, 3), np.float32), "y": np.array([0, -1]), "client_id": 0}, "negative"),
+    ({"x": np.zeros((2, 3), np.float64), "y": np.zeros(2, np.int64), "client_id": 0}, "uint8"),
+    ({"x": np.zeros((2, 3), np.float32), "y": np.zeros(3, np.int64), "client_id": 0}, "labels"),
+])
+def test_a_bad_client_file_is_one_line_naming_the_problem(tmp_path, arrays, reason):
+    np.savez(tmp_path / "c.npz", **arrays)
+    with pytest.raises(UserError, match=reason):
+        load_client(tmp_path / "c.npz")
+
+
+def test_export_clients_writes_files_the_deployment_reads(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[data]\ndataset = "synthetic"\nnum_clients = 6\n')
+    result = fedmeta("export-clients", config, tmp_path / "out", "--clients", 4, "--held-out", 2)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "out").glob("client_*.npz"))) == 4
+    assert load_client(tmp_path / "out" / "heldout_00001.npz")[0] == 5
+    bad = fedmeta("export-clients", config, tmp_path / "x", "--clients", 99)
+    assert bad.returncode == 2 and "--clients" in bad.stderr
+
+
+def test_secure_aggregation_refuses_what_needs_each_clients_update():
+    with pytest.raises(UserError, match="adaptive clipping"):
+        load_config(None, ["aggregation.secure=ckks", "privacy.clip_norm=1.0",
+                           "privacy.adaptive_clipping=true"])

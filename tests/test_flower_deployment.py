@@ -1,0 +1,161 @@
+"""End to end on Flower: a SuperLink and SuperNodes as real processes on 127.0.0.1 running
+fedmeta's ServerApp and ClientApp (examples/flower), each client reading its own file."""
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedmeta.build import build_experiment
+from fedmeta.config import apply_overrides, validate
+from fedmeta.data.client_files import clients_federated
+from fedmeta.engine.checkpoint import load_checkpoint
+from fedmeta.engine.simulation import Simulation
+from fedmeta.privacy.encryption import CkksKeys
+from flower_deployment import Deployment, make_node_key
+from test_cli import fedmeta
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+APP = Path(__file__).parents[1] / "examples" / "flower"
+OVERRIDES = ["server.rounds=2", "server.clients_per_round=3", "model.hidden=8",
+             "eval.every=0", "run.checkpoint_every=1",
+             "flower.round_timeout=120.0", "flower.eval_episodes_per_client=4"]
+
+
+def app_config(overrides: list[str]) -> dict:
+    data = tomllib.loads((APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    return apply_overrides(data, overrides)
+
+
+def run_config(overrides: list[str]) -> str:
+    """Overrides as `flwr run --run-config` takes them (the last of a key, strings quoted)."""
+    def quoted(value: str) -> str:
+        try:
+            tomllib.loads(f"v = {value}")
+            return value
+        except tomllib.TOMLDecodeError:
+            return f'"{value}"'
+    last = dict(item.split("=", 1) for item in overrides)
+    return " ".join(f"{key}={quoted(value)}" for key, value in last.items())
+
+
+def final_params(out_dir: Path, round_index: int) -> dict[str, torch.Tensor]:
+    """The params a run directory's checkpoint holds after `round_index`."""
+    (run,) = out_dir.iterdir()
+    return load_checkpoint(run / "checkpoints" / f"round_{round_index:05d}.safetensors")[0]
+
+
+def simulation(files: list[Path], held_out: list[Path], overrides: list[str]) -> Simulation:
+    config = validate(app_config(overrides))
+    return Simulation(build_experiment(config, (clients_federated(files),
+                                                clients_federated(held_out))))
+
+
+@pytest.fixture(scope="module")
+def client_files(tmp_path_factory) -> tuple[list[Path], list[Path]]:
+    out = tmp_path_factory.mktemp("clients")
+    config = tmp_path_factory.mktemp("config") / "config.toml"
+    config.write_text('[data]\ndataset = "omniglot"\npath = "bundled"\n')
+    result = fedmeta("export-clients", config, out, "--clients", 3, "--held-out", 1)
+    assert result.returncode == 0, result.stderr
+    return sorted(out.glob("client_*.npz")), sorted(out.glob("heldout_*.npz"))
+
+
+def start_nodes(deployment: Deployment, files: list[Path], held_out: list[Path],
+                key: Path | None = None) -> list:
+    nodes = [deployment.start_supernode(f"node{i}", f'data-path="{path}"' + (
+        f' ckks-key="{key}"' if key else "")) for i, path in enumerate(files)]
+    nodes += [deployment.start_supernode(f"heldout{i}", f'data-path="{path}" held-out=true')
+              for i, path in enumerate(held_out)]
+    for node in nodes:
+        assert node.wait_for("SuperNode ID:", 90), node.text()[-2000:]
+    return nodes
+
+
+def test_maml_on_a_deployment_matches_the_simulation_and_survives_a_killed_node(
+        tmp_path, client_files):
+    files, held_out = client_files
+    keys = CkksKeys.generate()
+    (tmp_path / "secret.ckks").write_bytes(keys.secret)
+    with Deployment(tmp_path / "deployment") as deployment:
+        deployment.start_superlink()
+        nodes = start_nodes(deployment, files, held_out, tmp_path / "secret.ckks")
+        # 1. two rounds of FedMeta (MAML): the same params as the in-process simulation
+        plain = OVERRIDES + [f"run.out_dir={tmp_path / 'plain'}"]
+        status = deployment.run(APP, run_config(plain))
+        assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
+        simulated = simulation(files, held_out, plain)
+        expected = simulated.run()
+        got = final_params(tmp_path / "plain", 2)
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
+        summary = (next((tmp_path / "plain").iterdir()) / "summary.json").read_text()
+        assert '"accuracy"' in summary  # the held-out node meta-tested the result
+        # 2. CKKS: clients encrypt, the server adds ciphertexts, a key holder decrypts the sum
+        encrypted = OVERRIDES + [f"run.out_dir={tmp_path / 'ckks'}", "aggregation.secure=ckks"]
+        status = deployment.run(APP, run_config(encrypted))
+        assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
+        # the first round's aggregate matches the plaintext one to 1e-4 relative (later
+        # rounds drift: local Adam turns 1e-8 differences in near-zero gradients into +-lr)
+        init = simulated.experiment.learner.init_params()
+        got, plain_round = final_params(tmp_path / "ckks", 1), final_params(tmp_path / "plain", 1)
+        error = torch.cat([(got[k] - plain_round[k]).flatten() for k in init]).norm()
+        step = torch.cat([(plain_round[k] - init[k]).flatten() for k in init]).norm()
+        assert error / step < 1e-4, (error, step)
+        # 3. a SuperNode killed while round 2 runs: the round completes with the others
+        killed = OVERRIDES + [f"run.out_dir={tmp_path / 'killed'}",
+                              "flower.round_timeout=60.0", "flower.min_clients=2"]
+        started = "Start `flwr-clientapp` process"  # a SuperNode's log line per message
+        before = nodes[2].text().count(started)
+        run_id = deployment.submit(APP, run_config(killed))
+        assert nodes[2].wait_for(started, 300, count=before + 3)  # describe, round 1, round 2
+        nodes[2].stop(signal.SIGKILL)
+        status = deployment.wait(run_id)
+        assert status["status"] == "finished:completed", deployment.logs(run_id)
+        (run,) = (tmp_path / "killed").iterdir()
+        rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["clients"] for r in rounds] == [3, 2]
+
+
+def test_secagg_plus_over_tls_with_authenticated_nodes_and_a_dropout(tmp_path, client_files):
+    """TLS with certificates made here; only registered SuperNodes may join; SecAgg+ gives the
+    exact weighted mean of the clients that finished, one having died mid-protocol."""
+    files, held_out = client_files
+    with Deployment(tmp_path / "deployment", tls=True, node_auth=True) as deployment:
+        deployment.start_superlink()
+        keys = [make_node_key(tmp_path / "keys", f"node{i}") for i in range(4)]
+        for private, public in keys[:3]:
+            registered = deployment.flwr("supernode", "register", str(public), "test")
+            assert registered.returncode == 0, registered.stdout + registered.stderr
+        nodes = [deployment.start_supernode(f"node{i}", f'data-path="{path}"', keys[i][0])
+                 for i, path in enumerate(files)]
+        stranger = deployment.start_supernode("stranger", f'data-path="{files[0]}"',
+                                              keys[3][0], ("--max-retries", "0"))
+        for node in nodes:
+            assert node.wait_for("SuperNode ID:", 90), node.text()[-2000:]
+        assert stranger.popen.wait(timeout=90) != 0
+        assert "Failed to activate SuperNode" in stranger.text()
+        secure = OVERRIDES + [f"run.out_dir={tmp_path / 'secagg'}", "server.rounds=1",
+                              "aggregation.secure=secagg+", "flower.min_clients=2",
+                              "flower.round_timeout=60.0"]
+        received = "Receiving: train message"  # SecAgg+ stages: setup, keys, masked vector
+        before = nodes[2].text().count(received)
+        run_id = deployment.submit(APP, run_config(secure))
+        assert nodes[2].wait_for(received, 300, count=before + 3)
+        nodes[2].stop(signal.SIGKILL)  # dies before sending its masked update
+        status = deployment.wait(run_id)
+        assert status["status"] == "finished:completed", deployment.logs(run_id)
+    (run,) = (tmp_path / "secagg").iterdir()
+    assert json.loads((run / "metrics.jsonl").read_text())["clients"] == 2
+    simulated = simulation(files[:2], held_out, secure)
+    expected = simulated.run()  # the two survivors, in the clear
+    got = final_params(tmp_path / "secagg", 1)
+    for key in expected:  # within SecAgg+'s fixed-point rounding (16 / 2^22 per level)
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=2e-5)
