@@ -1,7 +1,7 @@
 """From a validated `Config` to the objects a run needs: data, learner, server pipeline."""
 
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from importlib import resources
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from fedmeta.privacy.secure_aggregation import secagg_sum
 from fedmeta.privacy.user_level import (adaptive_clipping, adaptive_noise_split,
                                         clip_updates, gaussian_noise)
 from fedmeta.server import Round, Stage, chain, server_optimizer
-from fedmeta.server.aggregate import Summation, mean, plain_sum
+from fedmeta.server.aggregate import Summation, divide, mean, plain_sum
 
 LEARNERS: dict[str, type[Learner]] = {
     "protonet": ProtoNet, "maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "anil": ANIL,
@@ -79,7 +79,7 @@ class Pipeline:
     server: Stage
     denominator: float | None = None
 
-    @property
+    @cached_property
     def stage(self) -> Stage:
         return chain(self.client, self.aggregate, self.server)
 
@@ -88,6 +88,15 @@ class Pipeline:
 
     def apply(self, rnd: Round, state: dict) -> tuple[Round, dict]:
         return self.stage.apply(rnd, state)
+
+    def apply_to_sum(self, total: Params, weights: torch.Tensor, clip_norm: float | None,
+                     state: dict) -> tuple[Round, dict]:
+        """The stages after the aggregator on a sum of the clients' contributions computed
+        elsewhere (secure aggregation), made the mean the aggregator would have made."""
+        rnd = Round(divide(total, weights.sum(), self.denominator), weights, aggregated=True,
+                    clip_norm=clip_norm)
+        rnd, server_state = self.server.apply(rnd, state["2"])  # chain's order: see `stage`
+        return rnd, {**state, "2": server_state}
 
 
 def build_summation(config: Config) -> Summation:

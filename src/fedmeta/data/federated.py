@@ -137,8 +137,7 @@ class ArrayFederatedDataset(FederatedDataset):
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        shape = tuple(self._x.shape[1:])
-        return (1, *shape) if self._x.dtype == np.uint8 else shape
+        return float_input_shape(tuple(self._x.shape[1:]), self._x.dtype == np.uint8)
 
     @property
     def num_classes(self) -> int:
@@ -150,6 +149,11 @@ def as_float_input(x: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.uint8:
         return (x.to(torch.float32) / 255.0).unsqueeze(-3)
     return x if x.dtype == torch.float32 else x.to(torch.float32)
+
+
+def float_input_shape(example_shape: tuple[int, ...], images: bool) -> tuple[int, ...]:
+    """One model input's shape after :func:`as_float_input`: uint8 images gain a channel."""
+    return (1, *example_shape) if images else example_shape
 
 
 def split_support_query(

@@ -22,6 +22,11 @@ from fedmeta.optim import apply_updates
 from fedmeta.params import Params
 from fedmeta.server import Round
 
+def weighted_loss(losses: torch.Tensor, weights: torch.Tensor) -> float:
+    """The clients' mean local losses averaged by their weights: a round's `loss` metric."""
+    return float((losses * weights).sum() / weights.sum())
+
+
 class StopTraining(Exception):
     """Raised by a callback to end the run after the current round."""
 
@@ -60,8 +65,7 @@ class Simulation:
                                                                server_state)
             params = apply_updates(params, rnd.deltas)
         if updates.num_clients:
-            metrics["loss"] = float((updates.losses * updates.weights).sum()
-                                    / updates.weights.sum())
+            metrics["loss"] = weighted_loss(updates.losses, updates.weights)
         metrics["seconds"] = time.perf_counter() - start
         return params, server_state, metrics
 

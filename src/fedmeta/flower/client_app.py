@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -24,10 +25,11 @@ from fedmeta.build import build_datasets, build_learner
 from fedmeta.config import Config
 from fedmeta.data import ClientData, EpisodeSampler, FederatedDataset, NotEnoughData
 from fedmeta.data.client_files import load_client
+from fedmeta.data.federated import float_input_shape
 from fedmeta.engine.seeding import EVAL_STREAM, seeded
 from fedmeta.flower.secagg import from_arrays, to_parameters
 from fedmeta.learners.base import Learner, Update
-from fedmeta.params import Params, flatten_rows, unflatten
+from fedmeta.params import flatten_rows, unflatten
 from fedmeta.privacy.encryption import decrypt, encrypt, load_context
 from fedmeta.privacy.user_level import clip_to
 from fedmeta.server.chain import Round
@@ -71,9 +73,7 @@ def node_client(settings: Any, context: Context) -> tuple[int, ClientData, bool]
 
 
 def input_shape(client: ClientData) -> tuple[int, ...]:
-    """One model input's shape: uint8 images gain a channel."""
-    shape = tuple(client.x.shape[1:])
-    return (1, *shape) if client.x.dtype == torch.uint8 else shape
+    return float_input_shape(tuple(client.x.shape[1:]), client.x.dtype == torch.uint8)
 
 
 def node_learner(settings: Any, client: ClientData) -> tuple[Config, Learner]:
@@ -95,11 +95,13 @@ def describe(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"node": record}), reply_to=msg)
 
 
-def local_update(msg: Message, context: Context, params: Params,
-                 settings: Any) -> tuple[Config, Update | None]:
-    """The node's client update from the global `params` (None: too little data)."""
+def local_update(settings: Any, context: Context,
+                 arrays: list[np.ndarray]) -> tuple[Config, Update | None]:
+    """The node's client update from the global params as arrays in the learner's param order
+    (None: too little data)."""
     client_id, client, _ = node_client(settings, context)
     config, learner = node_learner(settings, client)
+    params = from_arrays(arrays, learner.init_params())
     try:
         return config, learner.client_update(params, client, seeded(
             config.seed, int(settings["round"]), client_id))
@@ -109,9 +111,8 @@ def local_update(msg: Message, context: Context, params: Params,
 
 @app.train("update")
 def train(msg: Message, context: Context) -> Message:
-    settings = msg.content["config"]
-    config, update = local_update(msg, context, dict(msg.content["arrays"].to_torch_state_dict()),
-                                  settings)
+    config, update = local_update(msg.content["config"], context,
+                                  msg.content["arrays"].to_numpy_ndarrays())
     if update is None:
         return Message(RecordDict({"metrics": MetricRecord({"skipped": 1})}), reply_to=msg)
     metrics = MetricRecord({"weight": update.weight, "loss": update.loss})
@@ -142,16 +143,13 @@ def train_secagg_plus(msg: Message, context: Context) -> Message:
     delta, clipped under user-level DP, weighted by `num_examples` (1 under DP's fixed
     denominator); `secaggplus_mod` quantizes and masks it before it leaves the node."""
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    settings = dict(fitins.config)
-    _, learner = node_learner(settings, node_client(settings, context)[1])
-    like = {k: v[None] for k, v in learner.init_params().items()}
-    params = {k: v[0] for k, v in from_arrays(parameters_to_ndarrays(fitins.parameters),
-                                              like).items()}
-    config, update = local_update(msg, context, params, settings)
+    config, update = local_update(dict(fitins.config), context,
+                                  parameters_to_ndarrays(fitins.parameters))
     if update is None:
         raise ValueError("too little data for a local round")
     weight = 1.0 if config.privacy.noise_multiplier else update.weight
-    delta = unflatten(secure_contribution(config, update.delta, 1.0), like)
+    delta = unflatten(secure_contribution(config, update.delta, 1.0),
+                      {k: v[None] for k, v in update.delta.items()})
     fitres = FitRes(Status(Code.OK, "ok"), to_parameters(delta), int(round(weight)),
                     {"loss": update.loss})
     return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)

@@ -48,7 +48,7 @@ class SecAggPlusRounds(Strategy):
         federation = self.federation
         nodes = [federation.train_nodes[c] for c in federation.cohort(server_round).tolist()]
         proxies = client_manager.all()
-        ins = FitIns(to_parameters(self.params), config_message(
+        ins = FitIns(parameters, config_message(
             federation.config, round=server_round, **{"num-classes": federation.num_classes}))
         self.metrics[server_round] = {"round": server_round, "clients": 0,
                                       "skipped": len(nodes)}

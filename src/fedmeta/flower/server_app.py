@@ -28,7 +28,7 @@ from fedmeta.config import Config
 from fedmeta.data import ClientData, FederatedDataset
 from fedmeta.engine.cohort import CohortUpdates, empty_updates
 from fedmeta.engine.rundir import RunDirectory
-from fedmeta.engine.simulation import Simulation
+from fedmeta.engine.simulation import Simulation, weighted_loss
 from fedmeta.engine.training import train_and_summarize
 from fedmeta.errors import UserError
 from fedmeta.evaluation import summarize
@@ -38,7 +38,6 @@ from fedmeta.flower.messages import (DECRYPT, DESCRIBE, EVALUATE, TRAIN, config_
 from fedmeta.optim import apply_updates
 from fedmeta.params import Params, tree_stack, unflatten
 from fedmeta.privacy.encryption import add_encrypted, load_context
-from fedmeta.server import Round
 
 log = logging.getLogger("fedmeta.flower")
 
@@ -86,12 +85,12 @@ class FlowerFederation(Simulation):
                             f"is {config.flower.min_clients}")
         self.train_nodes = [n["node-id"] for n in train]
         self.test_nodes = [n["node-id"] for n in test]
-        self.public_key = next((n["ckks-public"] for n in train if "ckks-public" in n), None)
-        if config.aggregation.secure == "ckks" and self.public_key is None:
+        public_key = next((n["ckks-public"] for n in train if "ckks-public" in n), None)
+        if config.aggregation.secure == "ckks" and public_key is None:
             raise UserError("aggregation.secure = 'ckks' but no node holds a CKKS key "
                             "(node config ckks-key)")
-        classes = RemoteClients(train).num_classes
-        self.num_classes = max(classes, RemoteClients(test).num_classes)
+        self.public_context = None if public_key is None else load_context(public_key)
+        self.num_classes = RemoteClients(described).num_classes
         super().__init__(build_experiment(config, (RemoteClients(train), RemoteClients(test))))
 
     def describe_nodes(self) -> list[dict[str, Any]]:
@@ -103,16 +102,15 @@ class FlowerFederation(Simulation):
             if len(nodes) >= self.config.flower.min_clients or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        replies = self.send(DESCRIBE, nodes, lambda node: RecordDict(
+        replies = self.send(DESCRIBE, nodes, RecordDict(
             {"config": ConfigRecord(config_message(self.config))}))
         return [{**dict(reply.content["node"]), "node-id": reply.metadata.src_node_id}
                 for reply in replies]
 
-    def send(self, message_type: str, nodes: list[int],
-             content: Any) -> list[Message]:
-        """Send `content(node)` to each node; the replies that came back in time without error,
-        in the order of `nodes`."""
-        messages = [Message(content(node), dst_node_id=node, message_type=message_type)
+    def send(self, message_type: str, nodes: list[int], content: RecordDict) -> list[Message]:
+        """Send `content` to each node (one record, serialized once per message as Flower's
+        strategies do); the replies that came back in time without error, in node order."""
+        messages = [Message(content, dst_node_id=node, message_type=message_type)
                     for node in nodes]
         replies = {}
         for reply in self.grid.send_and_receive(messages,
@@ -132,7 +130,7 @@ class FlowerFederation(Simulation):
 
     def train_replies(self, round_index: int, params: Params, cohort: list[int]) -> list[Message]:
         nodes = [self.train_nodes[c] for c in cohort]
-        replies = self.send(TRAIN, nodes, lambda node: self.content(params, round=round_index))
+        replies = self.send(TRAIN, nodes, self.content(params, round=round_index))
         answered = [r for r in replies if "skipped" not in r.content["metrics"]]
         if len(answered) < self.config.flower.min_clients:
             raise UserError(f"round {round_index}: {len(answered)} of {len(nodes)} sampled "
@@ -175,10 +173,10 @@ class FlowerFederation(Simulation):
         metrics = [r.content["metrics"] for r in replies]
         total = None
         if replies:
-            encrypted = add_encrypted(load_context(self.public_key), (
+            encrypted = add_encrypted(self.public_context, (
                 list(r.content["encrypted"]["ciphertexts"]) for r in replies))
             key_holder = replies[0].metadata.src_node_id
-            decrypted = self.send(DECRYPT, [key_holder], lambda node: RecordDict(
+            decrypted = self.send(DECRYPT, [key_holder], RecordDict(
                 {"encrypted": ConfigRecord({"ciphertexts": encrypted})}))
             if not decrypted:
                 raise UserError(f"round {round_index}: the key holder did not decrypt the sum")
@@ -198,20 +196,16 @@ class FlowerFederation(Simulation):
                                 "skipped": skipped}
         if total is None:
             return params, server_state, info
-        pipeline = self.experiment.pipeline
-        divisor = weights.sum() if pipeline.denominator is None else pipeline.denominator
-        rnd = Round({k: v / divisor for k, v in total.items()}, weights, aggregated=True,
-                    clip_norm=self.config.privacy.clip_norm)
-        rnd, server_state["2"] = pipeline.server.apply(rnd, server_state["2"])
-        losses = torch.tensor([float(m["loss"]) for m in metrics])
-        info["loss"] = float((losses * weights).sum() / weights.sum())
+        rnd, server_state = self.experiment.pipeline.apply_to_sum(
+            total, weights, self.config.privacy.clip_norm, server_state)
+        info["loss"] = weighted_loss(torch.tensor([float(m["loss"]) for m in metrics]), weights)
         return apply_updates(params, rnd.deltas), server_state, info
 
     def evaluate(self, params: Params, episodes: int) -> dict[str, float]:
         """Federated meta-test: every held-out node adapts to episodes of its own classes."""
         if not self.test_nodes:
             return {}
-        replies = self.send(EVALUATE, self.test_nodes, lambda node: self.content(params))
+        replies = self.send(EVALUATE, self.test_nodes, self.content(params))
         per_client = [torch.tensor(list(r.content["metrics"]["accuracies"])) for r in replies]
         per_client = [a for a in per_client if len(a)]
         if not per_client:

@@ -23,6 +23,12 @@ def plain_sum(deltas: Params, coefficients: torch.Tensor, count: int) -> tuple[P
             coefficients.sum())
 
 
+def divide(total: Params, weight: torch.Tensor, denominator: float | None) -> Params:
+    """A sum over its total weight (the weighted mean), or over a fixed `denominator`."""
+    divisor = weight if denominator is None else denominator
+    return {k: v / divisor for k, v in total.items()}
+
+
 def mean(denominator: float | None = None, summation: Summation = plain_sum) -> Stage:
     """The clients' deltas summed by `summation` and divided: with `denominator` None, the
     sample-weighted mean (FedAvg: McMahan et al. 2017); otherwise the unweighted sum over that
@@ -31,8 +37,7 @@ def mean(denominator: float | None = None, summation: Summation = plain_sum) -> 
     def apply(rnd: Round, state: dict) -> tuple[Round, dict]:
         coefficients = rnd.weights if denominator is None else torch.ones_like(rnd.weights)
         total, weight = summation(rnd.deltas, coefficients, int(state["count"]))
-        divisor = weight if denominator is None else denominator
-        return (rnd.with_deltas({k: v / divisor for k, v in total.items()}, aggregated=True),
+        return (rnd.with_deltas(divide(total, weight, denominator), aggregated=True),
                 {"count": state["count"] + 1})
 
     return Stage(lambda params: {"count": torch.zeros((), dtype=torch.int64)}, apply)
