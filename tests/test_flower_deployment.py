@@ -111,7 +111,7 @@ def test_maml_on_a_deployment_matches_the_simulation_and_survives_a_killed_node(
         assert error / step < 1e-4, (error, step)
         # 3. a SuperNode killed while round 2 runs: the round completes with the others
         killed = OVERRIDES + [f"run.out_dir={tmp_path / 'killed'}",
-                              "flower.round_timeout=60.0", "flower.min_clients=2"]
+                              "flower.round_timeout=60.0", "server.min_clients=2"]
         started = "Start `flwr-clientapp` process"  # a SuperNode's log line per message
         before = nodes[2].text().count(started)
         run_id = deployment.submit(APP, run_config(killed))
@@ -143,7 +143,7 @@ def test_secagg_plus_over_tls_with_authenticated_nodes_and_a_dropout(tmp_path, c
         assert stranger.popen.wait(timeout=90) != 0
         assert "Failed to activate SuperNode" in stranger.text()
         secure = OVERRIDES + [f"run.out_dir={tmp_path / 'secagg'}", "server.rounds=1",
-                              "aggregation.secure=secagg+", "flower.min_clients=2",
+                              "aggregation.secure=secagg+", "server.min_clients=2",
                               "flower.round_timeout=60.0"]
         received = "Receiving: train message"  # SecAgg+ stages: setup, keys, masked vector
         before = nodes[2].text().count(received)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import torch
 
+from fedmeta.attacks import Attack
 from fedmeta.config import Config
 from fedmeta.data import (EpisodeSampler, FederatedDataset, femnist_federated,
                           omniglot_federated, synthetic_federated)
+from fedmeta.engine.faults import Faults
 from fedmeta.errors import UserError
 from fedmeta.learners.anil import ANIL
 from fedmeta.learners.base import Learner
@@ -31,6 +33,7 @@ from fedmeta.privacy.user_level import (adaptive_clipping, adaptive_noise_split,
                                         clip_updates, gaussian_noise)
 from fedmeta.server import Round, Stage, chain, server_optimizer
 from fedmeta.server.aggregate import Summation, divide, mean, plain_sum
+from fedmeta.server.robust import ROBUST_RULES, norm_bounding
 
 LEARNERS: dict[str, type[Learner]] = {
     "protonet": ProtoNet, "maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "anil": ANIL,
@@ -110,24 +113,46 @@ def build_summation(config: Config) -> Summation:
     return plain_sum
 
 
-def build_pipeline(config: Config, num_clients: int) -> Pipeline:
-    """Aggregate, then the server optimizer; with `privacy.clip_norm`, clip each client's
-    update first (to a fixed or an adaptive norm), and with noise, DP-FedAvg's
-    fixed-denominator mean and Gaussian noise."""
-    server, privacy = config.server, config.privacy
-    step, summation = server_optimizer(OPTIMIZERS[server.optimizer](server.lr)), build_summation(config)
-    if not privacy.clip_norm:
-        return Pipeline(chain(), mean(None, summation), step)
-    expected = client_sample_rate(config, num_clients) * num_clients
-    clip, sigma = clip_updates(privacy.clip_norm), privacy.noise_multiplier
+def build_client_stage(config: Config, expected: float) -> Stage:
+    """What runs on each client's update before aggregation: norm bounding against
+    malicious updates, then user-level DP's clipping (to a fixed or an adaptive norm;
+    `expected`: the expected cohort size)."""
+    privacy, bound = config.privacy, config.aggregation.norm_bound
+    stages = [norm_bounding(bound)] if bound else []
     if privacy.adaptive_clipping:
-        count_noise = (privacy.clip_count_noise or expected / 20) if sigma else 0.0
-        clip = adaptive_clipping(privacy.clip_norm, privacy.clip_quantile,
-                                 privacy.clip_learning_rate, count_noise, expected, config.seed)
-        sigma = adaptive_noise_split(sigma, count_noise) if sigma else 0.0
-    if not sigma:
-        return Pipeline(clip, mean(None, summation), step)
-    return Pipeline(clip, mean(expected, summation),
+        stages.append(adaptive_clipping(privacy.clip_norm, privacy.clip_quantile,
+                                        privacy.clip_learning_rate, count_noise(config, expected),
+                                        expected, config.seed))
+    elif privacy.clip_norm:
+        stages.append(clip_updates(privacy.clip_norm))
+    return chain(*stages)
+
+
+def count_noise(config: Config, expected: float) -> float:
+    """Adaptive clipping's noise on the count of unclipped clients (0 without DP noise)."""
+    privacy = config.privacy
+    if not privacy.noise_multiplier:
+        return 0.0
+    return privacy.clip_count_noise or expected / 20
+
+
+def build_pipeline(config: Config, num_clients: int) -> Pipeline:
+    """Client stages (`build_client_stage`), an aggregator, then the server optimizer: the
+    sample-weighted mean or a robust rule (`aggregation.rule`), or with DP noise,
+    DP-FedAvg's fixed-denominator mean and Gaussian noise."""
+    server, privacy, agg = config.server, config.privacy, config.aggregation
+    step = server_optimizer(OPTIMIZERS[server.optimizer](server.lr))
+    expected = client_sample_rate(config, num_clients) * num_clients
+    client = build_client_stage(config, expected)
+    if agg.rule != "mean":
+        return Pipeline(client, ROBUST_RULES[agg.rule](agg.byzantine_fraction), step)
+    summation = build_summation(config)
+    if not privacy.noise_multiplier:
+        return Pipeline(client, mean(None, summation), step)
+    sigma = privacy.noise_multiplier
+    if privacy.adaptive_clipping:
+        sigma = adaptive_noise_split(sigma, count_noise(config, expected))
+    return Pipeline(client, mean(expected, summation),
                     chain(gaussian_noise(sigma, expected, config.seed), step), expected)
 
 
@@ -157,6 +182,8 @@ class Experiment:
     eval_sampler: EpisodeSampler
     privacy: PrivacyBudget | None = None
     audit: CanaryAudit | None = None
+    attack: Attack | None = None
+    faults: Faults | None = None
 
 
 def head_size(config: Config, kind: str, num_classes: int) -> int | None:
@@ -206,4 +233,5 @@ def build_experiment(config: Config, datasets: tuple[FederatedDataset, Federated
                             client_sample_rate(config, train.num_clients), config.seed)
     return Experiment(config, train, test, learner, build_pipeline(config, train.num_clients),
                       EpisodeSampler(ev.ways, ev.shots, ev.queries),
-                      build_privacy_budget(config, train.num_clients), audit)
+                      build_privacy_budget(config, train.num_clients), audit,
+                      Attack.from_config(config, train.num_clients), Faults.from_config(config))

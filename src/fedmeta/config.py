@@ -68,6 +68,7 @@ class ServerConfig(Section):
     sampling: Literal["uniform", "poisson"] = "uniform"
     optimizer: Literal["sgd", "adam", "yogi"] = "sgd"
     lr: float = Field(1.0, gt=0)
+    min_clients: int = Field(1, ge=1)  # a round with fewer reports leaves the model unchanged
 
 
 class EvalConfig(Section):
@@ -127,13 +128,41 @@ class AggregationConfig(Section):
     # CKKS: ring degree and the bits of the coefficient modulus chain; scale 2^ckks_scale_bits
     ckks_poly_modulus_degree: Literal[8192, 16384] = 8192
     ckks_scale_bits: int = Field(50, ge=20, le=58)
+    # the aggregator: the (sample-weighted) mean or a Byzantine-robust rule (server/robust.py)
+    rule: Literal["mean", "median", "trimmed-mean", "krum", "multi-krum"] = "mean"
+    byzantine_fraction: float = Field(0.2, ge=0, lt=0.5)  # trimmed per side; Krum's f / cohort
+    norm_bound: float | None = Field(None, gt=0)  # clip each client's update to this L2 norm
+
+
+class AttackConfig(Section):
+    """Simulated malicious clients: a `fraction` of the training clients, fixed by the seed.
+    "sign-flip" sends -boost x its update; "scaling" trains on flipped labels and sends
+    boost x that update (model replacement); "gaussian" sends N(0, noise_std^2) noise;
+    "label-flip" trains on flipped labels. `boost` defaults to server.clients_per_round."""
+
+    kind: Literal["none", "sign-flip", "scaling", "gaussian", "label-flip"] = "none"
+    fraction: float = Field(0.0, ge=0, lt=1)
+    boost: float | None = Field(None, gt=0)
+    noise_std: float = Field(1.0, gt=0)
+
+
+class FaultsConfig(Section):
+    """Simulated unreliable clients: each sampled client drops out of a round with
+    probability `dropout`; with a `deadline` (in units of the median client's round time), a
+    client whose simulated round time exceeds it is a straggler the round does not wait for.
+    A client's round time is log-normal: a fixed slowness of its own times a per-round jitter,
+    together of log-std `straggler_spread`."""
+
+    dropout: float = Field(0.0, ge=0, lt=1)
+    deadline: float = Field(0.0, ge=0)  # 0 = no deadline
+    straggler_spread: float = Field(0.5, ge=0)
 
 
 class FlowerConfig(Section):
-    """A run on Flower: how long the server waits for a round's replies, and how many it needs."""
+    """A run on Flower: how long the server waits for a round's replies (it needs
+    server.min_clients of them)."""
 
     round_timeout: float = Field(600.0, gt=0)  # seconds
-    min_clients: int = Field(1, ge=1)  # fewer replies than this fail the run
     eval_episodes_per_client: int = Field(20, ge=1)  # federated evaluation on each node
 
 
@@ -149,6 +178,8 @@ class Config(Section):
     run: RunConfig = RunConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     aggregation: AggregationConfig = AggregationConfig()
+    attack: AttackConfig = AttackConfig()
+    faults: FaultsConfig = FaultsConfig()
     flower: FlowerConfig = FlowerConfig()
 
     @model_validator(mode="after")
@@ -184,6 +215,16 @@ class Config(Section):
         if secure != "none" and privacy.canaries:
             raise ValueError(f"aggregation.secure = {secure!r}: the canary audit needs the "
                              "plain aggregate path (privacy.canaries = 0)")
+        rule = self.aggregation.rule
+        if rule != "mean" and secure != "none":
+            raise ValueError(f"aggregation.rule = {rule!r} needs each client's update, which "
+                             f"aggregation.secure = {secure!r} hides")
+        if rule != "mean" and privacy.noise_multiplier:
+            raise ValueError(f"user-level DP noise is calibrated to the mean; aggregation.rule "
+                             f"= {rule!r} has another sensitivity")
+        if (self.attack.kind == "none") != (self.attack.fraction == 0):
+            raise ValueError("attack.kind and attack.fraction go together: a kind other than "
+                             "'none' with a fraction above 0")
         return self
 
 

@@ -20,7 +20,7 @@ model and the device, measured by `fedmeta bench` (BENCHMARKS.md):
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -37,17 +37,42 @@ Execution = Literal["auto", "loop", "vmap"]
 
 @dataclass(frozen=True)
 class CohortUpdates:
-    """The cohort's updates: deltas [C, ...] per param, weights [C], mean local losses [C], and
-    how many sampled clients could not take part (too little data for a batch)."""
+    """The cohort's updates: deltas [C, ...] per param, weights [C], mean local losses [C];
+    `positions`: each row's client, as its position in the cohort; how many sampled clients
+    could not take part (too little data for a batch), and why others failed (position ->
+    reason: the exception a client's local round raised)."""
 
     deltas: Params
     weights: torch.Tensor
     losses: torch.Tensor
     skipped: int
+    positions: list[int] = field(default_factory=list)
+    failures: dict[int, str] = field(default_factory=dict)
 
     @property
     def num_clients(self) -> int:
         return int(self.weights.numel())
+
+    def select(self, keep: torch.Tensor) -> "CohortUpdates":
+        """The rows where `keep` (bool [C]) is set."""
+        return dataclasses.replace(
+            self, deltas={k: v[keep] for k, v in self.deltas.items()}, weights=self.weights[keep],
+            losses=self.losses[keep],
+            positions=[p for p, kept in zip(self.positions, keep.tolist()) if kept])
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A client's data for its local round, drawn before any compute."""
+
+    position: int
+    learner: Learner
+    batches: list[Any]
+    weight: float
+
+
+def failure(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def choose_execution(model: nn.Module, device: torch.device) -> Literal["loop", "vmap"]:
@@ -70,63 +95,96 @@ def stack_batches(batches: Sequence[Any]) -> Any:
     return type(first)(stack_batches(parts) for parts in zip(*batches))
 
 
-def run_loop(learner: Learner, params: Params, clients: Sequence[ClientData],
-             generators: Sequence[torch.Generator]) -> CohortUpdates:
-    """One `client_update` after another."""
-    updates, skipped = [], 0
-    for client, generator in zip(clients, generators):
+def prepare(learners: Sequence[Learner], clients: Sequence[ClientData],
+            generators: Sequence[torch.Generator]) -> tuple[list[Prepared], int, dict[int, str]]:
+    """Each client's batches from its own generator: (prepared clients, how many had too
+    little data, failures)."""
+    prepared, skipped, failures = [], 0, {}
+    for position, (learner, client, generator) in enumerate(zip(learners, clients, generators)):
         try:
-            updates.append(learner.client_update(params, client, generator))
+            prepared.append(Prepared(position, learner, learner.local_batches(client, generator),
+                                     float(len(client))))
         except NotEnoughData:
             skipped += 1
+        except Exception as error:  # a broken client must not end the round
+            failures[position] = failure(error)
+    return prepared, skipped, failures
+
+
+def run_loop(params: Params, prepared: Sequence[Prepared],
+             failures: dict[int, str]) -> list[CohortUpdates]:
+    """One client's local round after another, each failure recorded in `failures`."""
+    updates, positions = [], []
+    for client in prepared:
+        try:
+            updates.append(client.learner.train_local(params, client.batches, client.weight))
+            positions.append(client.position)
+        except Exception as error:  # a broken client must not end the round
+            failures[client.position] = failure(error)
     if not updates:
-        return empty_updates(params, skipped)
-    return CohortUpdates(tree_stack(u.delta for u in updates),
-                         torch.tensor([u.weight for u in updates]),
-                         torch.tensor([u.loss for u in updates]), skipped)
+        return []
+    return [CohortUpdates(tree_stack(u.delta for u in updates),
+                          torch.tensor([u.weight for u in updates]),
+                          torch.tensor([u.loss for u in updates]), 0, positions)]
 
 
-def run_vmap(learner: Learner, params: Params, clients: Sequence[ClientData],
-             generators: Sequence[torch.Generator], chunk_size: int) -> CohortUpdates:
+def run_vmap(params: Params, prepared: Sequence[Prepared], chunk_size: int,
+             failures: dict[int, str]) -> list[CohortUpdates]:
     """Chunks of up to `chunk_size` clients, each chunk's local steps vmapped over its clients;
-    the local optimizer, elementwise, steps all of them at once on the stacked tensors."""
-    data, weights, skipped = [], [], 0
-    for client, generator in zip(clients, generators):
+    the local optimizer, elementwise, steps all of them at once on the stacked tensors. A
+    chunk that raises is run again one client at a time, to find the broken client."""
+    chunks = []
+    for start in range(0, len(prepared), chunk_size):
+        chunk = prepared[start:start + chunk_size]
         try:
-            data.append(learner.local_batches(client, generator))
-            weights.append(float(len(client)))
-        except NotEnoughData:
-            skipped += 1
-    if not data:
-        return empty_updates(params, skipped)
+            chunks.append(vmapped_round(params, chunk))
+        except Exception:
+            chunks += run_loop(params, chunk, failures)
+    return chunks
+
+
+def vmapped_round(params: Params, chunk: Sequence[Prepared]) -> CohortUpdates:
+    """The chunk's local rounds under one `vmap`."""
+    learner = chunk[0].learner
     gradient = vmap(learner.local_gradient)
-    deltas, losses = [], []
-    for start in range(0, len(data), chunk_size):
-        chunk = data[start:start + chunk_size]
-        local = {k: v.expand(len(chunk), *v.shape) for k, v in params.items()}
-        state, step_losses = learner.local_optimizer.init(local), []
-        for step in range(len(chunk[0])):
-            grads, loss = gradient(local, stack_batches([batches[step] for batches in chunk]))
-            steps, state = learner.local_optimizer.update(grads, state)
-            local = apply_updates(local, steps)
-            step_losses.append(loss.detach())
-        deltas.append({k: local[k] - params[k] for k in params})
-        losses.append(torch.stack(step_losses).mean(0))
-    return CohortUpdates({k: torch.cat([d[k] for d in deltas]) for k in params},
-                         torch.tensor(weights), torch.cat(losses), skipped)
+    local = {k: v.expand(len(chunk), *v.shape) for k, v in params.items()}
+    state, step_losses = learner.local_optimizer.init(local), []
+    for step in range(len(chunk[0].batches)):
+        grads, loss = gradient(local, stack_batches([client.batches[step] for client in chunk]))
+        steps, state = learner.local_optimizer.update(grads, state)
+        local = apply_updates(local, steps)
+        step_losses.append(loss.detach())
+    return CohortUpdates({k: local[k] - params[k] for k in params},
+                         torch.tensor([client.weight for client in chunk]),
+                         torch.stack(step_losses).mean(0), 0,
+                         [client.position for client in chunk])
 
 
-def empty_updates(params: Params, skipped: int) -> CohortUpdates:
-    return CohortUpdates({k: v.new_zeros(0, *v.shape) for k, v in params.items()},
-                         torch.zeros(0), torch.zeros(0), skipped)
+def concatenated(chunks: Sequence[CohortUpdates], params: Params, skipped: int,
+                 failures: dict[int, str]) -> CohortUpdates:
+    """The chunks' rows as one cohort's updates."""
+    if not chunks:
+        return CohortUpdates({k: v.new_zeros(0, *v.shape) for k, v in params.items()},
+                             torch.zeros(0), torch.zeros(0), skipped, [], failures)
+    return CohortUpdates({k: torch.cat([c.deltas[k] for c in chunks]) for k in params},
+                         torch.cat([c.weights for c in chunks]),
+                         torch.cat([c.losses for c in chunks]), skipped,
+                         [p for c in chunks for p in c.positions], failures)
 
 
-def run_cohort(learner: Learner, params: Params, clients: Sequence[ClientData],
-               generators: Sequence[torch.Generator], execution: Execution = "auto",
-               chunk_size: int = 64) -> CohortUpdates:
-    """The cohort's local rounds by `execution` ("auto": `choose_execution`)."""
+def run_cohort(learner: Learner | Sequence[Learner], params: Params,
+               clients: Sequence[ClientData], generators: Sequence[torch.Generator],
+               execution: Execution = "auto", chunk_size: int = 64) -> CohortUpdates:
+    """The cohort's local rounds by `execution` ("auto": `choose_execution`). `learner`: one
+    for every client, or one per client (copies sharing one model, e.g. a malicious client's
+    poisoned one). A client whose round raises is left out and its error recorded."""
+    learners = [learner] * len(clients) if isinstance(learner, Learner) else list(learner)
     if execution == "auto":
-        execution = choose_execution(learner.model, next(iter(params.values())).device)
+        execution = choose_execution(learners[0].model, next(iter(params.values())).device) \
+            if learners else "loop"
+    prepared, skipped, failures = prepare(learners, clients, generators)
     if execution == "loop":
-        return run_loop(learner, params, clients, generators)
-    return run_vmap(learner, params, clients, generators, chunk_size)
+        chunks = run_loop(params, prepared, failures)
+    else:
+        chunks = run_vmap(params, prepared, chunk_size, failures)
+    return concatenated(chunks, params, skipped, failures)

@@ -17,3 +17,5 @@ AUDIT_STREAM = 2**31 - 2  # canaries of the privacy audit
 NOISE_STREAM = 2**31 - 3  # DP noise on the aggregate
 CLIP_STREAM = 2**31 - 4  # DP noise on adaptive clipping's count
 SECAGG_STREAM = 2**31 - 5  # stochastic rounding of secure aggregation's fixed point
+ATTACK_STREAM = 2**31 - 6  # which clients are malicious, and their noise
+FAULT_STREAM = 2**31 - 7  # dropouts and round times of simulated unreliable clients

@@ -6,7 +6,9 @@ function of its config: the same config and seed give identical metrics, and a r
 from a checkpoint continues exactly as if never stopped.
 """
 
+import logging
 import time
+from dataclasses import replace
 from functools import cached_property
 from typing import Any, Callable
 
@@ -21,6 +23,17 @@ from fedmeta.evaluation import meta_test, personalize
 from fedmeta.optim import apply_updates
 from fedmeta.params import Params
 from fedmeta.server import Round
+
+log = logging.getLogger(__name__)
+
+
+def finite_rows(updates: CohortUpdates) -> torch.Tensor:
+    """Which clients sent a finite update, weight and loss: bool [C]."""
+    finite = torch.isfinite(updates.weights) & torch.isfinite(updates.losses)
+    for v in updates.deltas.values():
+        finite &= torch.isfinite(v.flatten(1)).all(1)
+    return finite
+
 
 def weighted_loss(losses: torch.Tensor, weights: torch.Tensor) -> float:
     """The clients' mean local losses averaged by their weights: a round's `loss` metric."""
@@ -49,31 +62,71 @@ class Simulation:
 
     def round(self, round_index: int, params: Params,
               server_state: dict[str, Any]) -> tuple[Params, dict[str, Any], dict[str, Any]]:
-        """One federated round; returns new params, new server state and the round's metrics."""
+        """One federated round; returns new params, new server state and the round's metrics.
+        The round goes on with the clients that report a finite update; with fewer than
+        `server.min_clients` (and no DP noise to release) the model stays as it was."""
         start = time.perf_counter()
-        updates = self.client_updates(round_index, params, self.cohort(round_index).tolist())
-        metrics: dict[str, Any] = {"round": round_index, "clients": updates.num_clients,
-                                   "skipped": updates.skipped}
+        updates, metrics = self.reports(round_index, params)
         deltas, weights = updates.deltas, updates.weights
         if self.experiment.audit is not None:
             deltas, weights, metrics["canaries"] = self.with_canaries(round_index, deltas,
                                                                       weights)
         # With DP noise a round is released even if no sampled client could train: whether
         # it runs must not depend on the clients' data.
-        if len(weights) or self.experiment.privacy is not None:
+        needed = self.config.server.min_clients
+        if updates.num_clients >= needed or self.experiment.privacy is not None:
             rnd, server_state = self.experiment.pipeline.apply(Round(deltas, weights),
                                                                server_state)
             params = apply_updates(params, rnd.deltas)
+        else:
+            metrics["aborted"] = (f"{updates.num_clients} clients reported, fewer than "
+                                  f"server.min_clients ({needed}): model unchanged")
         if updates.num_clients:
             metrics["loss"] = weighted_loss(updates.losses, updates.weights)
         metrics["seconds"] = time.perf_counter() - start
         return params, server_state, metrics
 
+    def reports(self, round_index: int, params: Params) -> tuple[CohortUpdates, dict[str, Any]]:
+        """The round's cohort, less the clients that drop out or miss the deadline; their
+        updates, as malicious clients send them, less any that failed or are not finite; and
+        the round's metrics on who took part and who was left out, and why."""
+        cohort = self.cohort(round_index).tolist()
+        faults, attack = self.experiment.faults, self.experiment.attack
+        absent = faults.absent(round_index, cohort) if faults is not None else {}
+        present = [c for c in cohort if c not in absent]
+        updates = self.client_updates(round_index, params, present)
+        failed = {present[p]: reason for p, reason in updates.failures.items()}
+        ids = torch.tensor(present, dtype=torch.int64)[updates.positions]
+        metrics: dict[str, Any] = {"round": round_index}
+        if attack is not None:
+            malicious = attack.malicious[ids]
+            updates = replace(updates, deltas=attack.corrupt(updates.deltas, malicious,
+                                                             round_index))
+            metrics["malicious"] = int(malicious.sum())
+        finite = finite_rows(updates)
+        failed.update({int(c): "non-finite update" for c in ids[~finite]})
+        updates = updates.select(finite)
+        for client, reason in failed.items():
+            log.warning("round %d: client %d left out: %s", round_index, client, reason)
+        metrics.update({"clients": updates.num_clients, "skipped": updates.skipped,
+                        "dropped": len(absent), "failed": len(failed)})
+        if absent or failed:
+            metrics["excluded"] = {str(c): reason for c, reason in {**absent, **failed}.items()}
+        return updates, metrics
+
     def client_updates(self, round_index: int, params: Params,
                        cohort: list[int]) -> CohortUpdates:
-        """The cohort's local rounds, computed here (`fedmeta.engine.cohort`)."""
-        train, run = self.experiment.train, self.config.run
-        return run_cohort(self.experiment.learner, params, [train.client(c) for c in cohort],
+        """The cohort's local rounds, computed here (`fedmeta.engine.cohort`); a malicious
+        client trains with its poisoned learner and data."""
+        train, run, attack = self.experiment.train, self.config.run, self.experiment.attack
+        learners = [self.experiment.learner] * len(cohort)
+        clients = [train.client(c) for c in cohort]
+        if attack is not None:
+            for i, client in enumerate(cohort):
+                if attack.is_malicious(client):
+                    learners[i], clients[i] = attack.poison(learners[i], clients[i],
+                                                            train.num_classes)
+        return run_cohort(learners, params, clients,
                           [seeded(self.config.seed, round_index, c) for c in cohort],
                           run.execution, run.chunk_size)
 

@@ -6,7 +6,7 @@ role), orders the training nodes by client id and samples cohorts among them exa
 simulation samples clients, so a deployment over the clients' files reproduces a simulation
 of them. Each round it sends the global params to the cohort and waits `flower.round_timeout`
 seconds: clients that fail or do not answer in time are left out and logged, and the round
-goes on if at least `flower.min_clients` replied. Held-out nodes (`held-out = true`) only
+goes on if at least `server.min_clients` replied (else the model stays as it was). Held-out nodes (`held-out = true`) only
 evaluate: they adapt to episodes of their own classes and score them.
 
 With `aggregation.secure = "ckks"` the clients send their weighted updates encrypted, the
@@ -26,7 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedmeta.build import build_experiment
 from fedmeta.config import Config
 from fedmeta.data import ClientData, FederatedDataset
-from fedmeta.engine.cohort import CohortUpdates, empty_updates
+from fedmeta.engine.cohort import CohortUpdates, concatenated
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation, weighted_loss
 from fedmeta.engine.training import train_and_summarize
@@ -80,9 +80,12 @@ class FlowerFederation(Simulation):
         described = self.describe_nodes()
         train = sorted((n for n in described if not n["held-out"]), key=lambda n: n["client-id"])
         test = [n for n in described if n["held-out"]]
-        if len(train) < config.flower.min_clients:
-            raise UserError(f"only {len(train)} training nodes connected; flower.min_clients "
-                            f"is {config.flower.min_clients}")
+        if len(train) < config.server.min_clients:
+            raise UserError(f"only {len(train)} training nodes connected; server.min_clients "
+                            f"is {config.server.min_clients}")
+        if config.attack.kind != "none" or config.faults.dropout or config.faults.deadline:
+            raise UserError("attack.* and faults.* simulate malicious and unreliable clients "
+                            "in `fedmeta run`; a deployment has real ones")
         self.train_nodes = [n["node-id"] for n in train]
         self.test_nodes = [n["node-id"] for n in test]
         public_key = next((n["ckks-public"] for n in train if "ckks-public" in n), None)
@@ -95,11 +98,11 @@ class FlowerFederation(Simulation):
 
     def describe_nodes(self) -> list[dict[str, Any]]:
         """Every connected node's description, waiting up to `flower.round_timeout` for at
-        least `flower.min_clients` nodes."""
+        least `server.min_clients` nodes."""
         deadline = time.monotonic() + self.config.flower.round_timeout
         while True:
             nodes = sorted(self.grid.get_node_ids())
-            if len(nodes) >= self.config.flower.min_clients or time.monotonic() > deadline:
+            if len(nodes) >= self.config.server.min_clients or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         replies = self.send(DESCRIBE, nodes, RecordDict(
@@ -131,24 +134,21 @@ class FlowerFederation(Simulation):
     def train_replies(self, round_index: int, params: Params, cohort: list[int]) -> list[Message]:
         nodes = [self.train_nodes[c] for c in cohort]
         replies = self.send(TRAIN, nodes, self.content(params, round=round_index))
-        answered = [r for r in replies if "skipped" not in r.content["metrics"]]
-        if len(answered) < self.config.flower.min_clients:
-            raise UserError(f"round {round_index}: {len(answered)} of {len(nodes)} sampled "
-                            f"clients replied, fewer than flower.min_clients "
-                            f"({self.config.flower.min_clients})")
-        return answered
+        return [r for r in replies if "skipped" not in r.content["metrics"]]
 
     def client_updates(self, round_index: int, params: Params,
                        cohort: list[int]) -> CohortUpdates:
         replies = self.train_replies(round_index, params, cohort)
         skipped = len(cohort) - len(replies)
         if not replies:
-            return empty_updates(params, skipped)
+            return concatenated([], params, skipped, {})
         metrics = [r.content["metrics"] for r in replies]
+        position = {self.train_nodes[c]: i for i, c in enumerate(cohort)}
         return CohortUpdates(
             tree_stack(dict(r.content["arrays"].to_torch_state_dict()) for r in replies),
             torch.tensor([float(m["weight"]) for m in metrics]),
-            torch.tensor([float(m["loss"]) for m in metrics]), skipped)
+            torch.tensor([float(m["loss"]) for m in metrics]), skipped,
+            [position[r.metadata.src_node_id] for r in replies])
 
     def run(self, callbacks: list = (), params: Params | None = None,
             server_state: dict[str, Any] | None = None, start_round: int = 1) -> Params:
@@ -172,7 +172,7 @@ class FlowerFederation(Simulation):
         replies = self.train_replies(round_index, params, cohort)
         metrics = [r.content["metrics"] for r in replies]
         total = None
-        if replies:
+        if replies and len(replies) >= self.config.server.min_clients:
             encrypted = add_encrypted(self.public_context, (
                 list(r.content["encrypted"]["ciphertexts"]) for r in replies))
             key_holder = replies[0].metadata.src_node_id

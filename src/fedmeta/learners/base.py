@@ -114,13 +114,17 @@ class Learner(ABC):
     def client_update(self, params: Params, client: ClientData,
                       generator: torch.Generator) -> Update:
         """Local meta-training on the client's own episodes (FedMeta: Chen et al. 2018)."""
+        return self.train_local(params, self.local_batches(client, generator), float(len(client)))
+
+    def train_local(self, params: Params, batches: list[Any], weight: float) -> Update:
+        """The local optimizer's steps on `batches` (from `local_batches`), one per batch."""
         local, state, losses = params, self.local_optimizer.init(params), []
-        for batch in self.local_batches(client, generator):
+        for batch in batches:
             grads, loss = self.local_gradient(local, batch)
             steps, state = self.local_optimizer.update(grads, state)
             local = apply_updates(local, steps)
             losses.append(loss.item())
-        return Update(tree_sub(local, params), float(len(client)), sum(losses) / len(losses))
+        return Update(tree_sub(local, params), weight, sum(losses) / len(losses))
 
     def accuracy(self, params: Params, episodes: Episodes) -> torch.Tensor:
         """Query accuracy of each episode after adapting to its support set: shape [E]."""

@@ -25,12 +25,15 @@ def clip_factors(deltas: dict[str, torch.Tensor], clip_norm: float) -> torch.Ten
     return (clip_norm / client_norms(deltas).clamp_min(1e-12)).clamp(max=1.0)
 
 
+def clip_rows(deltas: dict[str, torch.Tensor], clip_norm: float) -> dict[str, torch.Tensor]:
+    """Each row of stacked params scaled down to L2 norm at most `clip_norm` (flat clipping)."""
+    scale = clip_factors(deltas, clip_norm)
+    return {k: v * scale.view(-1, *[1] * (v.dim() - 1)).to(v.dtype) for k, v in deltas.items()}
+
+
 def clip_to(rnd: Round, clip_norm: float) -> Round:
-    """Each client's update scaled down to L2 norm at most `clip_norm` (flat clipping)."""
-    scale = clip_factors(rnd.deltas, clip_norm)
-    clipped = {k: v * scale.view(-1, *[1] * (v.dim() - 1)).to(v.dtype)
-               for k, v in rnd.deltas.items()}
-    return replace(rnd.with_deltas(clipped), clip_norm=clip_norm)
+    """Each client's update clipped to `clip_norm`, the norm noise will be scaled to."""
+    return replace(rnd.with_deltas(clip_rows(rnd.deltas, clip_norm)), clip_norm=clip_norm)
 
 
 def clip_updates(clip_norm: float) -> Stage:
