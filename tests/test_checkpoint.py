@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from fedmeta.engine.checkpoint import load_checkpoint, save_checkpoint
+from fedmeta.engine.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from fedmeta.errors import UserError
-from fedmeta.optim import adam
+from fedmeta.optim import adam, sgd
+from fedmeta.server import Round, chain, server_optimizer, stateless, weighted_mean
 
 
 def test_roundtrip_params_and_server_state(tmp_path):
@@ -24,3 +25,47 @@ def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
     path.write_bytes(b"\x80\x04not a safetensors file")
     with pytest.raises(UserError, match="cannot read checkpoint"):
         load_checkpoint(path)
+
+
+PARAMS = {"w": torch.randn(3, 2), "b": torch.randn(2)}
+# Stage "0" keeps no state: flattened, its `{}` leaves no key, so only the structure of a new
+# run's state can bring it back.
+PIPELINE = chain(stateless(lambda rnd: rnd), weighted_mean(), server_optimizer(adam(0.1)))
+
+
+def step(state):
+    deltas = {k: torch.randn(4, *v.shape) for k, v in PARAMS.items()}
+    return PIPELINE.apply(Round(deltas, torch.ones(4)), state)
+
+
+def test_restore_fills_the_structure_of_a_new_runs_server_state(tmp_path):
+    _, state = step(PIPELINE.init(PARAMS))
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, PARAMS, state, 3)
+    params, restored, round_index = restore_checkpoint(path, PARAMS, PIPELINE.init(PARAMS))
+    assert round_index == 3 and restored["0"] == {}
+    assert int(restored["1"]["count"]) == 1 and int(restored["2"]["count"]) == 1
+    torch.manual_seed(0)
+    expected, _ = step(state)
+    torch.manual_seed(0)
+    got, _ = step(restored)  # goes on exactly as the state it was saved from
+    assert all(torch.equal(got.deltas[k], expected.deltas[k]) for k in PARAMS)
+    assert all(torch.equal(params[k], PARAMS[k]) for k in PARAMS)
+
+
+@pytest.mark.parametrize("params, pipeline, message", [
+    ({**PARAMS, "w": torch.zeros(3, 3)}, PIPELINE, "params/w is float32 [3, 2] there, the "
+     "config builds float32 [3, 3]"),
+    ({**PARAMS, "v": torch.zeros(1)}, PIPELINE, "params/v is missing there"),
+    (PARAMS, chain(stateless(lambda rnd: rnd), weighted_mean(), server_optimizer(sgd(1.0))),
+     "server/2/count is int64 [] there, the config builds no such tensor"),
+    ({k: v.double() for k, v in PARAMS.items()}, PIPELINE, "float32 [2] there, the config "
+     "builds float64 [2]"),
+])
+def test_restore_rejects_a_checkpoint_the_config_does_not_build(tmp_path, params, pipeline,
+                                                                message):
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, PARAMS, PIPELINE.init(PARAMS), 1)
+    with pytest.raises(UserError, match="does not match its run's config") as error:
+        restore_checkpoint(path, params, pipeline.init(params))
+    assert message in str(error.value)

@@ -17,6 +17,7 @@ from fedmeta.build import build_datasets, build_experiment
 from fedmeta.config import Config, load_config
 from fedmeta.engine.checkpoint import load_checkpoint
 from fedmeta.data.client_files import save_client
+from fedmeta.engine.resume import resume
 from fedmeta.engine.rundir import RunDirectory, write_atomic_bytes
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize
@@ -42,7 +43,18 @@ def train(config: Config, out: Path | None, quiet: bool) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    train(load_config(args.config, args.set), args.out, args.quiet)
+    if args.resume is None:
+        if args.config is None:
+            raise UserError("run needs a CONFIG, or --resume RUN_DIR")
+        train(load_config(args.config, args.set), args.out, args.quiet)
+    elif args.config is not None or args.set or args.out is not None:
+        raise UserError("--resume RUN_DIR goes on with the run's own config.toml and directory: "
+                        "no CONFIG, --set or --out")
+    else:
+        experiment, run, start = resume(args.resume)
+        console.print(f"resuming run directory {run.path} after round {start.round} of "
+                      f"{experiment.config.server.rounds}", soft_wrap=True)
+        train_and_summarize(Simulation(experiment), run, not args.quiet, start)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -173,8 +185,10 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
     run = add("run", cmd_run, "train a federated (meta-)learning run from a TOML config")
-    run.add_argument("config", type=Path)
+    run.add_argument("config", type=Path, nargs="?")
     run_options(run)
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="go on with a stopped run from its latest checkpoint")
     run_options(add("demo", cmd_demo, "federated ProtoNets on the bundled Omniglot, offline"))
     evaluate = add("eval", cmd_eval, "evaluate a run's checkpoint on new clients or episodes")
     evaluate.add_argument("run_dir", type=Path)

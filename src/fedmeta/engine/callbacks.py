@@ -23,24 +23,24 @@ class MetricsLogger:
 
 
 class Checkpointer:
-    """Saves a checkpoint every `every` rounds (0: never) and, on `finish()`, the last round."""
+    """Saves a checkpoint every `every` rounds (0: never) and, on `finish()`, the last round;
+    `saved_round`: the round of the checkpoint a resumed run started from (0: none)."""
 
-    def __init__(self, run: RunDirectory, every: int) -> None:
+    def __init__(self, run: RunDirectory, every: int, saved_round: int = 0) -> None:
         self.run, self.every = run, every
-        self.last: tuple[int, Params, dict[str, Any]] | None = None
-        self.saved_round = 0
+        self.round = self.saved_round = saved_round  # the last round seen
+        self.last: tuple[Params, dict[str, Any]] | None = None  # its params and server state
 
     def __call__(self, round_index: int, params: Params, server_state: dict[str, Any],
                  metrics: dict[str, Any]) -> None:
-        self.last = (round_index, params, server_state)
+        self.round, self.last = round_index, (params, server_state)
         if self.every and round_index % self.every == 0:
             self.run.checkpoint(params, server_state, round_index)
             self.saved_round = round_index
 
     def finish(self) -> None:
-        if self.last is not None and self.last[0] != self.saved_round:
-            round_index, params, server_state = self.last
-            self.run.checkpoint(params, server_state, round_index)
+        if self.round != self.saved_round:
+            self.run.checkpoint(*self.last, self.round)
 
 
 class EarlyStopping:
@@ -63,7 +63,8 @@ class EarlyStopping:
 
 
 class TimeBudget:
-    """Stops once `seconds` of wall-clock time have passed since it was created."""
+    """Stops once `seconds` of wall-clock time have passed since it was created: a resumed
+    run's budget counts the resumed process's time only."""
 
     def __init__(self, seconds: float) -> None:
         self.deadline = time.monotonic() + seconds

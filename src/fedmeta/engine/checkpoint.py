@@ -44,12 +44,48 @@ def save_checkpoint(path: Path, params: Params, server_state: dict[str, Any],
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path) -> tuple[Params, dict[str, Any], int]:
-    """(params, server state, round) from a checkpoint written by `save_checkpoint`."""
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], int]:
+    """The flattened tensors and the round of a checkpoint written by `save_checkpoint`."""
     try:
         with safe_open(str(path), framework="pt") as handle:
-            tree = unflatten({name: handle.get_tensor(name) for name in handle.keys()})
-            round_index = int(handle.metadata()["round"])
-    except (OSError, SafetensorError, KeyError, ValueError) as error:
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            return tensors, int(handle.metadata()["round"])
+    except (OSError, SafetensorError, KeyError, TypeError, ValueError) as error:
         raise UserError(f"cannot read checkpoint {path}: {error}") from None
+
+
+def load_checkpoint(path: Path) -> tuple[Params, dict[str, Any], int]:
+    """(params, server state, round) from a checkpoint written by `save_checkpoint`; the
+    state lacks the stages that keep none (see `restore_checkpoint`)."""
+    tensors, round_index = read_checkpoint(path)
+    tree = unflatten(tensors)
     return tree["params"], tree.get("server", {}), round_index
+
+
+def restore_checkpoint(path: Path, params: Params,
+                       server_state: dict[str, Any]) -> tuple[Params, dict[str, Any], int]:
+    """(params, server state, round) from the checkpoint at `path`, in the structure of
+    `params` and `server_state` (a new run's: flattening drops the empty state of a stateless
+    stage, so the checkpoint alone cannot rebuild it). UserError if the checkpoint's tensors
+    differ from theirs in names, shapes or dtypes (a config edited since it was written)."""
+    tensors, round_index = read_checkpoint(path)
+    like = {"params": params, "server": server_state}
+    expected = {name: describe(value) for name, value in flatten(like).items()}
+    found = {name: describe(value) for name, value in tensors.items()}
+    for name in sorted(expected.keys() | found.keys()):
+        if expected.get(name) != found.get(name):
+            raise UserError(f"checkpoint {path} does not match its run's config: {name} is "
+                            f"{found.get(name, 'missing')} there, the config builds "
+                            f"{expected.get(name, 'no such tensor')}")
+    tree = fill(like, tensors)
+    return tree["params"], tree["server"], round_index
+
+
+def describe(tensor: torch.Tensor) -> str:
+    return f"{str(tensor.dtype).removeprefix('torch.')} {list(tensor.shape)}"
+
+
+def fill(tree: dict[str, Any], flat: dict[str, torch.Tensor], prefix: str = "") -> dict[str, Any]:
+    """`tree` with each tensor replaced by the one `flatten` names as it in `flat`."""
+    return {key: fill(value, flat, f"{prefix}{key}/") if isinstance(value, dict)
+            else flat[f"{prefix}{key}"] for key, value in tree.items()}

@@ -31,6 +31,7 @@ class RunDirectory:
         self.path = path
         self.checkpoints = path / "checkpoints"
         self.metrics_path = path / "metrics.jsonl"
+        self.summary_path = path / "summary.json"
 
     @classmethod
     def create(cls, config: Config, out: Path | None = None) -> "RunDirectory":
@@ -62,10 +63,27 @@ class RunDirectory:
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(metrics) + "\n")
 
+    def trim_metrics(self, last_round: int) -> list[dict[str, Any]]:
+        """Keep only the metrics of rounds 1..`last_round`, and return them: a run killed after
+        its last checkpoint may have logged later rounds, the last line perhaps in part.
+        UserError, with the file untouched, if those rounds are not all there."""
+        text = self.metrics_path.read_bytes() if self.metrics_path.exists() else b""
+        lines = text.split(b"\n")[:-1][:last_round]  # [:-1]: the rest of a line cut short
+        try:
+            history = [json.loads(line) for line in lines]
+            complete = [m["round"] for m in history] == list(range(1, last_round + 1))
+        except (ValueError, TypeError, KeyError):
+            complete = False
+        if not complete:
+            raise UserError(f"{self.metrics_path} lacks the metrics of rounds 1..{last_round} "
+                            f"(the latest checkpoint's)")
+        write_atomic_bytes(self.metrics_path, b"".join(line + b"\n" for line in lines))
+        return history
+
     def checkpoint(self, params: Params, server_state: dict[str, Any], round_index: int) -> Path:
         path = self.checkpoints / f"round_{round_index:05d}.safetensors"
         save_checkpoint(path, params, server_state, round_index)
         return path
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_atomic(self.summary_path, json.dumps(summary, indent=2) + "\n")

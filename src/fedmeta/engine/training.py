@@ -3,42 +3,75 @@ in-process simulation or Flower's SuperNodes): rounds with their callbacks, the 
 meta-test and `summary.json` in the run directory."""
 
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
 
 from fedmeta.config import Config
 from fedmeta.engine.callbacks import (Checkpointer, EarlyStopping, MetricsLogger, ProgressBar,
                                       TimeBudget)
 from fedmeta.engine.rundir import RunDirectory
-from fedmeta.engine.simulation import Simulation
+from fedmeta.engine.simulation import Callback, Simulation, StopTraining
+from fedmeta.params import Params
 from fedmeta.privacy.summary import privacy_summary
 
 
-def training_callbacks(config: Config, run: RunDirectory) -> tuple[list, Checkpointer]:
-    checkpointer = Checkpointer(run, config.run.checkpoint_every)
-    callbacks = [MetricsLogger(run), checkpointer]
+@dataclass(frozen=True)
+class Start:
+    """Where training starts: after round `round` (0: a new run) from `params` and
+    `server_state` (None: initialized), `history` the metrics of the rounds before."""
+
+    round: int = 0
+    params: Params | None = None
+    server_state: dict[str, Any] | None = None
+    history: tuple[dict[str, Any], ...] = ()
+
+
+def stopping_callbacks(config: Config, start: Start) -> list[Callback]:
+    """Early stopping, its state rebuilt from `start.history` so a resumed run stops where it
+    would have (StopTraining if it already had), and the time budget (of this process)."""
+    callbacks: list[Callback] = []
     if config.eval.patience:
-        callbacks.append(EarlyStopping(config.eval.patience))
+        early_stopping = EarlyStopping(config.eval.patience)
+        for metrics in start.history:
+            early_stopping(metrics["round"], start.params, start.server_state, metrics)
+        callbacks.append(early_stopping)
     if config.run.time_budget_seconds:
         callbacks.append(TimeBudget(config.run.time_budget_seconds))
-    return callbacks, checkpointer
+    return callbacks
 
 
-def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: bool) -> dict:
-    """Train `simulation`'s experiment into `run`, meta-test the result, write and print the
-    summary."""
+def train(simulation: Simulation, run: RunDirectory, start: Start,
+          progress: bool) -> tuple[Params, int]:
+    """The rounds after `start.round`, logged and checkpointed into `run`: the final params and
+    the last round."""
+    config = simulation.config
+    checkpointer = Checkpointer(run, config.run.checkpoint_every, start.round)
+    try:
+        callbacks = [MetricsLogger(run), checkpointer, *stopping_callbacks(config, start)]
+    except StopTraining:  # stopped early, then killed before its summary
+        return start.params, start.round
+    with ExitStack() as stack:
+        if progress:
+            callbacks.append(stack.enter_context(ProgressBar(config.server.rounds,
+                                                             start.round + 1)))
+        params = simulation.run(callbacks, start.params, start.server_state, start.round + 1)
+    checkpointer.finish()
+    return params, checkpointer.round
+
+
+def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: bool,
+                        start: Start = Start()) -> dict:
+    """Train `simulation`'s experiment into `run` from `start`, meta-test the result, write and
+    print the summary."""
     experiment = simulation.experiment
     config = experiment.config
-    callbacks, checkpointer = training_callbacks(config, run)
-    start = time.perf_counter()
-    if progress:
-        with ProgressBar(config.server.rounds) as bar:
-            params = simulation.run(callbacks + [bar])
-    else:
-        params = simulation.run(callbacks)
-    checkpointer.finish()
-    train_seconds = time.perf_counter() - start
+    begin = time.perf_counter()
+    params, rounds = train(simulation, run, start, progress)
+    train_seconds = time.perf_counter() - begin
     result = {k.removeprefix("test_"): v
               for k, v in simulation.evaluate(params, config.eval.final_episodes).items()}
-    ev, rounds = config.eval, checkpointer.last[0]
+    ev = config.eval
     summary = {
         "name": config.name, "rounds": rounds, "train_seconds": train_seconds,
         "task": f"{ev.ways}-way {ev.shots}-shot", "test_clients": experiment.test.num_clients,

@@ -1,0 +1,31 @@
+"""Resuming a stopped run (`fedmeta run --resume`): its latest checkpoint restored into what its
+config builds and its metrics trimmed to that checkpoint's round, so that it goes on exactly as
+if it had never stopped. Everything is checked before anything in the run directory changes."""
+
+from pathlib import Path
+
+from fedmeta.build import Experiment, build_experiment
+from fedmeta.config import load_config
+from fedmeta.engine.checkpoint import restore_checkpoint
+from fedmeta.engine.rundir import RunDirectory
+from fedmeta.engine.training import Start
+from fedmeta.errors import UserError
+
+
+def resume(path: Path) -> tuple[Experiment, RunDirectory, Start]:
+    """The experiment of the stopped run in `path`, its directory and where it goes on from;
+    UserError, with the directory untouched, if it cannot go on."""
+    run = RunDirectory.open(path)
+    if run.summary_path.exists():
+        raise UserError(f"run {path} has already finished (it has a summary.json)")
+    config = load_config(run.path / "config.toml")
+    checkpoint = run.latest_checkpoint()
+    experiment = build_experiment(config)
+    initial = experiment.learner.init_params()
+    params, server_state, round_index = restore_checkpoint(
+        checkpoint, initial, experiment.pipeline.init(initial))
+    if round_index > config.server.rounds:
+        raise UserError(f"checkpoint {checkpoint} is of round {round_index}, past the config's "
+                        f"server.rounds ({config.server.rounds})")
+    history = run.trim_metrics(round_index)  # the last check, and the only change
+    return experiment, run, Start(round_index, params, server_state, tuple(history))
