@@ -66,10 +66,11 @@ def logged_rounds(run):
 
 def test_a_run_killed_at_a_random_round_resumes_to_the_same_end(tmp_path):
     """Killed (SIGKILL) once a random round is logged, resumed in a new process; the run never
-    stopped runs in this one. Evaluated every other round; early stopping never fires."""
+    stopped runs in this one. Evaluated every other round; early stopping never fires; clients
+    drop out at random."""
     rounds = 8
     config = write_config(tmp_path / "config.toml", f"server.rounds={rounds}", "eval.every=2",
-                          "learner.local_steps=4", "eval.patience=4")
+                          "learner.local_steps=4", "eval.patience=4", "faults.dropout=0.3")
     seed = random.randrange(2**32)
     kill_after = random.Random(seed).randint(2, rounds - 3)  # a checkpoint exists before it
     print(f"seed {seed}: killing after round {kill_after} is logged")
