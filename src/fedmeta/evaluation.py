@@ -2,7 +2,6 @@
 its query set; mean accuracy with a 95% confidence interval over episodes, and the
 distribution of per-client accuracy (mean, 10th percentile)."""
 
-import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 
 from fedmeta.data import (ClientData, Episodes, EpisodeSampler, as_float_input,
                           episodes_from_arrays, split_support_query)
+from fedmeta.data.npz import data_error, load_npz
 from fedmeta.errors import UserError
 from fedmeta.learners.base import Learner
 from fedmeta.params import Params
@@ -96,15 +96,11 @@ def summarize(per_episode: list[torch.Tensor], per_client: list[float]) -> MetaT
 def load_episodes(path: Path) -> Episodes:
     """Episodes from an npz with `support_x` [E,S,H,W] (uint8 0-255 or float), `support_y`
     [E,S], `query_x` [E,Q,H,W] and `query_y` [E,Q], validated."""
-    keys = ("support_x", "support_y", "query_x", "query_y")
+    arrays = load_npz(path, ("support_x", "support_y", "query_x", "query_y"))
     try:
-        with np.load(path, allow_pickle=False) as arrays:
-            missing = [k for k in keys if k not in arrays.files]
-            if missing:
-                raise UserError(f"{path}: missing arrays {', '.join(missing)}")
-            return episodes_from_arrays(*(arrays[k] for k in keys))
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise UserError(f"{path}: {error}") from None
+        return episodes_from_arrays(**arrays)
+    except ValueError as error:
+        raise data_error(path, str(error)) from None
 
 
 def meta_test(learner: Learner, params: Params, clients: Sequence[ClientData],
