@@ -12,9 +12,7 @@ import numpy as np
 from fedmeta.data.federated import ArrayFederatedDataset, FederatedDataset
 from fedmeta.data.npz import check_column, check_images, check_range, data_error, load_npz
 from fedmeta.data.partition import key_partition
-from fedmeta.data.sources import resolve_dataset
-
-NUM_CLASSES = 62
+from fedmeta.data.sources import FEMNIST_CLASSES, resolve_dataset
 
 
 def femnist_federated(
@@ -28,7 +26,7 @@ def femnist_federated(
     images, labels, writer, leaf_split = a["images"], a["labels"], a["writer"], a["leaf_split"]
     check_images(path, images)
     check_column(path, "labels", labels, len(images), "iu")
-    check_range(path, "labels", labels, 0, NUM_CLASSES)
+    check_range(path, "labels", labels, 0, FEMNIST_CLASSES)
     check_column(path, "writer", writer, len(images), "iuU")
     check_column(path, "leaf_split", leaf_split, len(images), "iu")
     check_range(path, "leaf_split", leaf_split, 0, 2)
@@ -41,7 +39,7 @@ def femnist_federated(
     mask = leaf_split == 1 if (leaf_split == 1).any() else None
     return tuple(
         ArrayFederatedDataset(
-            f"femnist-{side}", images, labels, [clients[i] for i in np.sort(ids)], mask, num_classes=NUM_CLASSES
+            f"femnist-{side}", images, labels, [clients[i] for i in np.sort(ids)], mask, num_classes=FEMNIST_CLASSES
         )
         for side, ids in (("train", perm[n_test:]), ("test", perm[:n_test]))
     )
