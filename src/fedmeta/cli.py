@@ -33,12 +33,15 @@ def demo_config_path() -> Path:
 
 
 def train(config: Config, out: Path | None, quiet: bool) -> dict:
-    """Build, run, evaluate and summarize one experiment in a new run directory."""
+    """Build, run, evaluate and summarize one experiment in a new run directory, created only
+    once the experiment is built and its evaluation checked."""
     experiment = build_experiment(config)
+    simulation = Simulation(experiment)
+    simulation.check_evaluation()
     run = RunDirectory.create(config, out)
     console.print(f"run directory: {run.path}  ({experiment.train.num_clients} training clients"
                   f", {experiment.test.num_clients} held-out clients)")
-    return train_and_summarize(Simulation(experiment), run, progress=not quiet)
+    return train_and_summarize(simulation, run, progress=not quiet)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
