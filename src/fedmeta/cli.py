@@ -17,7 +17,7 @@ from fedmeta.build import build_datasets, build_experiment
 from fedmeta.config import Config, load_config
 from fedmeta.engine.checkpoint import load_checkpoint
 from fedmeta.data.client_files import save_client
-from fedmeta.engine.rundir import RunDirectory, write_atomic_bytes
+from fedmeta.engine.rundir import RunDirectory, make_directory, write_atomic_bytes
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize
 from fedmeta.errors import UserError
@@ -139,7 +139,7 @@ def cmd_export_clients(args: argparse.Namespace) -> None:
         raise UserError(f"--clients must be in [1, {train.num_clients}], got {args.clients}")
     if args.held_out is not None and not 0 <= args.held_out <= test.num_clients:
         raise UserError(f"--held-out must be in [0, {test.num_clients}], got {args.held_out}")
-    args.out.mkdir(parents=True, exist_ok=True)
+    make_directory(args.out)
     count, held_out = args.clients or train.num_clients, args.held_out or 0
     for i in range(count):
         save_client(args.out / f"client_{i:05d}.npz", train.client(i), i)
@@ -153,7 +153,7 @@ def cmd_ckks_keys(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.set)
     agg = config.aggregation
     keys = CkksKeys.generate(agg.ckks_poly_modulus_degree, agg.ckks_scale_bits)
-    args.out.mkdir(parents=True, exist_ok=True)
+    make_directory(args.out)
     write_atomic_bytes(args.out / "secret.ckks", keys.secret)
     write_atomic_bytes(args.out / "public.ckks", keys.public)
     print(f"wrote {args.out / 'secret.ckks'} (give it to every client: node config ckks-key) "
