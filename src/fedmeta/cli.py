@@ -15,7 +15,7 @@ from fedmeta.bench.measure import run_benchmarks
 from fedmeta.bench.workloads import WORKLOADS
 from fedmeta.build import build_datasets, build_experiment
 from fedmeta.config import Config, load_config
-from fedmeta.engine.checkpoint import load_checkpoint
+from fedmeta.engine.checkpoint import check_params, load_checkpoint
 from fedmeta.data.client_files import save_client
 from fedmeta.engine.rundir import RunDirectory, make_directory, write_atomic_bytes
 from fedmeta.engine.simulation import Simulation
@@ -58,7 +58,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     run = RunDirectory.open(args.run_dir)
     config = load_config(run.path / "config.toml")
     experiment = build_experiment(config)
-    params, _, round_index = load_checkpoint(args.checkpoint or run.latest_checkpoint())
+    checkpoint = args.checkpoint or run.latest_checkpoint()
+    params, _, round_index = load_checkpoint(checkpoint)
+    check_params(checkpoint, params, experiment.learner.init_params())
     if args.episodes is not None:
         episodes = load_episodes(args.episodes)
         if tuple(episodes.support_x.shape[2:]) != tuple(experiment.train.input_shape):

@@ -31,6 +31,8 @@ def unflatten(flat: dict[str, torch.Tensor]) -> dict[str, Any]:
         node = tree
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{name} lies inside the tensor {part}")
         node[leaf] = value
     return tree
 
@@ -50,6 +52,24 @@ def load_checkpoint(path: Path) -> tuple[Params, dict[str, Any], int]:
         with safe_open(str(path), framework="pt") as handle:
             tree = unflatten({name: handle.get_tensor(name) for name in handle.keys()})
             round_index = int(handle.metadata()["round"])
-    except (OSError, SafetensorError, KeyError, ValueError) as error:
+    except (OSError, SafetensorError, KeyError, TypeError, ValueError) as error:
         raise UserError(f"cannot read checkpoint {path}: {error}") from None
+    if not isinstance(tree.get("params"), dict):
+        raise UserError(f"cannot read checkpoint {path}: no params/ tensors")
     return tree["params"], tree.get("server", {}), round_index
+
+
+def check_params(path: Path, params: Params, model: Params) -> None:
+    """UserError unless a checkpoint's `params` have the names, shapes and dtypes of `model`'s
+    (a checkpoint of another config)."""
+    for name in sorted(params.keys() | model.keys()):
+        found, expected = describe(params.get(name)), describe(model.get(name))
+        if found != expected:
+            raise UserError(f"checkpoint {path} does not fit the run's model: params/{name} is "
+                            f"{found} there, the config builds {expected}")
+
+
+def describe(value: Any) -> str:
+    if not isinstance(value, torch.Tensor):
+        return "missing" if value is None else "a group of tensors"
+    return f"{str(value.dtype).removeprefix('torch.')} {list(value.shape)}"
