@@ -6,6 +6,7 @@ status 2; nothing is left half-written in a run directory.
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -112,11 +113,11 @@ def cmd_privacy(args: argparse.Namespace) -> None:
               ("--rounds", args.rounds, args.rounds >= 1, "at least 1"),
               ("--delta", args.delta, 0 < args.delta < 1, "in (0, 1)")]
     if args.target_epsilon is None:
-        checks.append(("--noise-multiplier", args.noise_multiplier, args.noise_multiplier >= 0,
-                       "non-negative"))
+        checks.append(("--noise-multiplier", args.noise_multiplier,
+                       0 <= args.noise_multiplier < math.inf, "finite and non-negative"))
     else:
-        checks.append(("--target-epsilon", args.target_epsilon, args.target_epsilon > 0,
-                       "positive"))
+        checks.append(("--target-epsilon", args.target_epsilon,
+                       0 < args.target_epsilon < math.inf, "finite and positive"))
     for flag, value, ok, expected in checks:
         if not ok:
             raise UserError(f"{flag} must be {expected}, got {value}")
