@@ -23,12 +23,12 @@ def test_a_client_round_trips_and_files_form_a_federation_ordered_by_id(tmp_path
 
 
 @pytest.mark.parametrize("arrays, reason", [
-    ({"x": np.zeros((2, 3), np.float32), "y": np.zeros(2, np.int64)}, "lacks client_id"),
+    ({"x": np.zeros((2, 3), np.float32), "y": np.zeros(2, np.int64)}, "missing arrays client_id"),
     ({"x": np.full((2, 3), np.nan, np.float32), "y": np.zeros(2, np.int64),
       "client_id": 0}, "NaN"),
     ({"x": np.zeros((2, 3), np.float32), "y": np.array([0, -1]), "client_id": 0}, "negative"),
     ({"x": np.zeros((2, 3), np.float64), "y": np.zeros(2, np.int64), "client_id": 0}, "uint8"),
-    ({"x": np.zeros((2, 3), np.float32), "y": np.zeros(3, np.int64), "client_id": 0}, "labels"),
+    ({"x": np.zeros((2, 3), np.float32), "y": np.zeros(3, np.int64), "client_id": 0}, "y must be"),
 ])
 def test_a_bad_client_file_is_one_line_naming_the_problem(tmp_path, arrays, reason):
     np.savez(tmp_path / "c.npz", **arrays)

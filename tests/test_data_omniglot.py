@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from fedmeta.data import EpisodeSampler, load_omniglot_arrays, omniglot_federated
+from fedmeta.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -74,5 +75,9 @@ def test_compact_bits_variant_round_trips(omniglot, tmp_path):
 
 def test_missing_arrays_rejected(tmp_path):
     np.savez(tmp_path / "x.npz", labels=np.zeros(3))
-    with pytest.raises(ValueError, match="no 'images' or 'bits'"):
+    with pytest.raises(UserError, match="missing arrays alphabet, character"):
+        load_omniglot_arrays(tmp_path / "x.npz")
+    np.savez(tmp_path / "x.npz", **{key: np.zeros(3) for key in
+                                    ("alphabet", "character", "drawer", "split", "char_id")})
+    with pytest.raises(UserError, match="no 'images' or 'bits'"):
         load_omniglot_arrays(tmp_path / "x.npz")

@@ -6,6 +6,7 @@ status 2; nothing is left half-written in a run directory.
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -15,10 +16,10 @@ from fedmeta.bench.measure import run_benchmarks
 from fedmeta.bench.workloads import WORKLOADS
 from fedmeta.build import build_datasets, build_experiment
 from fedmeta.config import Config, load_config
-from fedmeta.engine.checkpoint import load_checkpoint
+from fedmeta.engine.checkpoint import restore_checkpoint
 from fedmeta.data.client_files import save_client
 from fedmeta.engine.resume import resume
-from fedmeta.engine.rundir import RunDirectory, write_atomic_bytes
+from fedmeta.engine.rundir import RunDirectory, make_directory, write_atomic_bytes
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize
 from fedmeta.errors import UserError
@@ -34,12 +35,15 @@ def demo_config_path() -> Path:
 
 
 def train(config: Config, out: Path | None, quiet: bool) -> dict:
-    """Build, run, evaluate and summarize one experiment in a new run directory."""
+    """Build, run, evaluate and summarize one experiment in a new run directory, created only
+    once the experiment is built and its evaluation checked."""
     experiment = build_experiment(config)
+    simulation = Simulation(experiment)
+    simulation.check_evaluation()
     run = RunDirectory.create(config, out)
     console.print(f"run directory: {run.path}  ({experiment.train.num_clients} training clients"
                   f", {experiment.test.num_clients} held-out clients)")
-    return train_and_summarize(Simulation(experiment), run, progress=not quiet)
+    return train_and_summarize(simulation, run, progress=not quiet)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -67,7 +71,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     run = RunDirectory.open(args.run_dir)
     config = load_config(run.path / "config.toml")
     experiment = build_experiment(config)
-    params, _, round_index = load_checkpoint(args.checkpoint or run.latest_checkpoint())
+    checkpoint = args.checkpoint or run.latest_checkpoint()
+    initial = experiment.learner.init_params()
+    params, _, round_index = restore_checkpoint(checkpoint, initial,
+                                                experiment.pipeline.init(initial))
     if args.episodes is not None:
         episodes = load_episodes(args.episodes)
         if tuple(episodes.support_x.shape[2:]) != tuple(experiment.train.input_shape):
@@ -119,11 +126,11 @@ def cmd_privacy(args: argparse.Namespace) -> None:
               ("--rounds", args.rounds, args.rounds >= 1, "at least 1"),
               ("--delta", args.delta, 0 < args.delta < 1, "in (0, 1)")]
     if args.target_epsilon is None:
-        checks.append(("--noise-multiplier", args.noise_multiplier, args.noise_multiplier >= 0,
-                       "non-negative"))
+        checks.append(("--noise-multiplier", args.noise_multiplier,
+                       0 <= args.noise_multiplier < math.inf, "finite and non-negative"))
     else:
-        checks.append(("--target-epsilon", args.target_epsilon, args.target_epsilon > 0,
-                       "positive"))
+        checks.append(("--target-epsilon", args.target_epsilon,
+                       0 < args.target_epsilon < math.inf, "finite and positive"))
     for flag, value, ok, expected in checks:
         if not ok:
             raise UserError(f"{flag} must be {expected}, got {value}")
@@ -148,7 +155,7 @@ def cmd_export_clients(args: argparse.Namespace) -> None:
         raise UserError(f"--clients must be in [1, {train.num_clients}], got {args.clients}")
     if args.held_out is not None and not 0 <= args.held_out <= test.num_clients:
         raise UserError(f"--held-out must be in [0, {test.num_clients}], got {args.held_out}")
-    args.out.mkdir(parents=True, exist_ok=True)
+    make_directory(args.out)
     count, held_out = args.clients or train.num_clients, args.held_out or 0
     for i in range(count):
         save_client(args.out / f"client_{i:05d}.npz", train.client(i), i)
@@ -162,7 +169,7 @@ def cmd_ckks_keys(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.set)
     agg = config.aggregation
     keys = CkksKeys.generate(agg.ckks_poly_modulus_degree, agg.ckks_scale_bits)
-    args.out.mkdir(parents=True, exist_ok=True)
+    make_directory(args.out)
     write_atomic_bytes(args.out / "secret.ckks", keys.secret)
     write_atomic_bytes(args.out / "public.ckks", keys.public)
     print(f"wrote {args.out / 'secret.ckks'} (give it to every client: node config ckks-key) "

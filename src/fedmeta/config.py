@@ -1,9 +1,11 @@
 """Experiment configuration: TOML files validated by pydantic, with `--set a.b=value` overrides.
 
-Every key is checked: unknown keys, wrong types and out-of-range values raise `UserError` with
+Every key is checked: unknown keys, wrong types and out-of-range values (nan and inf included;
+every count has an upper bound, so no absurd size reaches an allocation) raise `UserError` with
 one line naming the key.
 """
 
+import reprlib
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -19,75 +21,81 @@ else:  # pragma: no cover
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):
     dataset: Literal["omniglot", "femnist", "synthetic"] = "omniglot"
-    path: str | None = None  # a local file; "bundled" = the compact Omniglot inside the package
+    # a local file; "bundled" = the compact Omniglot inside the package
+    path: str | None = Field(None, min_length=1)
     download: bool = False
     partition: Literal["alphabet", "drawer", "random"] = "alphabet"
-    num_clients: int | None = Field(None, ge=1)
+    num_clients: int | None = Field(None, ge=1, le=10**7)
     rotations: bool = False
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    synthetic_alpha: float = Field(1.0, ge=0)
-    synthetic_beta: float = Field(1.0, ge=0)
+    synthetic_alpha: float = Field(1.0, ge=0, le=1000)
+    synthetic_beta: float = Field(1.0, ge=0, le=1000)
 
 
 class TaskConfig(Section):
-    ways: int = Field(5, ge=2)
-    shots: int = Field(1, ge=1)
-    queries: int = Field(5, ge=1)
+    ways: int = Field(5, ge=2, le=1000)
+    shots: int = Field(1, ge=1, le=1000)
+    queries: int = Field(5, ge=1, le=1000)
 
 
 class ModelConfig(Section):
     name: Literal["conv4", "mlp"] = "conv4"
-    hidden: int = Field(64, ge=1)
+    hidden: int = Field(64, ge=1, le=4096)
 
 
 class LearnerConfig(Section):
     algorithm: Literal["protonet", "maml", "fomaml", "metasgd", "anil", "reptile",
                        "perfedavg-fo", "perfedavg-hf", "fedavg", "fedavg-ft"] = "protonet"
-    local_steps: int = Field(1, ge=1)
-    tasks_per_step: int = Field(1, ge=1)
+    local_steps: int = Field(1, ge=1, le=1000)
+    tasks_per_step: int = Field(1, ge=1, le=1000)
     optimizer: Literal["sgd", "adam"] = "adam"  # local (outer) optimizer; unused by reptile
     lr: float = Field(1e-3, gt=0)
     # gradient-based inner loop (maml, fomaml, metasgd, anil, reptile, perfedavg-*)
     inner_lr: float = Field(0.4, gt=0)  # metasgd: the initial per-parameter rates
-    inner_steps: int = Field(1, ge=1)  # perfedavg trains with one step whatever this says
-    eval_inner_steps: int | None = Field(None, ge=1)  # meta-test steps; None = 2 * inner_steps
+    inner_steps: int = Field(1, ge=1, le=1000)  # perfedavg trains with one step whatever this says
+    # meta-test steps; None = 2 * inner_steps
+    eval_inner_steps: int | None = Field(None, ge=1, le=1000)
     # fedavg, fedavg-ft
-    batch_size: int = Field(32, ge=1)  # examples per local step
-    finetune_steps: int = Field(50, ge=1)  # fedavg-ft meta-test: SGD steps on the support set
+    batch_size: int = Field(32, ge=1, le=10**5)  # examples per local step
+    # fedavg-ft meta-test: SGD steps on the support set
+    finetune_steps: int = Field(50, ge=1, le=10**5)
     finetune_lr: float = Field(0.01, gt=0)
 
 
 class ServerConfig(Section):
-    rounds: int = Field(10, ge=1)
-    clients_per_round: int = Field(5, ge=1)
+    rounds: int = Field(10, ge=1, le=10**7)
+    clients_per_round: int = Field(5, ge=1, le=10**7)
     sampling: Literal["uniform", "poisson"] = "uniform"
     optimizer: Literal["sgd", "adam", "yogi"] = "sgd"
     lr: float = Field(1.0, gt=0)
-    min_clients: int = Field(1, ge=1)  # a round with fewer reports leaves the model unchanged
+    min_clients: int = Field(1, ge=1, le=10**7)  # a round with fewer reports leaves the model unchanged
 
 
 class EvalConfig(Section):
-    every: int = Field(10, ge=0)  # rounds between evaluations; 0 = only after the last round
-    episodes: int = Field(100, ge=1)  # during training
-    final_episodes: int = Field(600, ge=1)  # after the last round
-    personalization_episodes: int = Field(0, ge=0)  # per held-out client, on its own split; 0 = off
-    patience: int = Field(0, ge=0)  # stop after this many evaluations without improvement; 0 = never
-    ways: int = Field(5, ge=2)
-    shots: int = Field(1, ge=1)
-    queries: int = Field(15, ge=1)
+    # rounds between evaluations; 0 = only after the last round
+    every: int = Field(10, ge=0, le=10**7)
+    episodes: int = Field(100, ge=1, le=10**5)  # during training
+    final_episodes: int = Field(600, ge=1, le=10**5)  # after the last round
+    # per held-out client, on its own split; 0 = off
+    personalization_episodes: int = Field(0, ge=0, le=10**4)
+    # stop after this many evaluations without improvement; 0 = never
+    patience: int = Field(0, ge=0, le=10**7)
+    ways: int = Field(5, ge=2, le=1000)
+    shots: int = Field(1, ge=1, le=1000)
+    queries: int = Field(15, ge=1, le=1000)
 
 
 class RunConfig(Section):
-    out_dir: str = "runs"
-    checkpoint_every: int = Field(10, ge=0)  # 0 = only the final checkpoint
+    out_dir: str = Field("runs", min_length=1)
+    checkpoint_every: int = Field(10, ge=0, le=10**7)  # 0 = only the final checkpoint
     time_budget_seconds: float = Field(0, ge=0)  # stop training after this long; 0 = no limit
     execution: Literal["auto", "loop", "vmap"] = "auto"  # cohort execution (engine/cohort.py)
-    chunk_size: int = Field(64, ge=1)  # clients vmapped at once (bounds memory)
+    chunk_size: int = Field(64, ge=1, le=10**5)  # clients vmapped at once (bounds memory)
 
 
 class PrivacyConfig(Section):
@@ -107,7 +115,7 @@ class PrivacyConfig(Section):
     # sample-level DP-SGD inside each client (fedavg, fedavg-ft): per-example clip and noise
     sample_clip_norm: float | None = Field(None, gt=0)
     sample_noise_multiplier: float = Field(0.0, ge=0)
-    canaries: int = Field(0, ge=0)  # canary clients for the empirical audit; 0 = no audit
+    canaries: int = Field(0, ge=0, le=10**4)  # canary clients for the empirical audit; 0 = no audit
     canary_norm: float | None = Field(None, gt=0)  # their update's norm; default clip_norm or 1
 
 
@@ -120,11 +128,11 @@ class AggregationConfig(Section):
     secure: Literal["none", "secagg+", "ckks"] = "none"
     # SecAgg+ fixed point: values clipped to [-range, range], 2^22 levels, weights n/max_weight
     secagg_clipping_range: float = Field(8.0, gt=0)
-    secagg_quantization_range: int = Field(2 ** 22, ge=2)
-    secagg_modulus_range: int = Field(2 ** 32, ge=4)
+    secagg_quantization_range: int = Field(2 ** 22, ge=2, le=2 ** 32)
+    secagg_modulus_range: int = Field(2 ** 32, ge=4, le=2 ** 62)
     secagg_max_weight: float = Field(1000.0, gt=0)
-    secagg_num_shares: int = Field(3, ge=2)
-    secagg_reconstruction_threshold: int = Field(2, ge=2)
+    secagg_num_shares: int = Field(3, ge=2, le=10**4)
+    secagg_reconstruction_threshold: int = Field(2, ge=2, le=10**4)
     # CKKS: ring degree and the bits of the coefficient modulus chain; scale 2^ckks_scale_bits
     ckks_poly_modulus_degree: Literal[8192, 16384] = 8192
     ckks_scale_bits: int = Field(50, ge=20, le=58)
@@ -163,12 +171,12 @@ class FlowerConfig(Section):
     server.min_clients of them)."""
 
     round_timeout: float = Field(600.0, gt=0)  # seconds
-    eval_episodes_per_client: int = Field(20, ge=1)  # federated evaluation on each node
+    eval_episodes_per_client: int = Field(20, ge=1, le=10**5)  # federated evaluation on each node
 
 
 class Config(Section):
     name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**63 - 1)  # a signed 64-bit integer, as torch takes
     data: DataConfig = DataConfig()
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
@@ -232,11 +240,11 @@ def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
-        return f"config error: unknown key '{key}'"
+        return f"config error: unknown key {reprlib.repr(key)}"
     message = first["msg"].removeprefix("Value error, ")
     if not key:
         return f"config error: {message}"
-    return f"config error: {key}: {message} (got {first.get('input')!r})"
+    return f"config error: {key}: {message} (got {reprlib.repr(first.get('input'))})"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -246,7 +254,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"config error: --set expects KEY=VALUE, got {text!r}")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):  # not TOML (or nested too deep): a word
         value = raw.strip()
     return key.strip().split("."), value
 
@@ -258,7 +266,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise UserError(f"config error: --set {text}: '{part}' is not a section")
+                raise UserError(f"config error: --set {text!r}: {part!r} is not a section")
             node = child
         node[path[-1]] = value
     return data
@@ -279,6 +287,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise UserError(f"config error: no such file {path}") from None
+        except OSError as error:
+            raise UserError(f"config error: cannot read {path}: {error.strerror}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise UserError(f"config error: {path} is not valid TOML: {error}") from None
+        except RecursionError:
+            raise UserError(f"config error: {path} is not valid TOML: nested too deep") from None
     return validate(apply_overrides(data, list(overrides)))

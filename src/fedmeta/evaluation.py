@@ -2,7 +2,6 @@
 its query set; mean accuracy with a 95% confidence interval over episodes, and the
 distribution of per-client accuracy (mean, 10th percentile)."""
 
-import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 
 from fedmeta.data import (ClientData, Episodes, EpisodeSampler, as_float_input,
                           episodes_from_arrays, split_support_query)
+from fedmeta.data.npz import data_error, load_npz
 from fedmeta.errors import UserError
 from fedmeta.learners.base import Learner
 from fedmeta.params import Params
@@ -43,19 +43,25 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
     return float(values.mean()), float(1.96 * values.std() / values.numel() ** 0.5)
 
 
+def personal_classes(support: ClientData, query: ClientData, shots: int) -> torch.Tensor:
+    """The classes of a client's query split with at least `shots` support examples."""
+    if len(support) == 0 or len(query) == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    support_counts = torch.bincount(support.y)
+    in_query = torch.unique(query.y)
+    eligible = in_query[in_query < len(support_counts)]
+    return eligible[support_counts[eligible] >= shots]
+
+
 def personalization_episode(support: ClientData, query: ClientData, ways: int, shots: int,
                             generator: torch.Generator) -> Episodes | None:
     """An N-way K-shot episode whose support comes from a client's own support split and whose
     query is every example of its query split in the chosen classes (None: too few classes)."""
-    if len(support) == 0 or len(query) == 0:
-        return None
-    support_counts = torch.bincount(support.y)
-    in_query = torch.unique(query.y)
-    eligible = in_query[in_query < len(support_counts)]
-    eligible = eligible[support_counts[eligible] >= shots]
+    eligible = personal_classes(support, query, shots)
     if len(eligible) < ways:
         return None
     chosen = eligible[torch.randperm(len(eligible), generator=generator)[:ways]].sort().values
+    support_counts = torch.bincount(support.y)
     support_index = torch.cat([
         torch.nonzero(support.y == c).flatten()[
             torch.randperm(int(support_counts[c]), generator=generator)[:shots]]
@@ -67,23 +73,31 @@ def personalization_episode(support: ClientData, query: ClientData, ways: int, s
                     torch.searchsorted(chosen, query.y[query_index]).unsqueeze(0))
 
 
-def personalize(learner: Learner, params: Params, clients: Sequence[ClientData], ways: int,
-                shots: int, episodes_per_client: int, generator: torch.Generator) -> MetaTestResult:
-    """Personalization of held-out clients: adapt on each client's own support split (its
-    `query_mask`, e.g. LEAF's train split, or a 20% stratified split), score its query split."""
-    per_episode, per_client = [], []
-    for i, client in enumerate(clients):
-        support, query = split_support_query(client, 0.2, seed=i)
-        episodes = [personalization_episode(support, query, ways, shots, generator)
-                    for _ in range(episodes_per_client)]
-        if any(e is None for e in episodes):
-            continue
-        accuracy = torch.cat([learner.accuracy(params, e) for e in episodes])
-        per_episode.append(accuracy)
-        per_client.append(float(accuracy.mean()))
-    if not per_client:
+def personal_splits(clients: Sequence[ClientData], ways: int,
+                    shots: int) -> list[tuple[ClientData, ClientData]]:
+    """(support, query) splits of the clients that can be personalized: their own split (its
+    `query_mask`, e.g. LEAF's train split, or a 20% stratified split) holds `ways` classes with
+    `shots` support and one query example. UserError if no client's does."""
+    splits = [split_support_query(client, 0.2, seed=i) for i, client in enumerate(clients)]
+    splits = [(s, q) for s, q in splits if len(personal_classes(s, q, shots)) >= ways]
+    if not splits:
         raise UserError(f"no held-out client has {ways} classes with {shots} support "
                         "and one query example")
+    return splits
+
+
+def personalize(learner: Learner, params: Params, clients: Sequence[ClientData], ways: int,
+                shots: int, episodes_per_client: int, generator: torch.Generator) -> MetaTestResult:
+    """Personalization of held-out clients: adapt on each client's own support split, score its
+    query split (`personal_splits`)."""
+    per_episode, per_client = [], []
+    for support, query in personal_splits(clients, ways, shots):
+        accuracy = torch.cat([
+            learner.accuracy(params, personalization_episode(support, query, ways, shots,
+                                                             generator))
+            for _ in range(episodes_per_client)])
+        per_episode.append(accuracy)
+        per_client.append(float(accuracy.mean()))
     return summarize(per_episode, per_client)
 
 
@@ -96,25 +110,28 @@ def summarize(per_episode: list[torch.Tensor], per_client: list[float]) -> MetaT
 def load_episodes(path: Path) -> Episodes:
     """Episodes from an npz with `support_x` [E,S,H,W] (uint8 0-255 or float), `support_y`
     [E,S], `query_x` [E,Q,H,W] and `query_y` [E,Q], validated."""
-    keys = ("support_x", "support_y", "query_x", "query_y")
+    arrays = load_npz(path, ("support_x", "support_y", "query_x", "query_y"))
     try:
-        with np.load(path, allow_pickle=False) as arrays:
-            missing = [k for k in keys if k not in arrays.files]
-            if missing:
-                raise UserError(f"{path}: missing arrays {', '.join(missing)}")
-            return episodes_from_arrays(*(arrays[k] for k in keys))
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise UserError(f"{path}: {error}") from None
+        return episodes_from_arrays(**arrays)
+    except ValueError as error:
+        raise data_error(path, str(error)) from None
+
+
+def eligible_clients(clients: Sequence[ClientData],
+                     sampler: EpisodeSampler) -> list[ClientData]:
+    """The clients that can supply `sampler`'s episodes; UserError if none can."""
+    eligible = [client for client in clients if sampler.eligible(client)]
+    if not eligible:
+        raise UserError(f"no held-out client has enough data for "
+                        f"{sampler.ways}-way {sampler.shots}-shot {sampler.queries}-query episodes")
+    return eligible
 
 
 def meta_test(learner: Learner, params: Params, clients: Sequence[ClientData],
               sampler: EpisodeSampler, episodes: int,
               generator: torch.Generator) -> MetaTestResult:
     """Accuracy over `episodes` episodes drawn from uniformly chosen eligible clients."""
-    eligible = [client for client in clients if sampler.eligible(client)]
-    if not eligible:
-        raise UserError(f"no held-out client has enough data for "
-                        f"{sampler.ways}-way {sampler.shots}-shot {sampler.queries}-query episodes")
+    eligible = eligible_clients(clients, sampler)
     choice = torch.randint(len(eligible), (episodes,), generator=generator)
     per_episode, per_client = [], []
     for slot, count in zip(*torch.unique(choice, return_counts=True)):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from fedmeta.data.federated import ArrayFederatedDataset, ClientData, FederatedDataset
-from fedmeta.errors import UserError
+from fedmeta.data.npz import check_column, data_error, described, load_npz
 
 
 def save_client(path: Path, client: ClientData, client_id: int) -> None:
@@ -28,29 +28,24 @@ def save_client(path: Path, client: ClientData, client_id: int) -> None:
 
 def load_client(path: str | Path) -> tuple[int, ClientData]:
     """(client id, its data) from a client file."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {key: f[key] for key in f.files}
-    except FileNotFoundError:
-        raise UserError(f"data error: no such client file {path}") from None
-    except (OSError, ValueError) as error:
-        raise UserError(f"data error: {path} is not a readable .npz: {error}") from None
-    missing = {"x", "y", "client_id"} - set(arrays)
-    if missing:
-        raise UserError(f"data error: {path} lacks {', '.join(sorted(missing))}")
-    x, y = arrays["x"], arrays["y"]
-    if x.dtype != np.uint8 and x.dtype != np.float32:
-        raise UserError(f"data error: {path}: x must be uint8 or float32, got {x.dtype}")
-    if x.dtype == np.float32 and not np.isfinite(x).all():
-        raise UserError(f"data error: {path}: x has NaN or infinite values")
-    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
-        raise UserError(f"data error: {path}: y must be {len(x)} integer labels")
-    if len(y) == 0 or y.min() < 0:
-        raise UserError(f"data error: {path}: no examples, or a negative label")
+    arrays = load_npz(path, ("x", "y", "client_id"), optional=("query_mask",))
+    x, y, client_id = arrays["x"], arrays["y"], arrays["client_id"]
+    images, features = x.dtype == np.uint8 and x.ndim == 3, x.dtype == np.float32 and x.ndim >= 2
+    if not (images or features) or not x.size:
+        raise data_error(path, f"x must be uint8 images [n, H, W] or float32 features [n, d], "
+                               f"n > 0, got {described(x)}")
+    if features and not np.isfinite(x).all():
+        raise data_error(path, "x has NaN or infinite values")
+    check_column(path, "y", y, len(x), "iu")
+    if y.min() < 0:
+        raise data_error(path, f"y has a negative label ({y.min()})")
+    if client_id.shape != () or client_id.dtype.kind not in "iu" or client_id < 0:
+        raise data_error(path, f"client_id must be one non-negative integer, "
+                               f"got {described(client_id)}")
     mask = arrays.get("query_mask")
     if mask is not None and (mask.dtype != np.bool_ or mask.shape != y.shape):
-        raise UserError(f"data error: {path}: query_mask must be {len(y)} booleans")
-    return int(arrays["client_id"]), ClientData(
+        raise data_error(path, f"query_mask must be {len(y)} booleans, got {described(mask)}")
+    return int(client_id), ClientData(
         torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)),
         None if mask is None else torch.from_numpy(mask))
 

@@ -125,8 +125,9 @@ def episodes_from_arrays(
     features [E, S, d]. y: integers [E, S]; each support set must hold every label 0..N-1 equally
     often, with the same N in all episodes, and query labels must lie in 0..N-1.
     """
-    sx, sy, qx, qy = (torch.as_tensor(np.asarray(a)) if not isinstance(a, torch.Tensor) else a
-                      for a in (support_x, support_y, query_x, query_y))
+    sx, sy, qx, qy = (_as_tensor(name, a) for name, a in (
+        ("support_x", support_x), ("support_y", support_y), ("query_x", query_x),
+        ("query_y", query_y)))
     for name, x in (("support_x", sx), ("query_x", qx)):
         if x.dtype != torch.uint8 and not x.is_floating_point():
             raise ValueError(f"{name} must be uint8 (0-255) or float, got {x.dtype}")
@@ -141,9 +142,12 @@ def episodes_from_arrays(
         raise ValueError(f"support and query need the same non-zero episode count, got {sx.shape[0]} and {qx.shape[0]}")
     if sx.shape[2:] != qx.shape[2:] or sx.dtype != qx.dtype:
         raise ValueError(f"support_x and query_x item shapes/dtypes differ: {tuple(sx.shape[2:])} vs {tuple(qx.shape[2:])}")
-    if sy.min() < 0:
-        raise ValueError("labels must be non-negative")
+    if sy.shape[1] == 0 or sy.min() < 0:
+        raise ValueError("support labels must be non-negative, and support sets non-empty")
     ways = int(sy.max()) + 1
+    if ways > sy.shape[1]:
+        raise ValueError(f"support label {ways - 1} cannot be one of 0..N-1 with support sets of "
+                         f"{sy.shape[1]} examples")
     counts = torch.nn.functional.one_hot(sy.long(), ways).sum(1)  # [E, N]
     if not (counts == counts[0, 0]).all() or counts[0, 0] == 0:
         raise ValueError(f"each support set must contain every label 0..{ways - 1} equally often")
@@ -152,3 +156,15 @@ def episodes_from_arrays(
     sx, qx = (as_float_input(x) if x.dtype == torch.uint8 else
               x.to(torch.float32).unsqueeze(2) if x.ndim == 4 else x.to(torch.float32) for x in (sx, qx))
     return Episodes(sx, sy.long(), qx, qy.long())
+
+
+def _as_tensor(name: str, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A user's array as a tensor: numbers only, unsigned integers wider than uint8 as int64
+    (torch cannot take their min)."""
+    if isinstance(array, torch.Tensor):
+        return array
+    array = np.asarray(array)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must hold numbers, got {array.dtype}")
+    return torch.as_tensor(array.astype(np.int64) if array.dtype.kind == "u" and
+                           array.itemsize > 1 else array)

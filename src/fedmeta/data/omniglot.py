@@ -6,12 +6,14 @@ rotations count as new classes (Santoro et al. 2016).
 """
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fedmeta.data.federated import ArrayFederatedDataset, ClientData, FederatedDataset
+from fedmeta.data.npz import IMAGE_SIDE, check_column, check_images, data_error, described, load_npz
 from fedmeta.data.partition import key_partition, random_partition
 from fedmeta.data.sources import resolve_dataset
 
@@ -19,22 +21,41 @@ _KEYS = ("alphabet", "character", "drawer", "split", "char_id")
 
 
 def load_omniglot_arrays(path: str | Path) -> dict[str, np.ndarray]:
-    """Load ``images`` (uint8 [N,28,28], ink 255 on 0) and the metadata arrays ``_KEYS``.
+    """Load ``images`` (uint8 [N,28,28], ink 255 on 0) and the metadata arrays ``_KEYS``, all
+    checked: ``split`` is 'background' or 'evaluation' (both present) and ``char_id`` numbers
+    the characters 1..K, background first.
 
     Also accepts the compact variant storing ``bits`` = np.packbits(images > 127, axis=-1)
     [N,28,4] instead of ``images``. The 105x105 originals are not loaded.
     """
-    with np.load(path, allow_pickle=False) as f:
-        if "images" in f.files:
-            images = f["images"]
-        elif "bits" in f.files:
-            images = np.unpackbits(f["bits"], axis=-1, count=28) * np.uint8(255)
-        else:
-            raise ValueError(f"{path}: no 'images' or 'bits' array")
-        missing = [k for k in _KEYS if k not in f.files]
-        if missing:
-            raise ValueError(f"{path}: missing arrays {', '.join(missing)}")
-        return {"images": images, **{k: f[k] for k in _KEYS}}
+    a = load_npz(path, _KEYS, optional=("images", "bits"))
+    if "images" in a:
+        images = a["images"]
+    elif "bits" in a:
+        if a["bits"].dtype != np.uint8 or a["bits"].shape[1:] != (IMAGE_SIDE, 4):
+            raise data_error(path, f"bits must be uint8 [N, {IMAGE_SIDE}, 4], "
+                                   f"got {described(a['bits'])}")
+        images = np.unpackbits(a["bits"], axis=-1, count=IMAGE_SIDE) * np.uint8(255)
+    else:
+        raise data_error(path, "no 'images' or 'bits' array")
+    check_images(path, images)
+    for key in ("alphabet", "character", "drawer"):
+        check_column(path, key, a[key], len(images), "iuU")
+    check_column(path, "split", a["split"], len(images), "U")
+    check_column(path, "char_id", a["char_id"], len(images), "iu")
+    split, char_id = a["split"], a["char_id"]
+    unknown = sorted(set(np.unique(split)) - {"background", "evaluation"})
+    if unknown:
+        raise data_error(path, f"split must be 'background' or 'evaluation', "
+                               f"got {reprlib.repr(unknown[0])}")
+    background, evaluation = char_id[split == "background"], char_id[split == "evaluation"]
+    if not background.size or not evaluation.size:
+        raise data_error(path, "needs both 'background' (training) and 'evaluation' "
+                               "(held-out) examples")
+    ids = np.unique(char_id)
+    if not np.array_equal(ids, np.arange(1, ids.size + 1)) or background.max() >= evaluation.min():
+        raise data_error(path, "char_id must number the characters 1..K, background first")
+    return {"images": images, **{k: a[k] for k in _KEYS}}
 
 
 def _rotate4(client: ClientData) -> ClientData:
@@ -79,6 +100,4 @@ def omniglot_federated(
             f"omniglot-{split}", a["images"], labels, [members[p] for p in parts],
             transform=_rotate4 if rotations else None, expansion=4 if rotations else 1,
         ))
-    train_classes = np.unique(labels[a["split"] == "background"])
-    assert not np.intersect1d(train_classes, labels[a["split"] == "evaluation"]).size, "class overlap"
     return out[0], out[1]

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fedmeta.errors import UserError
+
+FEMNIST_CLASSES = 62  # digits, upper- and lower-case letters
 _OMNIGLOT_URL = "https://github.com/brendenlake/omniglot/raw/master/python/"
 _LEAF_HOWTO = (
     "FEMNIST has no single download file: run LEAF's preprocessing (git clone "
@@ -214,13 +217,19 @@ def convert_leaf_femnist(leaf_dir: Path, dest: Path) -> Path:
         raise DatasetNotFound(f"no LEAF json files in {leaf_dir}; {_LEAF_HOWTO}")
     xs, ys, users, splits = [], [], [], []
     for f, s in files:
-        data = json.loads(f.read_text())
-        for user in data["users"]:
-            ud = data["user_data"][user]
-            xs.append(np.asarray(ud["x"], dtype=np.float32).reshape(-1, 28, 28))
-            ys.append(np.asarray(ud["y"], dtype=np.int16))
-            users.append(np.full(len(ys[-1]), user))
-            splits.append(np.full(len(ys[-1]), s, dtype=np.int8))
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+            examples = [(user, *leaf_examples(data["user_data"][user])) for user in data["users"]]
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
+            raise UserError(f"data error: {f}: not LEAF FEMNIST json "
+                            f"({type(error).__name__}: {error})") from None
+        for user, x, y in examples:
+            xs.append(x)
+            ys.append(y)
+            users.append(np.full(len(y), user))
+            splits.append(np.full(len(y), s, dtype=np.int8))
+    if not sum(map(len, ys)):
+        raise UserError(f"data error: {leaf_dir}: its LEAF json files hold no examples")
     writer_id = np.concatenate(users)
     writer_names, writer = np.unique(writer_id, return_inverse=True)
     return save_npz_atomic(
@@ -232,6 +241,18 @@ def convert_leaf_femnist(leaf_dir: Path, dest: Path) -> Path:
         leaf_split=np.concatenate(splits),
         writer_names=writer_names,
     )
+
+
+def leaf_examples(user_data: dict) -> tuple[np.ndarray, np.ndarray]:
+    """One LEAF user's images [n, 28, 28] (finite, 1.0 = white) and labels [n] in 0..61."""
+    with np.errstate(over="ignore"):  # a pixel beyond float32 becomes inf, refused below
+        x = np.asarray(user_data["x"], dtype=np.float32).reshape(-1, 28, 28)
+    y = np.asarray(user_data["y"])
+    if not np.isfinite(x).all() or y.dtype.kind not in "iu" or y.shape != (len(x),) or (
+            y.size and not 0 <= y.min() <= y.max() < FEMNIST_CLASSES):
+        raise ValueError(f"a user's x must be finite pixels and y {len(x)} labels in "
+                         f"0..{FEMNIST_CLASSES - 1}")
+    return x, y.astype(np.int16)
 
 
 def _spec(name: str) -> DatasetSpec:

@@ -31,6 +31,8 @@ def unflatten(flat: dict[str, torch.Tensor]) -> dict[str, Any]:
         node = tree
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{name} lies inside the tensor {part}")
         node[leaf] = value
     return tree
 
@@ -58,7 +60,12 @@ def load_checkpoint(path: Path) -> tuple[Params, dict[str, Any], int]:
     """(params, server state, round) from a checkpoint written by `save_checkpoint`; the
     state lacks the stages that keep none (see `restore_checkpoint`)."""
     tensors, round_index = read_checkpoint(path)
-    tree = unflatten(tensors)
+    try:
+        tree = unflatten(tensors)
+    except (AttributeError, TypeError):  # a name that is both a tensor and a group
+        raise UserError(f"cannot read checkpoint {path}: tensor names clash") from None
+    if not isinstance(tree.get("params"), dict):
+        raise UserError(f"cannot read checkpoint {path}: no params/ tensors")
     return tree["params"], tree.get("server", {}), round_index
 
 

@@ -26,6 +26,14 @@ def write_atomic_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def make_directory(path: Path) -> None:
+    """Create `path` and its parents if missing; UserError if it cannot be (a file is there)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create directory {path}: {error.strerror}") from None
+
+
 class RunDirectory:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -39,10 +47,10 @@ class RunDirectory:
         if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = Path(config.run.out_dir) / f"{config.name}-{stamp}"
-        if out.exists() and any(out.iterdir()):
-            raise UserError(f"run directory {out} already exists and is not empty")
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UserError(f"run directory {out} already exists and is not an empty directory")
         run = cls(out)
-        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        make_directory(run.checkpoints)
         write_atomic(out / "config.toml", tomli_w.dumps(config.model_dump(exclude_none=True)))
         return run
 

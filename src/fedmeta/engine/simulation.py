@@ -19,7 +19,7 @@ from fedmeta.data import ClientData
 from fedmeta.engine.cohort import CohortUpdates, run_cohort
 from fedmeta.engine.sampling import poisson_cohort, uniform_cohort
 from fedmeta.engine.seeding import EVAL_STREAM, seeded
-from fedmeta.evaluation import meta_test, personalize
+from fedmeta.evaluation import eligible_clients, meta_test, personal_splits, personalize
 from fedmeta.optim import apply_updates
 from fedmeta.params import Params
 from fedmeta.server import Round
@@ -147,6 +147,14 @@ class Simulation:
         """The held-out clients, materialized once for every evaluation of the run."""
         test = self.experiment.test
         return [test.client(i) for i in range(test.num_clients)]
+
+    def check_evaluation(self) -> None:
+        """UserError unless the held-out clients can be meta-tested (and personalized) as
+        configured: found before a run starts, not at its first evaluation."""
+        eligible_clients(self.test_clients, self.experiment.eval_sampler)
+        ev = self.config.eval
+        if ev.personalization_episodes:
+            personal_splits(self.test_clients, ev.ways, ev.shots)
 
     def evaluate(self, params: Params, episodes: int) -> dict[str, float]:
         """Meta-test on held-out clients (`test_*`) and, when configured, their
