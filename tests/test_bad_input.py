@@ -562,19 +562,21 @@ def assert_data_refused(capsys, space: Path, dataset: str, data: bytes) -> None:
     assert str(path) in refused(capsys, space, "run", config_file(space, data_doc(dataset, path)))
 
 
-@pytest.mark.parametrize("dataset, evaluation, reason", [
-    ("omniglot", {"ways": 3}, "no held-out client has enough data for 3-way"),
-    ("femnist", {"personalization_episodes": 1}, "no held-out client has 2 classes with 1"),
+@pytest.mark.parametrize("dataset, section, values, reason", [
+    ("omniglot", "eval", {"ways": 3}, "no held-out client has enough data for 3-way"),
+    ("femnist", "eval", {"personalization_episodes": 1}, "no held-out client has 2 classes with 1"),
+    ("omniglot", "task", {"shots": 50}, "no training client can supply a local round"),
 ])
-def test_an_evaluation_the_data_cannot_supply(capsys, space, dataset, evaluation, reason):
-    """Found before the run directory is created, not after the first rounds. (In the FEMNIST
-    file every example is in LEAF's test split: no client has a support split of its own.)"""
+def test_data_the_run_cannot_use(capsys, space, dataset, section, values, reason):
+    """Found before the run directory is created, not as rounds that all skip or after the
+    first rounds. (In the FEMNIST file every example is in LEAF's test split: no client has a
+    support split of its own.)"""
     arrays = FORMATS[dataset][0]
     path = fresh(space)
     path.write_bytes(npz_bytes(arrays if dataset == "omniglot" else
                                {**arrays, "leaf_split": np.ones_like(arrays["leaf_split"])}))
     doc = data_doc(dataset, path)
-    doc["eval"] = {**doc["eval"], **evaluation}
+    doc[section] = {**doc.get(section, {}), **values}
     assert reason in refused(capsys, space, "run", config_file(space, doc))
 
 

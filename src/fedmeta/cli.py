@@ -36,10 +36,10 @@ def demo_config_path() -> Path:
 
 def train(config: Config, out: Path | None, quiet: bool) -> dict:
     """Build, run, evaluate and summarize one experiment in a new run directory, created only
-    once the experiment is built and its evaluation checked."""
+    once the experiment is built and its data checked."""
     experiment = build_experiment(config)
     simulation = Simulation(experiment)
-    simulation.check_evaluation()
+    simulation.check_data()
     run = RunDirectory.create(config, out)
     console.print(f"run directory: {run.path}  ({experiment.train.num_clients} training clients"
                   f", {experiment.test.num_clients} held-out clients)")

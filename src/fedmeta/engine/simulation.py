@@ -15,10 +15,11 @@ from typing import Any, Callable
 import torch
 
 from fedmeta.build import Experiment, client_sample_rate
-from fedmeta.data import ClientData
+from fedmeta.data import ClientData, NotEnoughData
 from fedmeta.engine.cohort import CohortUpdates, run_cohort
 from fedmeta.engine.sampling import poisson_cohort, uniform_cohort
 from fedmeta.engine.seeding import EVAL_STREAM, seeded
+from fedmeta.errors import UserError
 from fedmeta.evaluation import eligible_clients, meta_test, personal_splits, personalize
 from fedmeta.optim import apply_updates
 from fedmeta.params import Params
@@ -148,9 +149,20 @@ class Simulation:
         test = self.experiment.test
         return [test.client(i) for i in range(test.num_clients)]
 
-    def check_evaluation(self) -> None:
-        """UserError unless the held-out clients can be meta-tested (and personalized) as
-        configured: found before a run starts, not at its first evaluation."""
+    def check_data(self) -> None:
+        """UserError unless some training client can supply a local round's data and the
+        held-out clients can be meta-tested (and personalized) as configured: found before a
+        run starts, not as rounds that all skip or at its first evaluation. The scan stops at
+        the first able training client (usually the first)."""
+        train, learner = self.experiment.train, self.experiment.learner
+        for i in range(train.num_clients):
+            try:
+                learner.local_batches(train.client(i), seeded(self.config.seed, 0, i))
+                break
+            except NotEnoughData as error:
+                reason = error
+        else:
+            raise UserError(f"no training client can supply a local round: {reason}")
         eligible_clients(self.test_clients, self.experiment.eval_sampler)
         ev = self.config.eval
         if ev.personalization_episodes:
