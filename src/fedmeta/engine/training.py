@@ -70,7 +70,8 @@ def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: boo
     params, rounds = train(simulation, run, start, progress)
     train_seconds = time.perf_counter() - begin
     result = {k.removeprefix("test_"): v
-              for k, v in simulation.evaluate(params, config.eval.final_episodes).items()}
+              for k, v in simulation.evaluate(params, config.eval.final_episodes,
+                                              per_client=True).items()}
     ev = config.eval
     summary = {
         "name": config.name, "rounds": rounds, "train_seconds": train_seconds,
