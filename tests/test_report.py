@@ -1,0 +1,149 @@
+"""`fedmeta report`: reading run directories (finished, in progress, killed mid-write, bad),
+plots of several runs, the HTML page (escaped)."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fedmeta.cli import main
+from fedmeta.report import write_report
+from fedmeta.report.plots import PLOTS
+from fedmeta.report.runs import read_run, read_runs
+
+# Bundled Omniglot, a tiny Conv4, 2 rounds evaluated each, user-level DP (epsilon per round).
+TINY = ["model.hidden=8", "server.rounds=2", "server.clients_per_round=2", "eval.every=1",
+        "eval.episodes=10", "eval.final_episodes=20", "learner.local_steps=1",
+        "server.sampling='poisson'", "privacy.clip_norm=1.0", "privacy.noise_multiplier=1.0"]
+PNGS = {f"{plot.name}.png" for plot in PLOTS}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished run."""
+    out = tmp_path_factory.mktemp("runs") / "finished"
+    assert main(["demo", "--quiet", "--out", str(out),
+                 *[arg for item in TINY for arg in ("--set", item)]]) == 0
+    return out
+
+
+def copy_run(run: Path, to: Path, *, name: str | None = None, summary: bool = True,
+             **per_round) -> Path:
+    """A copy of `run` under `to`, with another config name, without its summary (in progress)
+    or with `per_round` added to every round's metrics."""
+    shutil.copytree(run, to)
+    if name is not None:
+        config = to / "config.toml"
+        config.write_text(re.sub(r'(?m)^name = .*$', f"name = {json.dumps(name)}",
+                                 config.read_text()))
+    if not summary:
+        (to / "summary.json").unlink()
+    if per_round:
+        rows = [json.loads(line) | per_round
+                for line in (to / "metrics.jsonl").read_text().splitlines()]
+        (to / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return to
+
+
+def files(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_run_killed_mid_write_is_read_without_its_partial_last_line(finished, tmp_path):
+    run = copy_run(finished, tmp_path / "killed", summary=False)
+    with (run / "metrics.jsonl").open("a") as metrics:
+        metrics.write('{"round": 3, "clients": 2, "lo')
+    read = read_run(run)
+    assert [m["round"] for m in read.metrics] == [1, 2]
+    assert read.summary is None and read.rounds == 2
+    assert read.epsilon == json.loads((run / "metrics.jsonl").read_text().splitlines()[1])[
+        "epsilon"]
+
+
+def test_runs_are_labelled_by_name_and_by_directory_where_names_repeat(finished, tmp_path):
+    other = copy_run(finished, tmp_path / "other", name="other")
+    again = copy_run(finished, tmp_path / "again")
+    assert [r.label for r in read_runs([finished, other])] == ["demo", "other"]
+    assert [r.label for r in read_runs([finished, other, again])] == [
+        "demo (finished)", "other", "demo (again)"]
+
+
+def test_several_runs_in_one_figure_per_plot(finished, tmp_path):
+    """A finished run, one counting bytes and one in progress: every plot is a PNG, the page
+    embeds them all and notes which runs a plot lacks, and no run file changes."""
+    counted = copy_run(finished, tmp_path / "counted", name="counted", bytes_down=3000,
+                       bytes_up=1000)
+    running = copy_run(finished, tmp_path / "running", name="running", summary=False)
+    before = {run: files(run) for run in (finished, counted, running)}
+    page = write_report([finished, counted, running], tmp_path / "report")
+    assert page == tmp_path / "report" / "index.html"
+    assert {p.name for p in page.parent.iterdir()} == PNGS | {"index.html"}
+    for png in PNGS:
+        with Image.open(page.parent / png) as image:
+            assert image.format == "PNG" and image.size == (700, 400)
+            image.verify()
+    html = page.read_text()
+    assert html.count('<img src="data:image/png;base64,') == len(PNGS)
+    assert "Without demo, running: metrics.jsonl does not count the bytes" in html
+    assert "Without running: no per-client accuracies in summary.json" in html
+    assert "in progress" in html and "finished" in html
+    assert {run: files(run) for run in (finished, counted, running)} == before
+
+
+def test_a_plot_no_run_has_data_for_is_a_note(finished, tmp_path):
+    page = write_report([finished], tmp_path / "report")
+    assert not (tmp_path / "report" / "accuracy_vs_bytes.png").exists()
+    assert ("Meta-test accuracy by bytes communicated: not drawn, no run has the data: "
+            "metrics.jsonl does not count the bytes") in page.read_text()
+
+
+def test_the_default_report_directory_is_in_the_first_run(finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    assert main(["report", str(run), str(finished)]) == 0
+    assert (run / "report" / "index.html").is_file()
+    assert capsys.readouterr().out == f"wrote {run / 'report' / 'index.html'} and its plots\n"
+
+
+def test_names_and_configs_are_escaped(finished, tmp_path):
+    evil = '<script>alert("x")</script>'
+    runs = [copy_run(finished, tmp_path / f"<b onclick=alert(1)>{i}", name=evil) for i in (0, 1)]
+    (runs[0] / "config.toml").write_text((runs[0] / "config.toml").read_text()
+                                         + f"# {evil} <img src=x>\n")
+    html = write_report(runs, tmp_path / "report").read_text()
+    assert "<script" not in html and "<b " not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; (&lt;b onclick=alert(1)&gt;0)" in html
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda run: shutil.rmtree(run), "is not a run directory (no config.toml)"),
+    (lambda run: (run / "config.toml").unlink(), "is not a run directory (no config.toml)"),
+    (lambda run: write(run / "config.toml", "name = [oops"), "config.toml is not a TOML config"),
+    (lambda run: (run / "metrics.jsonl").unlink(), "has no complete round in metrics.jsonl yet"),
+    (lambda run: write(run / "metrics.jsonl", ""), "has no complete round in metrics.jsonl yet"),
+    (lambda run: write(run / "metrics.jsonl", '{"round": 1, "lo'),
+     "has no complete round in metrics.jsonl yet"),
+    (lambda run: write(run / "metrics.jsonl", '{"round": 1}\nnot json\n'),
+     "metrics.jsonl: line 2 is not a round's metrics"),
+    (lambda run: write(run / "metrics.jsonl", '[1, 2]\n'),
+     "metrics.jsonl: line 1 is not a round's metrics"),
+    (lambda run: write(run / "summary.json", '{"rounds": '), "summary.json is not a JSON object"),
+    (lambda run: write(run / "report", "a file"), "cannot create directory"),
+])
+def test_bad_input_exits_2_with_one_line(finished, tmp_path, capsys, corrupt, message):
+    run = copy_run(finished, tmp_path / "run")
+    corrupt(run)
+    before = files(tmp_path)
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedmeta: error: ") and err.count("\n") == 1 and message in err
+    assert files(tmp_path) == before
