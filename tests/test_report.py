@@ -1,9 +1,11 @@
 """`fedmeta report`: reading run directories (finished, in progress, killed mid-write, bad),
-plots of several runs, the HTML page (escaped)."""
+plots of several runs, the HTML page (escaped, self-contained) and how Chromium renders it."""
 
 import json
 import re
 import shutil
+import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ TINY = ["model.hidden=8", "server.rounds=2", "server.clients_per_round=2", "eval
         "eval.episodes=10", "eval.final_episodes=20", "learner.local_steps=1",
         "server.sampling='poisson'", "privacy.clip_norm=1.0", "privacy.noise_multiplier=1.0"]
 PNGS = {f"{plot.name}.png" for plot in PLOTS}
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +150,69 @@ def test_bad_input_exits_2_with_one_line(finished, tmp_path, capsys, corrupt, me
     err = capsys.readouterr().err
     assert err.startswith("fedmeta: error: ") and err.count("\n") == 1 and message in err
     assert files(tmp_path) == before
+
+
+class Resources(HTMLParser):
+    """What a page would load: every src and href, and any script or stylesheet link."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "link", "iframe", "object", "embed"):
+            self.found.append(f"<{tag}>")
+        self.found += [f"{name}={value}" for name, value in attrs if name in ("src", "href")]
+
+
+def external_resources(html: str) -> list[str]:
+    """What the page loads other than data: URIs (a self-contained page: nothing)."""
+    parser = Resources()
+    parser.feed(html)
+    return [item for item in parser.found if not item.split("=", 1)[-1].startswith("data:")]
+
+
+def render(page: Path, tmp_path: Path) -> tuple[Image.Image, list[str]]:
+    """`page` as headless Chromium shows it in a 1200x2000 window, and the console messages it
+    logged (a page without script logs none; an uncaught error would be one)."""
+    shot = tmp_path / f"{page.stem}-screenshot.png"
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / f'{page.stem}-profile'}",
+         f"--screenshot={shot}", "--window-size=1200,2000", "--enable-logging=stderr", "--v=0",
+         page.as_uri()], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and shot.is_file(), result.stderr
+    console = [line for line in result.stderr.splitlines()
+               if re.search(r"CONSOLE|Uncaught|Failed to load resource", line)]
+    with Image.open(shot) as image:
+        return image.convert("RGB"), console
+
+
+def blank(image: Image.Image) -> bool:
+    """Nearly all one colour: fewer than 64 colours, or under 2% of pixels not white."""
+    colours = image.getcolors(maxcolors=image.width * image.height)
+    inked = sum(count for count, colour in colours if colour != (255, 255, 255))
+    return len(colours) < 64 or inked < 0.02 * image.width * image.height
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no {CHROMIUM} (Debian's chromium; "
+                    ".ci/run installs it with apt-get)")
+def test_chromium_renders_the_report_without_a_console_error(finished, tmp_path):
+    """The report, then two pages that show each check can fail: a blank one, and one that
+    throws and loads a missing image."""
+    counted = copy_run(finished, tmp_path / "counted", name="counted", bytes_down=10,
+                       bytes_up=10)
+    page = write_report([finished, counted], tmp_path / "report")
+    assert external_resources(page.read_text()) == []
+    image, console = render(page, tmp_path)
+    assert console == [] and not blank(image)
+
+    empty = write(tmp_path / "empty.html", "<!DOCTYPE html><html><body></body></html>")
+    image, console = render(empty, tmp_path)
+    assert console == [] and blank(image)
+    broken = write(tmp_path / "broken.html", page.read_text().replace(
+        "</body>", '<img src="missing.png"><script>throw new Error("broken")</script></body>'))
+    assert external_resources(broken.read_text()) == ["src=missing.png", "<script>"]
+    image, console = render(broken, tmp_path)
+    assert len(console) == 1 and "Uncaught Error: broken" in console[0]
