@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from fedmeta.cli import main
@@ -21,6 +22,7 @@ TINY = ["model.hidden=8", "server.rounds=2", "server.clients_per_round=2", "eval
         "eval.episodes=10", "eval.final_episodes=20", "learner.local_steps=1",
         "server.sampling='poisson'", "privacy.clip_norm=1.0", "privacy.noise_multiplier=1.0"]
 PNGS = {f"{plot.name}.png" for plot in PLOTS}
+pytestmark = pytest.mark.filterwarnings("error")  # a warning would be a second line on stderr
 CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -139,6 +141,8 @@ def write(path: Path, text: str) -> Path:
      "metrics.jsonl: line 2 is not a round's metrics"),
     (lambda run: write(run / "metrics.jsonl", '[1, 2]\n'),
      "metrics.jsonl: line 1 is not a round's metrics"),
+    (lambda run: write(run / "metrics.jsonl", f'{{"round": 1{"0" * 400}}}\n'),
+     "metrics.jsonl: line 1 is not a round's metrics"),
     (lambda run: write(run / "summary.json", '{"rounds": '), "summary.json is not a JSON object"),
     (lambda run: write(run / "report", "a file"), "cannot create directory"),
 ])
@@ -150,6 +154,36 @@ def test_bad_input_exits_2_with_one_line(finished, tmp_path, capsys, corrupt, me
     err = capsys.readouterr().err
     assert err.startswith("fedmeta: error: ") and err.count("\n") == 1 and message in err
     assert files(tmp_path) == before
+
+
+NUMBERS = st.integers() | st.floats() | st.integers(min_value=-2**1100, max_value=2**1100)
+JSON = st.recursive(st.none() | st.booleans() | NUMBERS | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=5)
+METRICS = ("loss", "test_accuracy", "test_ci95", "epsilon", "bytes_down", "bytes_up")
+
+
+def partly(keys: tuple[str, ...], values: st.SearchStrategy) -> st.SearchStrategy:
+    return st.dictionaries(st.sampled_from(keys), values, max_size=len(keys))
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(rows=st.lists(st.fixed_dictionaries({"round": st.integers(1, 10**6)},
+                                           optional={key: NUMBERS | JSON for key in METRICS}),
+                     min_size=1, max_size=3),
+       meta_test=partly(("accuracy", "ci95", "per_client_accuracy"),
+                        JSON | st.lists(NUMBERS, max_size=3)),
+       summary=partly(("rounds", "train_seconds", "task", "privacy"), JSON))
+def test_any_json_values_in_a_run_are_reported(finished, tmp_path_factory, rows, meta_test,
+                                               summary):
+    """Whatever JSON values a run's metrics (but its rounds) and summary hold (NaN, integers
+    beyond a float's range, strings, lists...), the report is written, without a warning; what
+    it cannot show is left out."""
+    run = copy_run(finished, tmp_path_factory.mktemp("fuzz") / "run")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (run / "summary.json").write_text(json.dumps(summary | {"meta_test": meta_test}))
+    assert write_report([run], run / "report").is_file()
 
 
 class Resources(HTMLParser):

@@ -4,6 +4,7 @@ unexpected type are treated as absent."""
 
 import itertools
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,7 +16,9 @@ from fedmeta.errors import UserError
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number a float holds (JSON also has NaN, Infinity and integers of any size)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and abs(value) <= sys.float_info.max)
 
 
 @dataclass(frozen=True)
@@ -29,9 +32,9 @@ class Run:
     metrics: tuple[dict[str, Any], ...]  # one per complete round, in order
     summary: dict[str, Any] | None  # None: in progress
 
-    def rows(self, *keys: str) -> list[tuple[int, ...]]:
+    def rows(self, *keys: str) -> list[tuple[float, ...]]:
         """(round, values...) of the rounds whose metrics hold a number under every key."""
-        return [(m["round"], *(m[k] for k in keys)) for m in self.metrics
+        return [(m["round"], *(float(m[k]) for k in keys)) for m in self.metrics
                 if all(is_number(m.get(k)) for k in keys)]
 
     def bytes_communicated(self) -> dict[int, float] | None:
