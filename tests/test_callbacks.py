@@ -1,11 +1,19 @@
+import importlib.util
+import sys
+
 import pytest
 import torch
 
-from fedmeta.engine.callbacks import Checkpointer, EarlyStopping, TimeBudget
+from fedmeta.cli import main
+from fedmeta.config import load_config
+from fedmeta.engine.callbacks import Checkpointer, EarlyStopping, TensorBoardLogger, TimeBudget
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import StopTraining
+from fedmeta.errors import UserError
 
 PARAMS = {"w": torch.zeros(2)}
+needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
+                                       reason="no tensorboard package (pip install tensorboard)")
 
 
 def test_early_stopping_waits_for_patience_evaluations():
@@ -32,3 +40,42 @@ def test_checkpointer_saves_every_k_and_the_last_round(tmp_path):
     checkpointer.finish()
     assert [p.name for p in sorted(run.checkpoints.iterdir())] == [
         "round_00002.safetensors", "round_00004.safetensors", "round_00005.safetensors"]
+
+
+def tensorboard_scalars(directory) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar TensorBoard shows from `directory`: tag -> (step, value)s."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(directory)).Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
+
+
+@needs_tensorboard
+def test_tensorboard_logs_numbers_and_a_resumed_run_replaces_its_later_rounds(tmp_path):
+    with TensorBoardLogger(tmp_path) as logger:
+        for r in (1, 2, 3):
+            logger(r, PARAMS, {}, {"round": r, "loss": float(r), "aborted": "why",
+                                   "excluded": {"4": "dropped"}, "flag": True})
+    with TensorBoardLogger(tmp_path, start_round=3) as logger:  # resumed after round 2
+        logger(3, PARAMS, {}, {"round": 3, "loss": 30.0})
+    assert tensorboard_scalars(tmp_path) == {"loss": [(1, 1.0), (2, 2.0), (3, 30.0)]}
+
+
+@needs_tensorboard
+def test_run_tensorboard_writes_each_round_s_metrics(tmp_path):
+    overrides = ["model.hidden=8", "server.rounds=2", "server.clients_per_round=2",
+                 "eval.every=2", "eval.episodes=10", "eval.final_episodes=10",
+                 "learner.local_steps=1", "run.tensorboard=true"]
+    assert main(["demo", "--quiet", "--out", str(tmp_path),
+                 *[arg for item in overrides for arg in ("--set", item)]]) == 0
+    scalars = tensorboard_scalars(tmp_path / "tensorboard")
+    assert [step for step, _ in scalars["loss"]] == [1, 2]
+    assert [step for step, _ in scalars["test_accuracy"]] == [2]
+
+
+def test_run_tensorboard_without_tensorboard_is_a_config_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
+    with pytest.raises(UserError, match="run.tensorboard needs the tensorboard package: "
+                                        "pip install tensorboard"):
+        load_config(None, ["run.tensorboard=true"])

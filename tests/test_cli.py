@@ -49,6 +49,10 @@ def test_demo_writes_a_complete_run_directory(tiny_run):
     assert summary["meta_test"]["episodes"] == 20
     assert 0.0 <= summary["meta_test"]["accuracy"] <= 1.0
     assert summary["test_clients"] == 20
+    per_client = summary["meta_test"]["per_client_accuracy"]
+    assert len(per_client) == summary["meta_test"]["clients"]
+    assert min(per_client) >= 0.0 and max(per_client) <= 1.0
+    assert not any("test_per_client_accuracy" in m for m in lines)  # the final meta-test only
     assert "hidden = 8" in (tiny_run / "config.toml").read_text()
     checkpoint = load_file(str(tiny_run / "checkpoints" / "round_00002.safetensors"))
     assert any(k.startswith("params/") for k in checkpoint)

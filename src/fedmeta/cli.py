@@ -26,6 +26,7 @@ from fedmeta.errors import UserError
 from fedmeta.privacy.encryption import CkksKeys
 from fedmeta.privacy.accountant import epsilon, noise_multiplier_for
 from fedmeta.evaluation import load_episodes, mean_ci95
+from fedmeta.report import write_report
 
 console = Console(stderr=True)
 
@@ -94,6 +95,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     else:
         print(f"accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI, "
               f"{result['episodes']} episodes from {result['source']}, round {round_index})")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    page = write_report(args.run_dirs, args.out)
+    print(f"wrote {page} and its plots")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -203,6 +209,10 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", type=Path, help="default: the run's latest")
     evaluate.add_argument("--num-episodes", type=int, help="held-out episodes to draw")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    report = add("report", cmd_report, "plots and a self-contained HTML page comparing runs")
+    report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    report.add_argument("--out", type=Path, help="report directory (default: RUN_DIR/report of "
+                        "the first run)")
     bench = add("bench", cmd_bench, "simulation speed against a compute ceiling, a naive loop "
                 "and Flower's simulation")
     bench.add_argument("name", nargs="?", choices=[*WORKLOADS, "scale"],

@@ -5,6 +5,7 @@ every count has an upper bound, so no absurd size reaches an allocation) raise `
 one line naming the key.
 """
 
+import importlib.util
 import reprlib
 import sys
 from pathlib import Path
@@ -96,6 +97,7 @@ class RunConfig(Section):
     time_budget_seconds: float = Field(0, ge=0)  # stop training after this long; 0 = no limit
     execution: Literal["auto", "loop", "vmap"] = "auto"  # cohort execution (engine/cohort.py)
     chunk_size: int = Field(64, ge=1, le=10**5)  # clients vmapped at once (bounds memory)
+    tensorboard: bool = False  # each round's metrics as scalars in RUN_DIR/tensorboard
 
 
 class PrivacyConfig(Section):
@@ -207,6 +209,9 @@ class Config(Section):
             raise ValueError("sample-level DP-SGD (privacy.sample_clip_norm) is for fedavg and "
                              "fedavg-ft, whose local loss is a mean over examples; "
                              f"learner.algorithm is {self.learner.algorithm!r}")
+        if self.run.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("run.tensorboard needs the tensorboard package: "
+                             "pip install tensorboard")
         if privacy.target_epsilon and not privacy.noise_multiplier:
             raise ValueError("privacy.target_epsilon needs privacy.noise_multiplier > 0")
         if self.data.partition == "random" and self.data.num_clients is None:

@@ -1,10 +1,11 @@
 """Meta-testing on clients never seen in training: adapt on each episode's support set, score
 its query set; mean accuracy with a 95% confidence interval over episodes, and the
-distribution of per-client accuracy (mean, 10th percentile)."""
+distribution of per-client accuracy (each client's, their mean and 10th percentile)."""
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,9 +26,14 @@ class MetaTestResult:
     clients: int
     client_mean: float
     client_p10: float
+    per_client_accuracy: tuple[float, ...]  # each evaluated client's mean over its episodes
 
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+    def as_dict(self, per_client: bool = False) -> dict[str, Any]:
+        """The result's fields; `per_client_accuracy` (one float per client) only if asked."""
+        fields = asdict(self)
+        if not per_client:
+            del fields["per_client_accuracy"]
+        return fields
 
     def __str__(self) -> str:
         return (f"{100 * self.accuracy:.2f}% ± {100 * self.ci95:.2f}% (95% CI, "
@@ -104,7 +110,8 @@ def personalize(learner: Learner, params: Params, clients: Sequence[ClientData],
 def summarize(per_episode: list[torch.Tensor], per_client: list[float]) -> MetaTestResult:
     accuracy, ci95 = mean_ci95(torch.cat(per_episode))
     return MetaTestResult(accuracy, ci95, sum(len(a) for a in per_episode), len(per_client),
-                          float(np.mean(per_client)), float(np.percentile(per_client, 10)))
+                          float(np.mean(per_client)), float(np.percentile(per_client, 10)),
+                          tuple(per_client))
 
 
 def load_episodes(path: Path) -> Episodes:

@@ -2,6 +2,7 @@
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -20,6 +21,29 @@ class MetricsLogger:
     def __call__(self, round_index: int, params: Params, server_state: dict[str, Any],
                  metrics: dict[str, Any]) -> None:
         self.run.log(metrics)
+
+
+class TensorBoardLogger:
+    """Writes each round's numeric metrics as TensorBoard scalars into `directory`, dropping
+    any logged from round `start_round` on by a run that was stopped and resumed. Needs the
+    tensorboard package (`run.tensorboard` checks it is installed)."""
+
+    def __init__(self, directory: Path, start_round: int = 1) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard, optional
+
+        self.writer = SummaryWriter(str(directory), purge_step=start_round)
+
+    def __enter__(self) -> "TensorBoardLogger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.writer.close()
+
+    def __call__(self, round_index: int, params: Params, server_state: dict[str, Any],
+                 metrics: dict[str, Any]) -> None:
+        for key, value in metrics.items():
+            if key != "round" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, round_index)
 
 
 class Checkpointer:

@@ -71,12 +71,17 @@ class RunDirectory:
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(metrics) + "\n")
 
+    def metrics_lines(self) -> list[bytes]:
+        """The complete lines of `metrics.jsonl` (none if there is none): a run killed while
+        logging leaves its last line cut short, without its newline."""
+        text = self.metrics_path.read_bytes() if self.metrics_path.exists() else b""
+        return text.split(b"\n")[:-1]
+
     def trim_metrics(self, last_round: int) -> list[dict[str, Any]]:
         """Keep only the metrics of rounds 1..`last_round`, and return them: a run killed after
         its last checkpoint may have logged later rounds, the last line perhaps in part.
         UserError, with the file untouched, if those rounds are not all there."""
-        text = self.metrics_path.read_bytes() if self.metrics_path.exists() else b""
-        lines = text.split(b"\n")[:-1][:last_round]  # [:-1]: the rest of a line cut short
+        lines = self.metrics_lines()[:last_round]
         try:
             history = [json.loads(line) for line in lines]
             complete = [m["round"] for m in history] == list(range(1, last_round + 1))

@@ -168,18 +168,21 @@ class Simulation:
         if ev.personalization_episodes:
             personal_splits(self.test_clients, ev.ways, ev.shots)
 
-    def evaluate(self, params: Params, episodes: int) -> dict[str, float]:
+    def evaluate(self, params: Params, episodes: int,
+                 per_client: bool = False) -> dict[str, Any]:
         """Meta-test on held-out clients (`test_*`) and, when configured, their
-        personalization on their own support/query splits (`personal_*`)."""
+        personalization on their own support/query splits (`personal_*`); with `per_client`,
+        each client's accuracy too (`*_per_client_accuracy`)."""
         ev, learner, test = self.config.eval, self.experiment.learner, self.test_clients
         result = meta_test(learner, params, test, self.experiment.eval_sampler, episodes,
                            seeded(self.config.seed, EVAL_STREAM))
-        metrics = {f"test_{key}": value for key, value in result.as_dict().items()}
+        metrics = {f"test_{key}": value for key, value in result.as_dict(per_client).items()}
         if ev.personalization_episodes:
             result = personalize(learner, params, test, ev.ways, ev.shots,
                                  ev.personalization_episodes,
                                  seeded(self.config.seed, EVAL_STREAM, 1))
-            metrics.update({f"personal_{key}": value for key, value in result.as_dict().items()})
+            metrics.update({f"personal_{key}": value
+                            for key, value in result.as_dict(per_client).items()})
         return metrics
 
     def run(self, callbacks: list[Callback] = (), params: Params | None = None,

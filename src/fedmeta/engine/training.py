@@ -9,7 +9,7 @@ from typing import Any
 
 from fedmeta.config import Config
 from fedmeta.engine.callbacks import (Checkpointer, EarlyStopping, MetricsLogger, ProgressBar,
-                                      TimeBudget)
+                                      TensorBoardLogger, TimeBudget)
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Callback, Simulation, StopTraining
 from fedmeta.params import Params
@@ -41,20 +41,34 @@ def stopping_callbacks(config: Config, start: Start) -> list[Callback]:
     return callbacks
 
 
+def training_callbacks(config: Config, run: RunDirectory, start: Start,
+                       checkpointer: Checkpointer, progress: bool,
+                       stack: ExitStack) -> list[Callback]:
+    """The callbacks of the rounds after `start`, those to close entered into `stack`: metrics
+    log, checkpoints, TensorBoard (`run.tensorboard`), stopping (`stopping_callbacks`, which
+    raises StopTraining if the run had stopped) and the progress bar. A callback that stops the
+    run ends the round's callbacks: those after it miss the last round."""
+    callbacks: list[Callback] = [MetricsLogger(run), checkpointer]
+    if config.run.tensorboard:
+        callbacks.append(stack.enter_context(TensorBoardLogger(run.path / "tensorboard",
+                                                               start.round + 1)))
+    callbacks += stopping_callbacks(config, start)
+    if progress:
+        callbacks.append(stack.enter_context(ProgressBar(config.server.rounds, start.round + 1)))
+    return callbacks
+
+
 def train(simulation: Simulation, run: RunDirectory, start: Start,
           progress: bool) -> tuple[Params, int]:
     """The rounds after `start.round`, logged and checkpointed into `run`: the final params and
     the last round."""
     config = simulation.config
     checkpointer = Checkpointer(run, config.run.checkpoint_every, start.round)
-    try:
-        callbacks = [MetricsLogger(run), checkpointer, *stopping_callbacks(config, start)]
-    except StopTraining:  # stopped early, then killed before its summary
-        return start.params, start.round
     with ExitStack() as stack:
-        if progress:
-            callbacks.append(stack.enter_context(ProgressBar(config.server.rounds,
-                                                             start.round + 1)))
+        try:
+            callbacks = training_callbacks(config, run, start, checkpointer, progress, stack)
+        except StopTraining:  # stopped early, then killed before its summary
+            return start.params, start.round
         params = simulation.run(callbacks, start.params, start.server_state, start.round + 1)
     checkpointer.finish()
     return params, checkpointer.round
@@ -70,7 +84,8 @@ def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: boo
     params, rounds = train(simulation, run, start, progress)
     train_seconds = time.perf_counter() - begin
     result = {k.removeprefix("test_"): v
-              for k, v in simulation.evaluate(params, config.eval.final_episodes).items()}
+              for k, v in simulation.evaluate(params, config.eval.final_episodes,
+                                              per_client=True).items()}
     ev = config.eval
     summary = {
         "name": config.name, "rounds": rounds, "train_seconds": train_seconds,

@@ -201,17 +201,18 @@ class FlowerFederation(Simulation):
         info["loss"] = weighted_loss(torch.tensor([float(m["loss"]) for m in metrics]), weights)
         return apply_updates(params, rnd.deltas), server_state, info
 
-    def evaluate(self, params: Params, episodes: int) -> dict[str, float]:
+    def evaluate(self, params: Params, episodes: int,
+                 per_client: bool = False) -> dict[str, Any]:
         """Federated meta-test: every held-out node adapts to episodes of its own classes."""
         if not self.test_nodes:
             return {}
         replies = self.send(EVALUATE, self.test_nodes, self.content(params))
-        per_client = [torch.tensor(list(r.content["metrics"]["accuracies"])) for r in replies]
-        per_client = [a for a in per_client if len(a)]
-        if not per_client:
+        accuracies = [torch.tensor(list(r.content["metrics"]["accuracies"])) for r in replies]
+        accuracies = [a for a in accuracies if len(a)]
+        if not accuracies:
             return {}
-        result = summarize(per_client, [float(a.mean()) for a in per_client])
-        return {f"test_{key}": value for key, value in result.as_dict().items()}
+        result = summarize(accuracies, [float(a.mean()) for a in accuracies])
+        return {f"test_{key}": value for key, value in result.as_dict(per_client).items()}
 
 
 app = ServerApp()
