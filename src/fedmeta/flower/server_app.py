@@ -86,6 +86,9 @@ class FlowerFederation(Simulation):
         if config.attack.kind != "none" or config.faults.dropout or config.faults.deadline:
             raise UserError("attack.* and faults.* simulate malicious and unreliable clients "
                             "in `fedmeta run`; a deployment has real ones")
+        if config.aggregation.compression != "none":
+            raise UserError("aggregation.compression is simulated in `fedmeta run`; a "
+                            "deployment's clients send their updates uncompressed")
         self.train_nodes = [n["node-id"] for n in train]
         self.test_nodes = [n["node-id"] for n in test]
         public_key = next((n["ckks-public"] for n in train if "ckks-public" in n), None)
