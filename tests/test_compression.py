@@ -1,6 +1,6 @@
-"""Update compression (8-bit stochastic quantization, top-k with error feedback): unbiasedness
-and levels, exact top-k, the error-feedback telescope, residuals through a checkpoint and a
-resumed run."""
+"""Update compression (8-bit stochastic quantization, top-k with error feedback) and the bytes
+each round counts: unbiasedness and levels, exact top-k, the error-feedback telescope, residuals
+through a checkpoint and a resumed run, and hand-computed byte counts."""
 
 import pytest
 import torch
@@ -8,8 +8,10 @@ import torch
 from fedmeta.build import build_experiment
 from fedmeta.config import load_config
 from fedmeta.engine.checkpoint import restore_checkpoint, save_checkpoint
+from fedmeta.engine.communication import round_bytes
 from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
+from fedmeta.privacy.encryption import CkksKeys, ciphertext_bytes, encrypt, load_context
 from fedmeta.server import Round
 from fedmeta.server.compression import quantize, stochastic_quantization, topk, topk_error_feedback
 
@@ -144,6 +146,51 @@ def test_canaries_are_compressed_and_leave_no_residual():
     assert all(metrics["clients"] == 10 for metrics, _ in logged)
     sampled = set().union(*(sim.cohort(r).tolist() for r in (1, 2)))
     assert sorted(logged[-1][1]["0"]["0"]["clients"].tolist()) == sorted(sampled)
+
+
+def round_metrics(*overrides: str) -> list[dict]:
+    logged = []
+    simulation(*overrides).run([lambda r, params, state, metrics: logged.append(metrics)])
+    return logged
+
+
+@pytest.mark.parametrize("overrides, up", [
+    ([], 2600),  # 650 float32 values
+    (["aggregation.compression='quantize-8bit'"], 650 + 6 * 8),  # a byte each + min, step
+    # k = 48, 1, 6, 1, 8, 1 values of 4 bytes, indices of 2 bytes into the 480 weights and of
+    # 1 byte into the others
+    (["aggregation.compression='topk'", "aggregation.topk_fraction=0.1"],
+     48 * 6 + 1 * 5 + 6 * 5 + 1 * 5 + 8 * 5 + 1 * 5),
+])
+def test_each_round_counts_the_bytes_of_its_clients(overrides, up):
+    for metrics in round_metrics(*overrides):
+        assert metrics["bytes_down"] == 10 * 2600
+        assert metrics["bytes_up"] == metrics["clients"] * up
+        assert type(metrics["bytes_up"]) is type(metrics["bytes_down"]) is int
+
+
+def test_clients_that_drop_out_were_sent_the_model_and_send_nothing():
+    logged = round_metrics("faults.dropout=0.5")
+    assert any(metrics["dropped"] for metrics in logged)
+    for metrics in logged:
+        assert metrics["bytes_down"] == 10 * 2600
+        assert metrics["bytes_up"] == metrics["clients"] * 2600
+
+
+def test_secure_aggregation_counts_its_own_encoding():
+    params = simulation().experiment.learner.init_params()
+    ckks = load_config(None, SYNTHETIC + ["aggregation.secure='ckks'"])
+    # 650 values fit one ciphertext of 4,096 slots: 2 polynomials x 8,192 x 2 primes x 8 bytes
+    assert round_bytes(ckks, params, 10, 7) == {"bytes_down": 26_000, "bytes_up": 7 * 262_144}
+    secagg = load_config(None, SYNTHETIC + ["aggregation.secure='secagg+'"])
+    # the quantized weight and 650 values as int64
+    assert round_bytes(secagg, params, 10, 7) == {"bytes_down": 26_000, "bytes_up": 7 * 651 * 8}
+
+
+def test_ckks_ciphertexts_serialize_a_little_below_their_counted_size():
+    keys = CkksKeys.generate(8192, 50)
+    (serialized,) = encrypt(load_context(keys.secret), torch.randn(keys.slots) * 1e-3, keys.slots)
+    assert 0.85 * ciphertext_bytes(8192, 50) < len(serialized) <= ciphertext_bytes(8192, 50)
 
 
 def test_compression_with_secure_aggregation_is_refused():

@@ -17,6 +17,7 @@ import torch
 from fedmeta.build import Experiment, client_sample_rate
 from fedmeta.data import ClientData
 from fedmeta.engine.cohort import CohortUpdates, run_cohort
+from fedmeta.engine.communication import round_bytes
 from fedmeta.engine.sampling import poisson_cohort, uniform_cohort
 from fedmeta.engine.seeding import EVAL_STREAM, seeded
 from fedmeta.evaluation import eligible_clients, meta_test, personal_splits, personalize
@@ -89,7 +90,7 @@ class Simulation:
         """The round's cohort, less the clients that drop out or miss the deadline; their
         updates, as malicious clients send them, less any that failed or are not finite, and
         the ids of the clients that sent them (int64 [C]); and the round's metrics on who took
-        part, who was left out and why."""
+        part, who was left out and why, and the bytes sent each way (`round_bytes`)."""
         cohort = self.cohort(round_index).tolist()
         faults, attack = self.experiment.faults, self.experiment.attack
         absent = faults.absent(round_index, cohort) if faults is not None else {}
@@ -109,7 +110,8 @@ class Simulation:
         for client, reason in failed.items():
             log.warning("round %d: client %d left out: %s", round_index, client, reason)
         metrics.update({"clients": updates.num_clients, "skipped": updates.skipped,
-                        "dropped": len(absent), "failed": len(failed)})
+                        "dropped": len(absent), "failed": len(failed),
+                        **round_bytes(self.config, params, len(cohort), updates.num_clients)})
         if absent or failed:
             metrics["excluded"] = {str(c): reason for c, reason in {**absent, **failed}.items()}
         return updates, ids[finite], metrics

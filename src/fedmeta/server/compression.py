@@ -12,6 +12,9 @@ on the cohort's stacked [C, ...] tensors at once.
   by the client and added to its next update (top-k with memory: Stich, Cordonnier, Jaggi
   2018, "Sparsified SGD with Memory"; error feedback: Karimireddy, Rebjock, Stich, Jaggi 2019,
   "Error Feedback Fixes SignSGD and other Gradient Compression Schemes").
+
+`encoded_bytes` is the size of a tensor in each encoding, what `fedmeta.engine.communication`
+counts.
 """
 
 import math
@@ -102,3 +105,21 @@ def topk_error_feedback(fraction: float) -> Stage:
 
     return Stage(init, apply)
 
+
+def index_bytes(size: int) -> int:
+    """Bytes of an index into a tensor of `size` values: the narrowest unsigned integer
+    (1, 2, 4 or 8 bytes) that holds `size - 1`."""
+    return next(width for width in (1, 2, 4, 8) if size - 1 < 256 ** width)
+
+
+def encoded_bytes(compression: str, tensor: torch.Tensor, fraction: float) -> int:
+    """Bytes of one client's `tensor` as `compression` encodes it: raw values (the tensor's
+    dtype); 8-bit quantization: a byte a value plus the min and the step; top-k: k values and
+    their indices (`index_bytes`: the receiver knows the shape, so an index needs only the
+    bits of the tensor's size, 2 bytes up to 65,536 values)."""
+    size, width = tensor.numel(), tensor.element_size()
+    if compression == "quantize-8bit":
+        return size + 2 * width
+    if compression == "topk":
+        return topk_count(size, fraction) * (width + index_bytes(size))
+    return size * width
