@@ -69,3 +69,16 @@ def test_restore_rejects_a_checkpoint_the_config_does_not_build(tmp_path, params
     with pytest.raises(UserError, match="does not match its run's config") as error:
         restore_checkpoint(path, params, pipeline.init(params))
     assert message in str(error.value)
+
+
+def test_a_state_tensor_that_starts_empty_grows_along_its_first_dimension(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, PARAMS, {"rows": torch.ones(5, 3)}, 1)
+    _, state, _ = restore_checkpoint(path, PARAMS, {"rows": torch.zeros(0, 3)})
+    assert torch.equal(state["rows"], torch.ones(5, 3))
+    with pytest.raises(UserError, match=r"server/rows is float32 \[\*, 3\] there, the config "
+                                        r"builds float32 \[\*, 4\]"):
+        restore_checkpoint(path, PARAMS, {"rows": torch.zeros(0, 4)})
+    with pytest.raises(UserError, match=r"server/rows is float32 \[5, 3\] there, the config "
+                                        r"builds float32 \[2, 3\]"):
+        restore_checkpoint(path, PARAMS, {"rows": torch.zeros(2, 3)})

@@ -33,6 +33,7 @@ from fedmeta.privacy.user_level import (adaptive_clipping, adaptive_noise_split,
                                         clip_updates, gaussian_noise)
 from fedmeta.server import Round, Stage, chain, server_optimizer
 from fedmeta.server.aggregate import Summation, divide, mean, plain_sum
+from fedmeta.server.compression import stochastic_quantization, topk_error_feedback
 from fedmeta.server.robust import ROBUST_RULES, norm_bounding
 
 LEARNERS: dict[str, type[Learner]] = {
@@ -71,11 +72,11 @@ def client_sample_rate(config: Config, num_clients: int) -> float:
 
 @dataclass(frozen=True)
 class Pipeline:
-    """The server pipeline in three parts: per-client stages (clipping), the aggregator, and
-    the stages on the aggregate (noise, the server optimizer). `init`/`apply` run all three,
-    as a simulation does; a deployment with secure aggregation runs `client` on each client,
-    sums securely and runs `server` on the mean. `denominator`: the mean's fixed denominator
-    (DP-FedAvg's expected cohort), or None for the sample-weighted mean."""
+    """The server pipeline in three parts: per-client stages (compression, clipping), the
+    aggregator, and the stages on the aggregate (noise, the server optimizer). `init`/`apply`
+    run all three, as a simulation does; a deployment with secure aggregation runs `client`
+    on each client, sums securely and runs `server` on the mean. `denominator`: the mean's
+    fixed denominator (DP-FedAvg's expected cohort), or None for the sample-weighted mean."""
 
     client: Stage
     aggregate: Stage
@@ -113,12 +114,23 @@ def build_summation(config: Config) -> Summation:
     return plain_sum
 
 
+def build_compression(config: Config) -> list[Stage]:
+    """The configured update compression, as stages (none without)."""
+    agg = config.aggregation
+    if agg.compression == "quantize-8bit":
+        return [stochastic_quantization(config.seed)]
+    if agg.compression == "topk":
+        return [topk_error_feedback(agg.topk_fraction)]
+    return []
+
+
 def build_client_stage(config: Config, expected: float) -> Stage:
-    """What runs on each client's update before aggregation: norm bounding against
-    malicious updates, then user-level DP's clipping (to a fixed or an adaptive norm;
-    `expected`: the expected cohort size)."""
+    """What runs on each client's update before aggregation: compression (what the client
+    sends), then, on what the server decodes, norm bounding against malicious updates and
+    user-level DP's clipping (to a fixed or an adaptive norm; `expected`: the expected cohort
+    size), so the bound and DP's sensitivity hold for what is aggregated."""
     privacy, bound = config.privacy, config.aggregation.norm_bound
-    stages = [norm_bounding(bound)] if bound else []
+    stages = build_compression(config) + ([norm_bounding(bound)] if bound else [])
     if privacy.adaptive_clipping:
         stages.append(adaptive_clipping(privacy.clip_norm, privacy.clip_quantile,
                                         privacy.clip_learning_rate, count_noise(config, expected),

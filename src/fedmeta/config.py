@@ -142,6 +142,10 @@ class AggregationConfig(Section):
     rule: Literal["mean", "median", "trimmed-mean", "krum", "multi-krum"] = "mean"
     byzantine_fraction: float = Field(0.2, ge=0, lt=0.5)  # trimmed per side; Krum's f / cohort
     norm_bound: float | None = Field(None, gt=0)  # clip each client's update to this L2 norm
+    # what a client sends (server/compression.py): its update as it is, stochastically
+    # quantized to 8 bits a value, or its top-k values with error feedback
+    compression: Literal["none", "quantize-8bit", "topk"] = "none"
+    topk_fraction: float = Field(0.01, gt=0, le=1)  # of each tensor's values, for "topk"
 
 
 class AttackConfig(Section):
@@ -228,6 +232,10 @@ class Config(Section):
         if secure != "none" and privacy.canaries:
             raise ValueError(f"aggregation.secure = {secure!r}: the canary audit needs the "
                              "plain aggregate path (privacy.canaries = 0)")
+        compression = self.aggregation.compression
+        if compression != "none" and secure != "none":
+            raise ValueError(f"aggregation.secure = {secure!r} encodes the updates its own way; "
+                             f"aggregation.compression = {compression!r} is for plain updates")
         rule = self.aggregation.rule
         if rule != "mean" and secure != "none":
             raise ValueError(f"aggregation.rule = {rule!r} needs each client's update, which "

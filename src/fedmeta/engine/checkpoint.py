@@ -74,22 +74,29 @@ def restore_checkpoint(path: Path, params: Params,
     """(params, server state, round) from the checkpoint at `path`, in the structure of
     `params` and `server_state` (a new run's: flattening drops the empty state of a stateless
     stage, so the checkpoint alone cannot rebuild it). UserError if the checkpoint's tensors
-    differ from theirs in names, shapes or dtypes (a config edited since it was written)."""
+    differ from theirs in names, shapes or dtypes (a config edited since it was written); a
+    state tensor that starts empty along its first dimension grows as the run goes (rows per
+    client, as error feedback's residuals), so only its other dimensions must agree."""
     tensors, round_index = read_checkpoint(path)
-    like = {"params": params, "server": server_state}
-    expected = {name: describe(value) for name, value in flatten(like).items()}
-    found = {name: describe(value) for name, value in tensors.items()}
+    like = flatten({"params": params, "server": server_state})
+    grows = {name for name, value in like.items() if value.dim() and not len(value)}
+    expected = {name: describe(value, name in grows) for name, value in like.items()}
+    found = {name: describe(value, name in grows) for name, value in tensors.items()}
     for name in sorted(expected.keys() | found.keys()):
         if expected.get(name) != found.get(name):
             raise UserError(f"checkpoint {path} does not match its run's config: {name} is "
                             f"{found.get(name, 'missing')} there, the config builds "
                             f"{expected.get(name, 'no such tensor')}")
-    tree = fill(like, tensors)
+    tree = fill({"params": params, "server": server_state}, tensors)
     return tree["params"], tree["server"], round_index
 
 
-def describe(tensor: torch.Tensor) -> str:
-    return f"{str(tensor.dtype).removeprefix('torch.')} {list(tensor.shape)}"
+def describe(tensor: torch.Tensor, grows: bool = False) -> str:
+    """dtype and shape; a first dimension that `grows` as *."""
+    shape = [str(n) for n in tensor.shape]
+    if grows and shape:
+        shape[0] = "*"
+    return f"{str(tensor.dtype).removeprefix('torch.')} [{', '.join(shape)}]"
 
 
 def fill(tree: dict[str, Any], flat: dict[str, torch.Tensor], prefix: str = "") -> dict[str, Any]:

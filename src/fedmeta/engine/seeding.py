@@ -19,3 +19,4 @@ CLIP_STREAM = 2**31 - 4  # DP noise on adaptive clipping's count
 SECAGG_STREAM = 2**31 - 5  # stochastic rounding of secure aggregation's fixed point
 ATTACK_STREAM = 2**31 - 6  # which clients are malicious, and their noise
 FAULT_STREAM = 2**31 - 7  # dropouts and round times of simulated unreliable clients
+QUANTIZE_STREAM = 2**31 - 8  # stochastic rounding of compressed client updates

@@ -17,6 +17,7 @@ import torch
 from fedmeta.build import Experiment, client_sample_rate
 from fedmeta.data import ClientData, NotEnoughData
 from fedmeta.engine.cohort import CohortUpdates, run_cohort
+from fedmeta.engine.communication import round_bytes
 from fedmeta.engine.sampling import poisson_cohort, uniform_cohort
 from fedmeta.engine.seeding import EVAL_STREAM, seeded
 from fedmeta.errors import UserError
@@ -67,17 +68,15 @@ class Simulation:
         The round goes on with the clients that report a finite update; with fewer than
         `server.min_clients` (and no DP noise to release) the model stays as it was."""
         start = time.perf_counter()
-        updates, metrics = self.reports(round_index, params)
-        deltas, weights = updates.deltas, updates.weights
+        updates, clients, metrics = self.reports(round_index, params)
+        rnd = Round(updates.deltas, updates.weights, clients=clients)
         if self.experiment.audit is not None:
-            deltas, weights, metrics["canaries"] = self.with_canaries(round_index, deltas,
-                                                                      weights)
+            rnd, metrics["canaries"] = self.with_canaries(round_index, rnd)
         # With DP noise a round is released even if no sampled client could train: whether
         # it runs must not depend on the clients' data.
         needed = self.config.server.min_clients
         if updates.num_clients >= needed or self.experiment.privacy is not None:
-            rnd, server_state = self.experiment.pipeline.apply(Round(deltas, weights),
-                                                               server_state)
+            rnd, server_state = self.experiment.pipeline.apply(rnd, server_state)
             params = apply_updates(params, rnd.deltas)
         else:
             metrics["aborted"] = (f"{updates.num_clients} clients reported, fewer than "
@@ -87,10 +86,12 @@ class Simulation:
         metrics["seconds"] = time.perf_counter() - start
         return params, server_state, metrics
 
-    def reports(self, round_index: int, params: Params) -> tuple[CohortUpdates, dict[str, Any]]:
+    def reports(self, round_index: int,
+                params: Params) -> tuple[CohortUpdates, torch.Tensor, dict[str, Any]]:
         """The round's cohort, less the clients that drop out or miss the deadline; their
-        updates, as malicious clients send them, less any that failed or are not finite; and
-        the round's metrics on who took part and who was left out, and why."""
+        updates, as malicious clients send them, less any that failed or are not finite, and
+        the ids of the clients that sent them (int64 [C]); and the round's metrics on who took
+        part, who was left out and why, and the bytes sent each way (`round_bytes`)."""
         cohort = self.cohort(round_index).tolist()
         faults, attack = self.experiment.faults, self.experiment.attack
         absent = faults.absent(round_index, cohort) if faults is not None else {}
@@ -110,10 +111,11 @@ class Simulation:
         for client, reason in failed.items():
             log.warning("round %d: client %d left out: %s", round_index, client, reason)
         metrics.update({"clients": updates.num_clients, "skipped": updates.skipped,
-                        "dropped": len(absent), "failed": len(failed)})
+                        "dropped": len(absent), "failed": len(failed),
+                        **round_bytes(self.config, params, len(cohort), updates.num_clients)})
         if absent or failed:
             metrics["excluded"] = {str(c): reason for c, reason in {**absent, **failed}.items()}
-        return updates, metrics
+        return updates, ids[finite], metrics
 
     def client_updates(self, round_index: int, params: Params,
                        cohort: list[int]) -> CohortUpdates:
@@ -131,17 +133,20 @@ class Simulation:
                           [seeded(self.config.seed, round_index, c) for c in cohort],
                           run.execution, run.chunk_size)
 
-    def with_canaries(self, round_index: int, deltas: Params,
-                      weights: torch.Tensor) -> tuple[Params, torch.Tensor, int]:
+    def with_canaries(self, round_index: int, rnd: Round) -> tuple[Round, int]:
         """The round's updates with those of the audit's canaries sampled this round, each
-        weighted as the round's average client (or 1)."""
+        weighted as the round's average client (or 1), with ids -1, -2, ... that no client
+        has; and how many joined."""
         canaries = self.experiment.audit.round_updates(round_index)
         if canaries is None:
-            return deltas, weights, 0
+            return rnd, 0
         count = len(next(iter(canaries.values())))
+        deltas, weights = rnd.deltas, rnd.weights
         weight = weights.mean() if len(weights) else torch.tensor(1.0)
-        return ({k: torch.cat([deltas[k], canaries[k].to(deltas[k].dtype)]) for k in deltas},
-                torch.cat([weights, weight.expand(count)]), count)
+        return replace(rnd, deltas={k: torch.cat([deltas[k], canaries[k].to(deltas[k].dtype)])
+                                    for k in deltas},
+                       weights=torch.cat([weights, weight.expand(count)]),
+                       clients=torch.cat([rnd.clients, -torch.arange(1, count + 1)])), count
 
     @cached_property
     def test_clients(self) -> list[ClientData]:

@@ -27,6 +27,7 @@ from fedmeta.build import build_experiment
 from fedmeta.config import Config
 from fedmeta.data import ClientData, FederatedDataset
 from fedmeta.engine.cohort import CohortUpdates, concatenated
+from fedmeta.engine.communication import round_bytes
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation, weighted_loss
 from fedmeta.engine.training import train_and_summarize
@@ -86,6 +87,9 @@ class FlowerFederation(Simulation):
         if config.attack.kind != "none" or config.faults.dropout or config.faults.deadline:
             raise UserError("attack.* and faults.* simulate malicious and unreliable clients "
                             "in `fedmeta run`; a deployment has real ones")
+        if config.aggregation.compression != "none":
+            raise UserError("aggregation.compression is simulated in `fedmeta run`; a "
+                            "deployment's clients send their updates uncompressed")
         self.train_nodes = [n["node-id"] for n in train]
         self.test_nodes = [n["node-id"] for n in test]
         public_key = next((n["ckks-public"] for n in train if "ckks-public" in n), None)
@@ -192,8 +196,9 @@ class FlowerFederation(Simulation):
         """The server pipeline after the aggregator, on a securely computed sum of the
         clients' contributions (`total`, None if no client took part) and their metrics."""
         weights = torch.tensor([float(m["weight"]) for m in metrics])
-        info: dict[str, Any] = {"round": round_index, "clients": len(metrics),
-                                "skipped": skipped}
+        sent = len(metrics) + skipped
+        info: dict[str, Any] = {"round": round_index, "clients": len(metrics), "skipped": skipped,
+                                **round_bytes(self.config, params, sent, len(metrics))}
         if total is None:
             return params, server_state, info
         rnd, server_state = self.experiment.pipeline.apply_to_sum(

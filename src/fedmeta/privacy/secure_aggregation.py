@@ -17,6 +17,10 @@ from fedmeta.server.aggregate import Summation
 from fedmeta.engine.seeding import SECAGG_STREAM, seeded
 from fedmeta.params import Params, flatten_rows, unflatten
 
+# Flower's `secaggplus_mod` sends the masked vector (the quantized weight, then every value)
+# as int64 arrays: 8 bytes an element, where log2(modulus_range) bits would do.
+SECAGG_ELEMENT_BYTES = 8
+
 
 def secagg_sum(clipping_range: float, quantization_range: int, modulus_range: int,
                max_weight: float, seed: int) -> Summation:

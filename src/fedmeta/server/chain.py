@@ -16,13 +16,16 @@ from fedmeta.params import Params
 
 @dataclass(frozen=True)
 class Round:
-    """The clients' deltas [C, ...] (one delta once `aggregated`), their weights, and the L2
-    norm they were clipped to, if a clipping stage ran (the sensitivity noise is scaled to)."""
+    """The clients' deltas [C, ...] (one delta once `aggregated`), their weights, the L2
+    norm they were clipped to, if a clipping stage ran (the sensitivity noise is scaled to),
+    and the clients' ids (int64 [C], negative for the audit's canaries), for stages that keep
+    per-client state; None where the round does not know them."""
 
     deltas: Params
     weights: torch.Tensor
     aggregated: bool = False
     clip_norm: float | None = None
+    clients: torch.Tensor | None = None
 
     def with_deltas(self, deltas: Params, aggregated: bool | None = None) -> "Round":
         return replace(self, deltas=deltas,
