@@ -35,10 +35,14 @@ def finished(tmp_path_factory) -> Path:
     return out
 
 
+UNCOUNTED = {"bytes_down": None, "bytes_up": None}
+
+
 def copy_run(run: Path, to: Path, *, name: str | None = None, summary: bool = True,
              **per_round) -> Path:
     """A copy of `run` under `to`, with another config name, without its summary (in progress)
-    or with `per_round` added to every round's metrics."""
+    or with `per_round` set in every round's metrics (None: removed, as in a run of a version
+    that did not record it)."""
     shutil.copytree(run, to)
     if name is not None:
         config = to / "config.toml"
@@ -47,7 +51,7 @@ def copy_run(run: Path, to: Path, *, name: str | None = None, summary: bool = Tr
     if not summary:
         (to / "summary.json").unlink()
     if per_round:
-        rows = [json.loads(line) | per_round
+        rows = [{k: v for k, v in (json.loads(line) | per_round).items() if v is not None}
                 for line in (to / "metrics.jsonl").read_text().splitlines()]
         (to / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return to
@@ -80,11 +84,13 @@ def test_runs_are_labelled_by_name_and_by_directory_where_names_repeat(finished,
 def test_several_runs_in_one_figure_per_plot(finished, tmp_path):
     """A finished run, one counting bytes and one in progress: every plot is a PNG, the page
     embeds them all and notes which runs a plot lacks, and no run file changes."""
+    uncounted = copy_run(finished, tmp_path / "uncounted", **UNCOUNTED)
     counted = copy_run(finished, tmp_path / "counted", name="counted", bytes_down=3000,
                        bytes_up=1000)
-    running = copy_run(finished, tmp_path / "running", name="running", summary=False)
-    before = {run: files(run) for run in (finished, counted, running)}
-    page = write_report([finished, counted, running], tmp_path / "report")
+    running = copy_run(finished, tmp_path / "running", name="running", summary=False,
+                       **UNCOUNTED)
+    before = {run: files(run) for run in (uncounted, counted, running)}
+    page = write_report([uncounted, counted, running], tmp_path / "report")
     assert page == tmp_path / "report" / "index.html"
     assert {p.name for p in page.parent.iterdir()} == PNGS | {"index.html"}
     for png in PNGS:
@@ -96,11 +102,12 @@ def test_several_runs_in_one_figure_per_plot(finished, tmp_path):
     assert "Without demo, running: metrics.jsonl does not count the bytes" in html
     assert "Without running: no per-client accuracies in summary.json" in html
     assert "in progress" in html and "finished" in html
-    assert {run: files(run) for run in (finished, counted, running)} == before
+    assert {run: files(run) for run in (uncounted, counted, running)} == before
 
 
 def test_a_plot_no_run_has_data_for_is_a_note(finished, tmp_path):
-    page = write_report([finished], tmp_path / "report")
+    page = write_report([copy_run(finished, tmp_path / "uncounted", **UNCOUNTED)],
+                        tmp_path / "report")
     assert not (tmp_path / "report" / "accuracy_vs_bytes.png").exists()
     assert ("Meta-test accuracy by bytes communicated: not drawn, no run has the data: "
             "metrics.jsonl does not count the bytes") in page.read_text()
