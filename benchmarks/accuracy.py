@@ -11,11 +11,8 @@ numbers. Hyperparameters are the MAML paper's where they apply, untuned.
 """
 
 import argparse
-import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 
 import torch
 
@@ -23,6 +20,7 @@ from fedmeta.build import build_experiment
 from fedmeta.config import load_config
 from fedmeta.engine.callbacks import TimeBudget
 from fedmeta.engine.simulation import Simulation
+from parallel import run_jobs  # beside this script
 
 OMNIGLOT = ["data.dataset='omniglot'", "data.rotations=true"]  # rotations as new classes, as published
 SETTINGS = {
@@ -112,15 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     jobs = [(a, s, args.data, args.budget, args.episodes, args.threads)
             for s in args.settings for a in args.algorithms]
-    results = []
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        for future in as_completed([pool.submit(run_one, job) for job in jobs]):
-            result = future.result()
-            results.append(result)
-            print(json.dumps(result), flush=True)
-            if args.out:
-                with open(args.out, "a") as handle:
-                    handle.write(json.dumps(result) + "\n")
+    results = run_jobs(run_one, jobs, args.jobs, args.out)
     print(f"\nbudget {args.budget:.0f} s of training per run on {args.threads} threads; "
           f"{args.episodes} meta-test episodes; accuracy % ± 95% CI (rounds trained)\n")
     print(table(results))

@@ -14,8 +14,6 @@ appends a JSON line to `--out`; `--table` prints the markdown table of a results
 import argparse
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ import torch
 from fedmeta.build import build_experiment
 from fedmeta.config import load_config
 from fedmeta.engine.simulation import Simulation
+from parallel import run_jobs  # beside this script
 from robustness import AGGREGATORS, COMMON  # the workload, from the script beside this one
 
 COMPRESSIONS = {
@@ -85,13 +84,7 @@ def main() -> None:
         parser.error("--data and --out are needed to run")
     jobs = [(compression, seed, args.data, args.rounds, args.episodes)
             for seed in args.seeds for compression in args.compressions]
-    rows = []
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        for future in as_completed([pool.submit(run_one, job) for job in jobs]):
-            rows.append(future.result())
-            print(json.dumps(rows[-1]), flush=True)
-            with args.out.open("a") as out:
-                out.write(json.dumps(rows[-1]) + "\n")
+    rows = run_jobs(run_one, jobs, args.jobs, args.out)
     print(table(rows))
 
 

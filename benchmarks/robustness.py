@@ -14,8 +14,6 @@ appends a JSON line to `--out`; `--table` prints the markdown table of a results
 import argparse
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ import torch
 from fedmeta.build import build_experiment
 from fedmeta.config import load_config
 from fedmeta.engine.simulation import Simulation
+from parallel import run_jobs  # beside this script
 
 COMMON = ["data.dataset='omniglot'", "data.partition='random'", "data.num_clients=300",
           "data.rotations=true", "model.hidden=16", "task.ways=5", "task.shots=1",
@@ -91,13 +90,7 @@ def main() -> None:
             for attack in args.attacks
             for fraction in ([0.0] if attack == "none" else args.fractions)
             for aggregator in args.aggregators]
-    rows = []
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        for future in as_completed([pool.submit(run_one, job) for job in jobs]):
-            rows.append(future.result())
-            print(json.dumps(rows[-1]), flush=True)
-            with args.out.open("a") as out:
-                out.write(json.dumps(rows[-1]) + "\n")
+    rows = run_jobs(run_one, jobs, args.jobs, args.out)
     print(table(rows))
 
 

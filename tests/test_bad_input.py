@@ -650,12 +650,7 @@ def client_values(draw, arrays) -> dict[str, np.ndarray]:
 @given(data=corrupt_files(CLIENT, {"x": ("u1", "f4"), "y": "iu", "client_id": "iu",
                                    "query_mask": "b"}, client_values, optional=["query_mask"]))
 def test_a_corrupt_client_file(space, data):
-    path = fresh(space)
-    path.write_bytes(data)
-    with pytest.raises(UserError) as error:
-        load_client(path)
-    assert str(path) in str(error.value) and "\n" not in str(error.value)
-    assert not Evil.marker.exists()
+    assert_loader_refuses(space, data, load_client)
 
 
 EPISODES = {"support_x": np.random.default_rng(3).integers(0, 256, (2, 4, 28, 28), np.uint8),
@@ -687,10 +682,16 @@ def episode_values(draw, arrays) -> dict[str, np.ndarray]:
                                      "query_x": ("u1", "f2", "f4", "f8"), "query_y": "iu"},
                           episode_values))
 def test_a_corrupt_episodes_file(space, data):
+    assert_loader_refuses(space, data, load_episodes)
+
+
+def assert_loader_refuses(space: Path, data: bytes, load) -> None:
+    """`load` of `data` as a file raises a one-line UserError naming the file, unpickling
+    nothing."""
     path = fresh(space)
     path.write_bytes(data)
     with pytest.raises(UserError) as error:
-        load_episodes(path)
+        load(path)
     assert str(path) in str(error.value) and "\n" not in str(error.value)
     assert not Evil.marker.exists()
 

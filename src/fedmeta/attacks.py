@@ -87,15 +87,16 @@ class Attack:
     def corrupt(self, deltas: Params, malicious: torch.Tensor, round_index: int) -> Params:
         """The updates sent: rows where `malicious` (bool [C]) is set replaced as the attack
         does; the Gaussian attack's noise drawn from (seed, round)."""
-        if not malicious.any() or self.kind == "label-flip":
+        rows = torch.nonzero(malicious).flatten()
+        if not len(rows) or self.kind == "label-flip":
             return deltas
         generator = seeded(self.seed, ATTACK_STREAM, round_index)
         corrupted = {}
         for k, v in deltas.items():
-            mask = malicious.view(-1, *[1] * (v.dim() - 1))
             if self.kind == "gaussian":
-                bad = self.noise_std * torch.randn(v.shape, generator=generator, dtype=v.dtype)
+                sent = self.noise_std * torch.randn((len(rows), *v.shape[1:]),
+                                                    generator=generator, dtype=v.dtype)
             else:
-                bad = v * (-self.boost if self.kind == "sign-flip" else self.boost)
-            corrupted[k] = torch.where(mask, bad, v)
+                sent = v[rows] * (-self.boost if self.kind == "sign-flip" else self.boost)
+            corrupted[k] = v.index_copy(0, rows, sent)
         return corrupted

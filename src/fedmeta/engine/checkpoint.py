@@ -62,8 +62,8 @@ def load_checkpoint(path: Path) -> tuple[Params, dict[str, Any], int]:
     tensors, round_index = read_checkpoint(path)
     try:
         tree = unflatten(tensors)
-    except (AttributeError, TypeError):  # a name that is both a tensor and a group
-        raise UserError(f"cannot read checkpoint {path}: tensor names clash") from None
+    except ValueError as error:  # a name that is both a tensor and a group
+        raise UserError(f"cannot read checkpoint {path}: {error}") from None
     if not isinstance(tree.get("params"), dict):
         raise UserError(f"cannot read checkpoint {path}: no params/ tensors")
     return tree["params"], tree.get("server", {}), round_index

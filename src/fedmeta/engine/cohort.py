@@ -179,9 +179,8 @@ def run_cohort(learner: Learner | Sequence[Learner], params: Params,
     for every client, or one per client (copies sharing one model, e.g. a malicious client's
     poisoned one). A client whose round raises is left out and its error recorded."""
     learners = [learner] * len(clients) if isinstance(learner, Learner) else list(learner)
-    if execution == "auto":
-        execution = choose_execution(learners[0].model, next(iter(params.values())).device) \
-            if learners else "loop"
+    if execution == "auto" and learners:
+        execution = choose_execution(learners[0].model, next(iter(params.values())).device)
     prepared, skipped, failures = prepare(learners, clients, generators)
     if execution == "loop":
         chunks = run_loop(params, prepared, failures)

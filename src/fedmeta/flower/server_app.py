@@ -6,8 +6,9 @@ role), orders the training nodes by client id and samples cohorts among them exa
 simulation samples clients, so a deployment over the clients' files reproduces a simulation
 of them. Each round it sends the global params to the cohort and waits `flower.round_timeout`
 seconds: clients that fail or do not answer in time are left out and logged, and the round
-goes on if at least `server.min_clients` replied (else the model stays as it was). Held-out nodes (`held-out = true`) only
-evaluate: they adapt to episodes of their own classes and score them.
+goes on if at least `server.min_clients` replied (else the model stays as it was). Held-out
+nodes (`held-out = true`) only evaluate: they adapt to episodes of their own classes and score
+them.
 
 With `aggregation.secure = "ckks"` the clients send their weighted updates encrypted, the
 server adds the ciphertexts with the public context the clients described, and a key holder

@@ -79,8 +79,6 @@ def krum(fraction: float, multi: bool = False) -> Stage:
     def select(rnd: Round) -> Round:
         count = len(rnd.weights)
         byzantine = math.floor(fraction * count)
-        if count == 1:
-            return _aggregated(rnd, {k: v[0] for k, v in rnd.deltas.items()})
         scores = krum_scores(flatten_rows(rnd.deltas), byzantine)
         chosen = scores.argsort()[:count - byzantine if multi else 1]
         return _aggregated(rnd, {k: v[chosen].mean(0) for k, v in rnd.deltas.items()})
