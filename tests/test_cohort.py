@@ -22,7 +22,8 @@ def learner_of(algorithm: str, model_name: str = "conv4", optimizer=sgd(0.05)):
     model = build_model(model_name, shape, heads[cls.head], hidden=4)
     defaults = LearnerConfig(inner_lr=0.1, batch_size=40)
     return cls(model, EpisodeSampler(WAYS, 1, 2), optimizer, local_steps=2, tasks_per_step=2,
-               **{key: getattr(defaults, key) for key in cls.hyperparameters})
+               **{key: getattr(defaults, key) for key in cls.hyperparameters},
+               **({"num_clients": 3} if algorithm == "pfedhn" else {}))
 
 
 def cohort(sizes=(48, 30, 36)) -> list[ClientData]:
@@ -39,15 +40,17 @@ def generators(n: int) -> list[torch.Generator]:
 @pytest.mark.parametrize("algorithm", sorted(LEARNERS))
 def test_vmap_matches_the_per_client_loop(algorithm, model_name):
     learner = learner_of(algorithm, model_name)
-    params, clients = learner.init_params(), cohort()
-    loop = run_cohort(learner, params, clients, generators(3), "loop")
-    vmapped = run_cohort(learner, params, clients, generators(3), "vmap", chunk_size=2)
+    clients = cohort()
+    sent = learner.client_params(learner.init_params(), torch.arange(3))  # pfedhn's differ
+    loop = run_cohort(learner, sent, clients, generators(3), "loop", per_client=True)
+    vmapped = run_cohort(learner, sent, clients, generators(3), "vmap", chunk_size=2,
+                         per_client=True)
     assert loop.num_clients == vmapped.num_clients == 3
-    for key in params:
+    for key in sent:
         torch.testing.assert_close(vmapped.deltas[key], loop.deltas[key], atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(vmapped.losses, loop.losses, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(vmapped.weights, loop.weights)
-    assert loop.deltas[next(iter(params))].abs().sum() > 0
+    assert loop.deltas[next(iter(sent))].abs().sum() > 0
 
 
 def test_vmap_steps_adam_per_client_like_the_loop():

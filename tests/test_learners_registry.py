@@ -1,5 +1,5 @@
-"""Every registered algorithm runs a client round and meta-test on a tiny Omniglot-like client;
-build picks the head each learner declares."""
+"""Every registered algorithm runs a client round (on the params the server sends a client) and
+meta-test on a tiny Omniglot-like client; build picks the head each learner declares."""
 
 import math
 from types import SimpleNamespace
@@ -33,15 +33,17 @@ def test_every_algorithm_runs_a_round_and_a_meta_test(algorithm):
     model = build_model("conv4", (1, 16, 16), heads[cls.head], hidden=4)
     defaults = LearnerConfig(finetune_steps=3)
     learner = cls(model, EpisodeSampler(WAYS, 1, 2), adam(1e-3), local_steps=2,
-                  **{key: getattr(defaults, key) for key in cls.hyperparameters})
-    params, client = learner.init_params(), omniglot_like_client()
+                  **{key: getattr(defaults, key) for key in cls.hyperparameters},
+                  **({"num_clients": 3} if algorithm == "pfedhn" else {}))
+    server, client = learner.init_params(), omniglot_like_client()
+    params = {k: v[0] for k, v in learner.client_params(server, torch.tensor([1])).items()}
     update = learner.client_update(params, client, torch.Generator().manual_seed(1))
     assert set(update.delta) == set(params)
     assert all(torch.isfinite(d).all() for d in update.delta.values())
     assert any(d.abs().sum() > 0 for d in update.delta.values())
     assert math.isfinite(update.loss) and update.weight == len(client)
     episodes = EpisodeSampler(WAYS, 1, 2).sample(client, 2, torch.Generator().manual_seed(2))
-    accuracy = learner.accuracy(params, episodes)
+    accuracy = learner.accuracy(server, episodes)
     assert accuracy.shape == (2,) and ((0 <= accuracy) & (accuracy <= 1)).all()
 
 

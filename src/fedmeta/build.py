@@ -17,6 +17,7 @@ from fedmeta.learners.anil import ANIL
 from fedmeta.learners.base import Learner
 from fedmeta.learners.fedavg import FedAvg, FedAvgFT
 from fedmeta.learners.fomaml import FOMAML
+from fedmeta.learners.hypernet import PFedHN
 from fedmeta.learners.maml import MAML
 from fedmeta.learners.metasgd import MetaSGD
 from fedmeta.learners.perfedavg import PerFedAvg, PerFedAvgHF
@@ -39,7 +40,7 @@ from fedmeta.server.robust import ROBUST_RULES, norm_bounding
 LEARNERS: dict[str, type[Learner]] = {
     "protonet": ProtoNet, "maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "anil": ANIL,
     "reptile": Reptile, "perfedavg-fo": PerFedAvg, "perfedavg-hf": PerFedAvgHF,
-    "fedavg": FedAvg, "fedavg-ft": FedAvgFT,
+    "fedavg": FedAvg, "fedavg-ft": FedAvgFT, "pfedhn": PFedHN,
 }
 SYNTHETIC_TEST_CLIENTS = 100
 
@@ -216,9 +217,11 @@ def sample_privacy(config: Config) -> dict[str, float]:
             "sample_noise_multiplier": privacy.sample_noise_multiplier}
 
 
-def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int) -> Learner:
+def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int,
+                  num_clients: int = 1) -> Learner:
     """The configured learner for inputs of `input_shape` and data of `num_classes` global
-    classes, its model initialized from `config.seed`."""
+    classes and `num_clients` training clients (pfedhn's embeddings), its model initialized
+    from `config.seed`."""
     torch.manual_seed(config.seed)
     task, learner_config = config.task, config.learner
     cls = LEARNERS[learner_config.algorithm]
@@ -229,14 +232,14 @@ def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int
         OPTIMIZERS[learner_config.optimizer](learner_config.lr),
         local_steps=learner_config.local_steps, tasks_per_step=learner_config.tasks_per_step,
         **{key: getattr(learner_config, key) for key in cls.hyperparameters},
-        **sample_privacy(config))
+        **sample_privacy(config), **({"num_clients": num_clients} if cls is PFedHN else {}))
 
 
 def build_experiment(config: Config, datasets: tuple[FederatedDataset, FederatedDataset]
                      | None = None) -> Experiment:
     """The experiment of `config`, on `datasets` (train, test) if given, else the config's."""
     train, test = datasets or build_datasets(config)
-    learner = build_learner(config, train.input_shape, train.num_classes)
+    learner = build_learner(config, train.input_shape, train.num_classes, train.num_clients)
     ev = config.eval
     privacy, audit = config.privacy, None
     if privacy.canaries:

@@ -51,7 +51,8 @@ class ModelConfig(Section):
 
 class LearnerConfig(Section):
     algorithm: Literal["protonet", "maml", "fomaml", "metasgd", "anil", "reptile",
-                       "perfedavg-fo", "perfedavg-hf", "fedavg", "fedavg-ft"] = "protonet"
+                       "perfedavg-fo", "perfedavg-hf", "fedavg", "fedavg-ft",
+                       "pfedhn"] = "protonet"
     local_steps: int = Field(1, ge=1, le=1000)
     tasks_per_step: int = Field(1, ge=1, le=1000)
     optimizer: Literal["sgd", "adam"] = "adam"  # local (outer) optimizer; unused by reptile
@@ -66,6 +67,12 @@ class LearnerConfig(Section):
     # fedavg-ft meta-test: SGD steps on the support set
     finetune_steps: int = Field(50, ge=1, le=10**5)
     finetune_lr: float = Field(0.01, gt=0)
+    # pfedhn: the clients' embeddings, the hypernetwork's hidden units, and a new client's
+    # SGD steps (0: the training clients' mean embedding) and rate on its embedding
+    embedding_dim: int = Field(32, ge=1, le=4096)
+    hypernet_hidden: int = Field(100, ge=1, le=4096)
+    embedding_steps: int = Field(10, ge=0, le=10**4)
+    embedding_lr: float = Field(0.1, gt=0)
 
 
 class ServerConfig(Section):
@@ -243,6 +250,11 @@ class Config(Section):
         if rule != "mean" and privacy.noise_multiplier:
             raise ValueError(f"user-level DP noise is calibrated to the mean; aggregation.rule "
                              f"= {rule!r} has another sensitivity")
+        if self.learner.algorithm == "pfedhn" and (rule != "mean" or secure != "none"
+                                                   or compression != "none"):
+            raise ValueError("pfedhn turns each client's update into its own update of the "
+                             "hypernetwork on the server: it needs aggregation.rule = 'mean', "
+                             "secure = 'none' and compression = 'none'")
         if (self.attack.kind == "none") != (self.attack.fraction == 0):
             raise ValueError("attack.kind and attack.fraction go together: a kind other than "
                              "'none' with a fraction above 0")

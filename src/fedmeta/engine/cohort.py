@@ -111,13 +111,15 @@ def prepare(learners: Sequence[Learner], clients: Sequence[ClientData],
     return prepared, skipped, failures
 
 
-def run_loop(params: Params, prepared: Sequence[Prepared],
+def run_loop(sent: Params, prepared: Sequence[Prepared],
              failures: dict[int, str]) -> list[CohortUpdates]:
-    """One client's local round after another, each failure recorded in `failures`."""
+    """One client's local round after another, from its row of `sent` (stacked [cohort, ...]),
+    each failure recorded in `failures`."""
     updates, positions = [], []
     for client in prepared:
         try:
-            updates.append(client.learner.train_local(params, client.batches, client.weight))
+            start = {k: v[client.position] for k, v in sent.items()}
+            updates.append(client.learner.train_local(start, client.batches, client.weight))
             positions.append(client.position)
         except Exception as error:  # a broken client must not end the round
             failures[client.position] = failure(error)
@@ -128,7 +130,7 @@ def run_loop(params: Params, prepared: Sequence[Prepared],
                           torch.tensor([u.loss for u in updates]), 0, positions)]
 
 
-def run_vmap(params: Params, prepared: Sequence[Prepared], chunk_size: int,
+def run_vmap(sent: Params, prepared: Sequence[Prepared], chunk_size: int,
              failures: dict[int, str]) -> list[CohortUpdates]:
     """Chunks of up to `chunk_size` clients, each chunk's local steps vmapped over its clients;
     the local optimizer, elementwise, steps all of them at once on the stacked tensors. A
@@ -137,36 +139,37 @@ def run_vmap(params: Params, prepared: Sequence[Prepared], chunk_size: int,
     for start in range(0, len(prepared), chunk_size):
         chunk = prepared[start:start + chunk_size]
         try:
-            chunks.append(vmapped_round(params, chunk))
+            chunks.append(vmapped_round(sent, chunk))
         except Exception:
-            chunks += run_loop(params, chunk, failures)
+            chunks += run_loop(sent, chunk, failures)
     return chunks
 
 
-def vmapped_round(params: Params, chunk: Sequence[Prepared]) -> CohortUpdates:
+def vmapped_round(sent: Params, chunk: Sequence[Prepared]) -> CohortUpdates:
     """The chunk's local rounds under one `vmap`."""
     learner = chunk[0].learner
     gradient = vmap(learner.local_gradient)
-    local = {k: v.expand(len(chunk), *v.shape) for k, v in params.items()}
+    positions = [client.position for client in chunk]
+    start = {k: v[positions] for k, v in sent.items()}
+    local = start
     state, step_losses = learner.local_optimizer.init(local), []
     for step in range(len(chunk[0].batches)):
         grads, loss = gradient(local, stack_batches([client.batches[step] for client in chunk]))
         steps, state = learner.local_optimizer.update(grads, state)
         local = apply_updates(local, steps)
         step_losses.append(loss.detach())
-    return CohortUpdates({k: local[k] - params[k] for k in params},
+    return CohortUpdates({k: local[k] - start[k] for k in start},
                          torch.tensor([client.weight for client in chunk]),
-                         torch.stack(step_losses).mean(0), 0,
-                         [client.position for client in chunk])
+                         torch.stack(step_losses).mean(0), 0, positions)
 
 
-def concatenated(chunks: Sequence[CohortUpdates], params: Params, skipped: int,
+def concatenated(chunks: Sequence[CohortUpdates], sent: Params, skipped: int,
                  failures: dict[int, str]) -> CohortUpdates:
     """The chunks' rows as one cohort's updates."""
     if not chunks:
-        return CohortUpdates({k: v.new_zeros(0, *v.shape) for k, v in params.items()},
+        return CohortUpdates({k: v.new_zeros(0, *v.shape[1:]) for k, v in sent.items()},
                              torch.zeros(0), torch.zeros(0), skipped, [], failures)
-    return CohortUpdates({k: torch.cat([c.deltas[k] for c in chunks]) for k in params},
+    return CohortUpdates({k: torch.cat([c.deltas[k] for c in chunks]) for k in sent},
                          torch.cat([c.weights for c in chunks]),
                          torch.cat([c.losses for c in chunks]), skipped,
                          [p for c in chunks for p in c.positions], failures)
@@ -174,16 +177,21 @@ def concatenated(chunks: Sequence[CohortUpdates], params: Params, skipped: int,
 
 def run_cohort(learner: Learner | Sequence[Learner], params: Params,
                clients: Sequence[ClientData], generators: Sequence[torch.Generator],
-               execution: Execution = "auto", chunk_size: int = 64) -> CohortUpdates:
-    """The cohort's local rounds by `execution` ("auto": `choose_execution`). `learner`: one
-    for every client, or one per client (copies sharing one model, e.g. a malicious client's
-    poisoned one). A client whose round raises is left out and its error recorded."""
+               execution: Execution = "auto", chunk_size: int = 64,
+               per_client: bool = False) -> CohortUpdates:
+    """The cohort's local rounds by `execution` ("auto": `choose_execution`), from `params`,
+    or with `per_client`, from each client's own row of `params` (stacked [C, ...], as
+    `Learner.client_params` makes them). `learner`: one for every client, or one per client
+    (copies sharing one model, e.g. a malicious client's poisoned one). A client whose round
+    raises is left out and its error recorded."""
     learners = [learner] * len(clients) if isinstance(learner, Learner) else list(learner)
+    sent = params if per_client else {k: v.expand(len(clients), *v.shape)
+                                      for k, v in params.items()}
     if execution == "auto" and learners:
-        execution = choose_execution(learners[0].model, next(iter(params.values())).device)
+        execution = choose_execution(learners[0].model, next(iter(sent.values())).device)
     prepared, skipped, failures = prepare(learners, clients, generators)
     if execution == "loop":
-        chunks = run_loop(params, prepared, failures)
+        chunks = run_loop(sent, prepared, failures)
     else:
-        chunks = run_vmap(params, prepared, chunk_size, failures)
-    return concatenated(chunks, params, skipped, failures)
+        chunks = run_vmap(sent, prepared, chunk_size, failures)
+    return concatenated(chunks, sent, skipped, failures)

@@ -69,7 +69,8 @@ class Simulation:
         `server.min_clients` (and no DP noise to release) the model stays as it was."""
         start = time.perf_counter()
         updates, clients, metrics = self.reports(round_index, params)
-        rnd = Round(updates.deltas, updates.weights, clients=clients)
+        rnd = self.experiment.learner.server_round(
+            params, Round(updates.deltas, updates.weights, clients=clients))
         if self.experiment.audit is not None:
             rnd, metrics["canaries"] = self.with_canaries(round_index, rnd)
         # With DP noise a round is released even if no sampled client could train: whether
@@ -97,6 +98,7 @@ class Simulation:
         absent = faults.absent(round_index, cohort) if faults is not None else {}
         present = [c for c in cohort if c not in absent]
         updates = self.client_updates(round_index, params, present)
+        model = self.experiment.learner.client_model(params)
         failed = {present[p]: reason for p, reason in updates.failures.items()}
         ids = torch.tensor(present, dtype=torch.int64)[updates.positions]
         metrics: dict[str, Any] = {"round": round_index}
@@ -112,26 +114,29 @@ class Simulation:
             log.warning("round %d: client %d left out: %s", round_index, client, reason)
         metrics.update({"clients": updates.num_clients, "skipped": updates.skipped,
                         "dropped": len(absent), "failed": len(failed),
-                        **round_bytes(self.config, params, len(cohort), updates.num_clients)})
+                        **round_bytes(self.config, model, len(cohort), updates.num_clients)})
         if absent or failed:
             metrics["excluded"] = {str(c): reason for c, reason in {**absent, **failed}.items()}
         return updates, ids[finite], metrics
 
     def client_updates(self, round_index: int, params: Params,
                        cohort: list[int]) -> CohortUpdates:
-        """The cohort's local rounds, computed here (`fedmeta.engine.cohort`); a malicious
-        client trains with its poisoned learner and data."""
+        """The cohort's local rounds, computed here (`fedmeta.engine.cohort`) from what the
+        learner sends each client (`Learner.client_params`); a malicious client trains with
+        its poisoned learner and data."""
         train, run, attack = self.experiment.train, self.config.run, self.experiment.attack
-        learners = [self.experiment.learner] * len(cohort)
+        learner = self.experiment.learner
+        learners = [learner] * len(cohort)
         clients = [train.client(c) for c in cohort]
         if attack is not None:
             for i, client in enumerate(cohort):
                 if attack.is_malicious(client):
                     learners[i], clients[i] = attack.poison(learners[i], clients[i],
                                                             train.num_classes)
-        return run_cohort(learners, params, clients,
+        sent = learner.client_params(params, torch.tensor(cohort, dtype=torch.int64))
+        return run_cohort(learners, sent, clients,
                           [seeded(self.config.seed, round_index, c) for c in cohort],
-                          run.execution, run.chunk_size)
+                          run.execution, run.chunk_size, per_client=True)
 
     def with_canaries(self, round_index: int, rnd: Round) -> tuple[Round, int]:
         """The round's updates with those of the audit's canaries sampled this round, each

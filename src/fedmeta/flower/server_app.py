@@ -88,6 +88,9 @@ class FlowerFederation(Simulation):
         if config.attack.kind != "none" or config.faults.dropout or config.faults.deadline:
             raise UserError("attack.* and faults.* simulate malicious and unreliable clients "
                             "in `fedmeta run`; a deployment has real ones")
+        if config.learner.algorithm == "pfedhn":
+            raise UserError("pfedhn runs in `fedmeta run` only: its server sends each client "
+                            "its own generated model, which the Flower apps do not yet do")
         if config.aggregation.compression != "none":
             raise UserError("aggregation.compression is simulated in `fedmeta run`; a "
                             "deployment's clients send their updates uncompressed")

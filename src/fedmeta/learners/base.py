@@ -32,6 +32,7 @@ from torch.func import functional_call, grad_and_value
 from fedmeta.data import ClientData, Episodes, EpisodeSampler
 from fedmeta.optim import Transform, apply_updates
 from fedmeta.params import Params, detached, tree_sub
+from fedmeta.server.chain import Round
 
 
 @dataclass(frozen=True)
@@ -126,12 +127,33 @@ class Learner(ABC):
             losses.append(loss.item())
         return Update(tree_sub(local, params), weight, sum(losses) / len(losses))
 
+    def client_params(self, params: Params, clients: torch.Tensor) -> Params:
+        """What the server sends each of `clients` (int64 [C]), stacked [C, ...]: the global
+        params to all (views, no copies) unless the learner personalizes them."""
+        return {k: v.expand(len(clients), *v.shape) for k, v in params.items()}
+
+    def client_model(self, params: Params) -> Params:
+        """One client's params as the server sends them (their shapes and dtypes count the
+        bytes): the global params unless the learner personalizes them."""
+        return params
+
+    def server_round(self, params: Params, rnd: Round) -> Round:
+        """The clients' deltas of what they were sent, as deltas of the server's `params`:
+        the same unless the learner personalizes them."""
+        return rnd
+
+    def episode_accuracy(self, params: Params, support_x: torch.Tensor,
+                         support_y: torch.Tensor, query_x: torch.Tensor,
+                         query_y: torch.Tensor) -> torch.Tensor:
+        """Query accuracy of one episode after adapting to its support set."""
+        state = self.eval_adapt(params, support_x, support_y)
+        with torch.no_grad():
+            logits = self.query_logits(params, state, query_x)
+        return (logits.argmax(-1) == query_y).float().mean()
+
     def accuracy(self, params: Params, episodes: Episodes) -> torch.Tensor:
         """Query accuracy of each episode after adapting to its support set: shape [E]."""
-        accuracies = []
-        for e in range(episodes.num_episodes):
-            state = self.eval_adapt(params, episodes.support_x[e], episodes.support_y[e])
-            with torch.no_grad():
-                logits = self.query_logits(params, state, episodes.query_x[e])
-            accuracies.append((logits.argmax(-1) == episodes.query_y[e]).float().mean())
-        return torch.stack(accuracies)
+        return torch.stack([
+            self.episode_accuracy(params, episodes.support_x[e], episodes.support_y[e],
+                                  episodes.query_x[e], episodes.query_y[e])
+            for e in range(episodes.num_episodes)])
