@@ -98,6 +98,16 @@ def test_maml_on_a_deployment_matches_the_simulation_and_survives_a_killed_node(
             torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
         summary = (next((tmp_path / "plain").iterdir()) / "summary.json").read_text()
         assert '"accuracy"' in summary  # the held-out node meta-tested the result
+        # 1b. pFedHN: each node trains the model its embedding generates, the server pulls
+        # the deltas back through its hypernetwork: the same params as the simulation
+        hypernet = OVERRIDES + [f"run.out_dir={tmp_path / 'pfedhn'}", "learner.algorithm=pfedhn"]
+        status = deployment.run(APP, run_config(hypernet))
+        assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
+        expected = simulation(files, held_out, hypernet).run()
+        got = final_params(tmp_path / "pfedhn", 2)
+        assert "embeddings.weight" in got
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
         # 2. CKKS: clients encrypt, the server adds ciphertexts, a key holder decrypts the sum
         encrypted = OVERRIDES + [f"run.out_dir={tmp_path / 'ckks'}", "aggregation.secure=ckks"]
         status = deployment.run(APP, run_config(encrypted))

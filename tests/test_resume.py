@@ -64,13 +64,15 @@ def logged_rounds(run):
     return path.read_text().count("\n") if path.exists() else 0
 
 
-def test_a_run_killed_at_a_random_round_resumes_to_the_same_end(tmp_path):
+@pytest.mark.parametrize("algorithm", ["protonet", "pfedhn"])  # pfedhn: embeddings in the state
+def test_a_run_killed_at_a_random_round_resumes_to_the_same_end(tmp_path, algorithm):
     """Killed (SIGKILL) once a random round is logged, resumed in a new process; the run never
     stopped runs in this one. Evaluated every other round; early stopping never fires; clients
     drop out at random."""
     rounds = 8
     config = write_config(tmp_path / "config.toml", f"server.rounds={rounds}", "eval.every=2",
-                          "learner.local_steps=4", "eval.patience=4", "faults.dropout=0.3")
+                          "learner.local_steps=4", "eval.patience=4", "faults.dropout=0.3",
+                          f"learner.algorithm='{algorithm}'", "learner.hypernet_hidden=16")
     seed = random.randrange(2**32)
     kill_after = random.Random(seed).randint(2, rounds - 3)  # a checkpoint exists before it
     print(f"seed {seed}: killing after round {kill_after} is logged")

@@ -97,11 +97,11 @@ def describe(msg: Message, context: Context) -> Message:
 
 def local_update(settings: Any, context: Context,
                  arrays: list[np.ndarray]) -> tuple[Config, Update | None]:
-    """The node's client update from the global params as arrays in the learner's param order
-    (None: too little data)."""
+    """The node's client update from the params the server sent it, as arrays in the order of
+    the learner's `client_model` (None: too little data)."""
     client_id, client, _ = node_client(settings, context)
     config, learner = node_learner(settings, client)
-    params = from_arrays(arrays, learner.init_params())
+    params = from_arrays(arrays, learner.client_model(learner.init_params()))
     try:
         return config, learner.client_update(params, client, seeded(
             config.seed, int(settings["round"]), client_id))

@@ -88,9 +88,6 @@ class FlowerFederation(Simulation):
         if config.attack.kind != "none" or config.faults.dropout or config.faults.deadline:
             raise UserError("attack.* and faults.* simulate malicious and unreliable clients "
                             "in `fedmeta run`; a deployment has real ones")
-        if config.learner.algorithm == "pfedhn":
-            raise UserError("pfedhn runs in `fedmeta run` only: its server sends each client "
-                            "its own generated model, which the Flower apps do not yet do")
         if config.aggregation.compression != "none":
             raise UserError("aggregation.compression is simulated in `fedmeta run`; a "
                             "deployment's clients send their updates uncompressed")
@@ -118,11 +115,13 @@ class FlowerFederation(Simulation):
         return [{**dict(reply.content["node"]), "node-id": reply.metadata.src_node_id}
                 for reply in replies]
 
-    def send(self, message_type: str, nodes: list[int], content: RecordDict) -> list[Message]:
-        """Send `content` to each node (one record, serialized once per message as Flower's
-        strategies do); the replies that came back in time without error, in node order."""
-        messages = [Message(content, dst_node_id=node, message_type=message_type)
-                    for node in nodes]
+    def send(self, message_type: str, nodes: list[int],
+             content: RecordDict | list[RecordDict]) -> list[Message]:
+        """Send `content` to each node (one record for all, or one per node); the replies that
+        came back in time without error, in node order."""
+        contents = content if isinstance(content, list) else [content] * len(nodes)
+        messages = [Message(record, dst_node_id=node, message_type=message_type)
+                    for node, record in zip(nodes, contents)]
         replies = {}
         for reply in self.grid.send_and_receive(messages,
                                                 timeout=self.config.flower.round_timeout):
@@ -140,8 +139,13 @@ class FlowerFederation(Simulation):
             self.config, **{"num-classes": self.num_classes, **values}))})
 
     def train_replies(self, round_index: int, params: Params, cohort: list[int]) -> list[Message]:
+        """Each cohort node's reply to the params the learner sends it (`client_params`)."""
         nodes = [self.train_nodes[c] for c in cohort]
-        replies = self.send(TRAIN, nodes, self.content(params, round=round_index))
+        sent = self.experiment.learner.client_params(params, torch.tensor(cohort,
+                                                                          dtype=torch.int64))
+        replies = self.send(TRAIN, nodes, [self.content({k: v[i] for k, v in sent.items()},
+                                                        round=round_index)
+                                           for i in range(len(nodes))])
         return [r for r in replies if "skipped" not in r.content["metrics"]]
 
     def client_updates(self, round_index: int, params: Params,

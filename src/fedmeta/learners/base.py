@@ -14,6 +14,11 @@ involved), compute second, so `fedmeta.engine.cohort` can run the same steps for
 at a time or, stacking every client's batches, for a whole cohort under `torch.func.vmap`.
 Every batch of a learner has the same shapes whatever the client, so cohorts stack.
 
+The server's params and a client's are the same thing for every learner but a personalizing
+one (pFedHN, `fedmeta.learners.hypernet`), which overrides three hooks: `client_params` (what
+each client is sent), `client_model` (its shapes, for byte counts) and `server_round` (the
+clients' deltas as deltas of the server's params).
+
 Class attributes tell `fedmeta.build` what a learner needs: `head` is the model's linear
 classifier ("none": an embedding only, "ways": one output per episode class, "global": one
 output per global class of the training data) and `hyperparameters` names the `LearnerConfig`
