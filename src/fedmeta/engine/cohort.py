@@ -150,8 +150,7 @@ def vmapped_round(sent: Params, chunk: Sequence[Prepared]) -> CohortUpdates:
     learner = chunk[0].learner
     gradient = vmap(learner.local_gradient)
     positions = [client.position for client in chunk]
-    start = {k: v[positions] for k, v in sent.items()}
-    local = start
+    local = start = {k: v[positions] for k, v in sent.items()}
     state, step_losses = learner.local_optimizer.init(local), []
     for step in range(len(chunk[0].batches)):
         grads, loss = gradient(local, stack_batches([client.batches[step] for client in chunk]))

@@ -16,7 +16,8 @@ Every batch of a learner has the same shapes whatever the client, so cohorts sta
 
 The server's params and a client's are the same thing for every learner but a personalizing
 one (pFedHN, `fedmeta.learners.hypernet`), which overrides three hooks: `client_params` (what
-each client is sent), `client_model` (its shapes, for byte counts) and `server_round` (the
+each client is sent), `client_model` (their shapes: bytes counted, arrays a Flower node reads)
+and `server_round` (the
 clients' deltas as deltas of the server's params).
 
 Class attributes tell `fedmeta.build` what a learner needs: `head` is the model's linear
@@ -138,8 +139,9 @@ class Learner(ABC):
         return {k: v.expand(len(clients), *v.shape) for k, v in params.items()}
 
     def client_model(self, params: Params) -> Params:
-        """One client's params as the server sends them (their shapes and dtypes count the
-        bytes): the global params unless the learner personalizes them."""
+        """One client's params as the server sends them (their names, shapes and dtypes: the
+        bytes counted, the arrays a Flower node reads): the global params unless the learner
+        personalizes them."""
         return params
 
     def server_round(self, params: Params, rnd: Round) -> Round:
