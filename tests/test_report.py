@@ -17,9 +17,11 @@ from fedmeta.report import write_report
 from fedmeta.report.plots import PLOTS
 from fedmeta.report.runs import read_run, read_runs
 
-# Bundled Omniglot, a tiny Conv4, 2 rounds evaluated each, user-level DP (epsilon per round).
+# Bundled Omniglot, a tiny Conv4, 2 rounds evaluated each, user-level DP (epsilon per round),
+# held-out clients also personalized.
 TINY = ["model.hidden=8", "server.rounds=2", "server.clients_per_round=2", "eval.every=1",
         "eval.episodes=10", "eval.final_episodes=20", "learner.local_steps=1",
+        "eval.personalization_episodes=1",
         "server.sampling='poisson'", "privacy.clip_norm=1.0", "privacy.noise_multiplier=1.0"]
 PNGS = {f"{plot.name}.png" for plot in PLOTS}
 pytestmark = pytest.mark.filterwarnings("error")  # a warning would be a second line on stderr
@@ -101,6 +103,7 @@ def test_several_runs_in_one_figure_per_plot(finished, tmp_path):
     assert html.count('<img src="data:image/png;base64,') == len(PNGS)
     assert "Without demo, running: metrics.jsonl does not count the bytes" in html
     assert "Without running: no per-client accuracies in summary.json" in html
+    assert "Without running: no per-client personalization accuracies" in html
     assert "in progress" in html and "finished" in html
     assert {run: files(run) for run in (uncounted, counted, running)} == before
 
@@ -179,7 +182,8 @@ def partly(keys: tuple[str, ...], values: st.SearchStrategy) -> st.SearchStrateg
 @given(rows=st.lists(st.fixed_dictionaries({"round": st.integers(1, 10**6)},
                                            optional={key: NUMBERS | JSON for key in METRICS}),
                      min_size=1, max_size=3),
-       meta_test=partly(("accuracy", "ci95", "per_client_accuracy"),
+       meta_test=partly(("accuracy", "ci95", "per_client_accuracy",
+                         "personal_per_client_accuracy"),
                         JSON | st.lists(NUMBERS, max_size=3)),
        summary=partly(("rounds", "train_seconds", "task", "privacy"), JSON))
 def test_any_json_values_in_a_run_are_reported(finished, tmp_path_factory, rows, meta_test,

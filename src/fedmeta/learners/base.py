@@ -17,8 +17,7 @@ Every batch of a learner has the same shapes whatever the client, so cohorts sta
 The server's params and a client's are the same thing for every learner but a personalizing
 one (pFedHN, `fedmeta.learners.hypernet`), which overrides three hooks: `client_params` (what
 each client is sent), `client_model` (their shapes: bytes counted, arrays a Flower node reads)
-and `server_round` (the
-clients' deltas as deltas of the server's params).
+and `server_round` (the clients' deltas as deltas of the server's params).
 
 Class attributes tell `fedmeta.build` what a learner needs: `head` is the model's linear
 classifier ("none": an embedding only, "ways": one output per episode class, "global": one

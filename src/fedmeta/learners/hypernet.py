@@ -20,13 +20,15 @@ model.
 
 Everything after the pull-back is the ordinary pipeline on the server's params: norm bounds,
 DP clipping and noise bound and hide each client's pulled-back row (in DP-FedAvg's trusted-server
-model). Robust rules, secure aggregation and compression are refused: they work on the updates
-as sent, before the server can pull them back. The pull-back holds one row the size of the
-hypernetwork per client (Conv-4 of 64 channels: 11.4M values, 46 MB in float32).
+model). Refused: robust rules (a coordinate-wise rule would discard each embedding's update,
+which only its own client's row holds), secure aggregation (the server must see each delta to
+pull it back) and compression (it would compress the pulled-back rows, not what a client
+sends). The pull-back holds one row the size of the hypernetwork per client (Conv-4 of 64
+channels: 11.4M values, 46 MB in float32).
 
 A deviation from the paper: the hypernetwork generates a per-client offset to a learned shared
 copy of the weights, its output layers starting at zero, so that training starts from the target
-model's standard initialization (generated weights from a fresh MLP are badly scaled).
+model's standard initialization.
 """
 
 from functools import partial

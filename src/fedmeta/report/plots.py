@@ -69,18 +69,18 @@ class Curve:
 
 @dataclass(frozen=True)
 class Histogram:
-    """Each held-out client's final meta-test accuracy, a histogram per run."""
+    """Each held-out client's final accuracy (`Run.per_client(key)`), a histogram per run."""
 
-    name: str = "per_client_accuracy"
-    title: str = "Final meta-test accuracy of each held-out client"
-    reason: str = ("no per-client accuracies in summary.json (a run in progress, or one "
-                   "summarized before they were recorded)")
+    name: str
+    title: str
+    key: str
+    reason: str
 
     def draw(self, runs: Sequence[Run]) -> Plot:
         figure, axes = new_figure(self.title, "accuracy (%)", "held-out clients")
         missing = []
         for color, run in colored(runs):
-            values = run.per_client_accuracy
+            values = run.per_client(self.key)
             if values is None:
                 missing.append(run.label)
                 continue
@@ -102,7 +102,13 @@ PLOTS = (
             reason=NO_BYTES, against_bytes=True),
     replace(LOSS, name="loss_vs_bytes", title="Training loss by bytes communicated",
             reason=NO_BYTES, against_bytes=True),
-    Histogram(),
+    Histogram("per_client_accuracy", "Final meta-test accuracy of each held-out client",
+              "per_client_accuracy", "no per-client accuracies in summary.json (a run in "
+              "progress, or one summarized before they were recorded)"),
+    Histogram("personal_per_client_accuracy",
+              "Personalization accuracy of each held-out client (its own split)",
+              "personal_per_client_accuracy", "no per-client personalization accuracies in "
+              "summary.json (eval.personalization_episodes = 0, or a run in progress)"),
     Curve("epsilon_vs_round", "Privacy spent by round (user-level DP)", "epsilon", "epsilon",
           "no user-level DP noise (no epsilon in metrics.jsonl)"),
 )

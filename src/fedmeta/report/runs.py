@@ -67,10 +67,10 @@ class Run:
         rows = self.rows("epsilon")
         return rows[-1][1] if rows else None
 
-    @property
-    def per_client_accuracy(self) -> list[float] | None:
-        """Each held-out client's final meta-test accuracy, if the summary has them."""
-        values = self.summary_field("meta_test", "per_client_accuracy")
+    def per_client(self, key: str) -> list[float] | None:
+        """Each held-out client's final accuracy under the summary's `meta_test.<key>`
+        (`per_client_accuracy`, `personal_per_client_accuracy`), if the summary has them."""
+        values = self.summary_field("meta_test", key)
         if isinstance(values, list) and values and all(is_number(v) for v in values):
             return values
         return None
