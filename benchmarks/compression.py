@@ -11,18 +11,8 @@ appends a JSON line to `--out`; `--table` prints the markdown table of a results
     python benchmarks/compression.py --table results.jsonl
 """
 
-import argparse
-import json
-import time
-from pathlib import Path
-
-import torch
-
-from fedmeta.build import build_experiment
-from fedmeta.config import load_config
-from fedmeta.engine.simulation import Simulation
-from parallel import run_jobs  # beside this script
-from robustness import AGGREGATORS, COMMON  # the workload, from the script beside this one
+from parallel import run_sweep, sweep_parser  # beside this script
+from robustness import AGGREGATORS, simulate  # the workload, from the script beside this one
 
 COMPRESSIONS = {
     "none": ["aggregation.compression='none'"],
@@ -34,22 +24,15 @@ COMPRESSIONS = {
 
 def run_one(job: tuple[str, int, str, int, int]) -> dict:
     compression, seed, data, rounds, episodes = job
-    torch.set_num_threads(1)
-    overrides = COMMON + AGGREGATORS["mean"] + COMPRESSIONS[compression] + [
-        f"data.path='{data}/omniglot.npz'", f"server.rounds={rounds}",
-        f"eval.final_episodes={episodes}", f"seed={seed}"]
-    simulation = Simulation(build_experiment(load_config(None, overrides)))
     totals = {"bytes_up": 0, "bytes_down": 0}
 
     def count(round_index, params, state, metrics):
         for key in totals:
             totals[key] += metrics[key]
 
-    start = time.perf_counter()
-    params = simulation.run([count])
-    return {"compression": compression, "seed": seed, "rounds": rounds,
-            "seconds": round(time.perf_counter() - start, 1), **totals,
-            **simulation.evaluate(params, episodes)}
+    result = simulate(AGGREGATORS["mean"] + COMPRESSIONS[compression] + [f"seed={seed}"],
+                      data, rounds, episodes, [count])
+    return {"compression": compression, "seed": seed, "rounds": rounds, **totals, **result}
 
 
 def table(rows: list[dict]) -> str:
@@ -67,25 +50,14 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--table", type=Path, help="only print the table of this results file")
-    parser.add_argument("--data", help="folder with omniglot.npz")
+    parser = sweep_parser(__doc__)
     parser.add_argument("--compressions", nargs="+", default=list(COMPRESSIONS),
                         choices=COMPRESSIONS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--episodes", type=int, default=300)
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    if args.table:
-        return print(table([json.loads(line) for line in args.table.read_text().splitlines()]))
-    if not (args.data and args.out):
-        parser.error("--data and --out are needed to run")
-    jobs = [(compression, seed, args.data, args.rounds, args.episodes)
-            for seed in args.seeds for compression in args.compressions]
-    rows = run_jobs(run_one, jobs, args.jobs, args.out)
-    print(table(rows))
+    run_sweep(parser, run_one, lambda args: [(compression, seed, args.data, args.rounds,
+                                              args.episodes)
+                                             for seed in args.seeds
+                                             for compression in args.compressions], table)
 
 
 if __name__ == "__main__":

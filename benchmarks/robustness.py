@@ -11,17 +11,14 @@ appends a JSON line to `--out`; `--table` prints the markdown table of a results
     python benchmarks/robustness.py --table results.jsonl
 """
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
 from fedmeta.build import build_experiment
 from fedmeta.config import load_config
 from fedmeta.engine.simulation import Simulation
-from parallel import run_jobs  # beside this script
+from parallel import run_sweep, sweep_parser  # beside this script
 
 COMMON = ["data.dataset='omniglot'", "data.partition='random'", "data.num_clients=300",
           "data.rotations=true", "model.hidden=16", "task.ways=5", "task.shots=1",
@@ -39,19 +36,26 @@ AGGREGATORS = {  # trimmed mean and Krum assume aggregation.byzantine_fraction =
 ATTACKS = ["none", "sign-flip", "scaling", "gaussian", "label-flip"]
 
 
+def simulate(overrides: list[str], data: str, rounds: int, episodes: int,
+             callbacks: list = ()) -> dict:
+    """The workload (`COMMON`) with `overrides`, on one torch thread: its training seconds and
+    its meta-test metrics."""
+    torch.set_num_threads(1)
+    simulation = Simulation(build_experiment(load_config(None, COMMON + overrides + [
+        f"data.path='{data}/omniglot.npz'", f"server.rounds={rounds}",
+        f"eval.final_episodes={episodes}"])))
+    start = time.perf_counter()
+    params = simulation.run(callbacks)
+    return {"seconds": round(time.perf_counter() - start, 1),
+            **simulation.evaluate(params, episodes)}
+
+
 def run_one(job: tuple[str, str, float, str, int, int]) -> dict:
     aggregator, attack, fraction, data, rounds, episodes = job
-    torch.set_num_threads(1)
-    overrides = COMMON + AGGREGATORS[aggregator] + [
-        f"data.path='{data}/omniglot.npz'", f"server.rounds={rounds}",
-        f"eval.final_episodes={episodes}", f"attack.kind='{attack}'",
-        f"attack.fraction={fraction}"]
-    simulation = Simulation(build_experiment(load_config(None, overrides)))
-    start = time.perf_counter()
-    params = simulation.run()
     return {"aggregator": aggregator, "attack": attack, "fraction": fraction, "rounds": rounds,
-            "seconds": round(time.perf_counter() - start, 1),
-            **simulation.evaluate(params, episodes)}
+            **simulate(AGGREGATORS[aggregator] + [f"attack.kind='{attack}'",
+                                                  f"attack.fraction={fraction}"],
+                       data, rounds, episodes)}
 
 
 def table(rows: list[dict]) -> str:
@@ -69,29 +73,17 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--table", type=Path, help="only print the table of this results file")
-    parser.add_argument("--data", help="folder with omniglot.npz")
+    parser = sweep_parser(__doc__)
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.2])
     parser.add_argument("--aggregators", nargs="+", default=list(AGGREGATORS),
                         choices=AGGREGATORS)
     parser.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--episodes", type=int, default=300)
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    if args.table:
-        return print(table([json.loads(line) for line in args.table.read_text().splitlines()]))
-    if not (args.data and args.out):
-        parser.error("--data and --out are needed to run")
-    jobs = [(aggregator, attack, 0.0 if attack == "none" else fraction, args.data, args.rounds,
-             args.episodes)
-            for attack in args.attacks
-            for fraction in ([0.0] if attack == "none" else args.fractions)
-            for aggregator in args.aggregators]
-    rows = run_jobs(run_one, jobs, args.jobs, args.out)
-    print(table(rows))
+    run_sweep(parser, run_one, lambda args: [
+        (aggregator, attack, 0.0 if attack == "none" else fraction, args.data, args.rounds,
+         args.episodes)
+        for attack in args.attacks
+        for fraction in ([0.0] if attack == "none" else args.fractions)
+        for aggregator in args.aggregators], table)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def learner_of(algorithm: str, model_name: str = "conv4", optimizer=sgd(0.05)):
     defaults = LearnerConfig(inner_lr=0.1, batch_size=40)
     return cls(model, EpisodeSampler(WAYS, 1, 2), optimizer, local_steps=2, tasks_per_step=2,
                **{key: getattr(defaults, key) for key in cls.hyperparameters},
-               **({"num_clients": 3} if algorithm == "pfedhn" else {}))
+               **({"num_clients": 3} if cls.personalized else {}))
 
 
 def cohort(sizes=(48, 30, 36)) -> list[ClientData]:

@@ -34,7 +34,7 @@ def test_every_algorithm_runs_a_round_and_a_meta_test(algorithm):
     defaults = LearnerConfig(finetune_steps=3)
     learner = cls(model, EpisodeSampler(WAYS, 1, 2), adam(1e-3), local_steps=2,
                   **{key: getattr(defaults, key) for key in cls.hyperparameters},
-                  **({"num_clients": 3} if algorithm == "pfedhn" else {}))
+                  **({"num_clients": 3} if cls.personalized else {}))
     server, client = learner.init_params(), omniglot_like_client()
     params = {k: v[0] for k, v in learner.client_params(server, torch.tensor([1])).items()}
     update = learner.client_update(params, client, torch.Generator().manual_seed(1))

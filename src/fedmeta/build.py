@@ -232,7 +232,7 @@ def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int
         OPTIMIZERS[learner_config.optimizer](learner_config.lr),
         local_steps=learner_config.local_steps, tasks_per_step=learner_config.tasks_per_step,
         **{key: getattr(learner_config, key) for key in cls.hyperparameters},
-        **sample_privacy(config), **({"num_clients": num_clients} if cls is PFedHN else {}))
+        **sample_privacy(config), **({"num_clients": num_clients} if cls.personalized else {}))
 
 
 def build_experiment(config: Config, datasets: tuple[FederatedDataset, FederatedDataset]

@@ -16,9 +16,8 @@ from fedmeta.bench.measure import run_benchmarks
 from fedmeta.bench.workloads import WORKLOADS
 from fedmeta.build import build_datasets, build_experiment
 from fedmeta.config import Config, load_config
-from fedmeta.engine.checkpoint import restore_checkpoint
 from fedmeta.data.client_files import save_client
-from fedmeta.engine.resume import resume
+from fedmeta.engine.resume import restore_run, resume
 from fedmeta.engine.rundir import RunDirectory, make_directory, write_atomic_bytes
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize
@@ -70,12 +69,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.num_episodes is not None and args.num_episodes < 1:
         raise UserError(f"--num-episodes must be at least 1, got {args.num_episodes}")
     run = RunDirectory.open(args.run_dir)
-    config = load_config(run.path / "config.toml")
-    experiment = build_experiment(config)
-    checkpoint = args.checkpoint or run.latest_checkpoint()
-    initial = experiment.learner.init_params()
-    params, _, round_index = restore_checkpoint(checkpoint, initial,
-                                                experiment.pipeline.init(initial))
+    experiment, params, _, round_index = restore_run(run, args.checkpoint
+                                                     or run.latest_checkpoint())
+    config = experiment.config
     if args.episodes is not None:
         episodes = load_episodes(args.episodes)
         if tuple(episodes.support_x.shape[2:]) != tuple(experiment.train.input_shape):

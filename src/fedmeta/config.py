@@ -220,9 +220,6 @@ class Config(Section):
             raise ValueError("sample-level DP-SGD (privacy.sample_clip_norm) is for fedavg and "
                              "fedavg-ft, whose local loss is a mean over examples; "
                              f"learner.algorithm is {self.learner.algorithm!r}")
-        if self.run.tensorboard and importlib.util.find_spec("tensorboard") is None:
-            raise ValueError("run.tensorboard needs the tensorboard package: "
-                             "pip install tensorboard")
         if privacy.target_epsilon and not privacy.noise_multiplier:
             raise ValueError("privacy.target_epsilon needs privacy.noise_multiplier > 0")
         if self.data.partition == "random" and self.data.num_clients is None:
@@ -298,10 +295,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def validate(data: dict[str, Any]) -> Config:
+    """The config of `data`, checked; where it is run from (not on Flower's nodes, which
+    never log to TensorBoard), the packages it needs are installed."""
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as error:
         raise UserError(_describe(error)) from None
+    if config.run.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("config error: run.tensorboard needs the tensorboard package: "
+                        "pip install tensorboard")
+    return config
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:

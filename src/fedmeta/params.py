@@ -26,6 +26,11 @@ def tree_stack(trees: Iterable[Params]) -> Params:
     return {k: torch.stack([t[k] for t in trees]) for k in trees[0]}
 
 
+def broadcast(params: Params, count: int) -> Params:
+    """`params` as `count` stacked rows [count, ...]: views of the same tensors, no copies."""
+    return {k: v.expand(count, *v.shape) for k, v in params.items()}
+
+
 def detached(params: Params) -> Params:
     return {k: v.detach().clone() for k, v in params.items()}
 

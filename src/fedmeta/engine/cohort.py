@@ -30,7 +30,7 @@ from torch.func import vmap
 from fedmeta.data import ClientData, NotEnoughData
 from fedmeta.learners.base import Learner
 from fedmeta.optim import apply_updates
-from fedmeta.params import Params, tree_stack
+from fedmeta.params import Params, broadcast, tree_stack
 
 Execution = Literal["auto", "loop", "vmap"]
 
@@ -184,8 +184,7 @@ def run_cohort(learner: Learner | Sequence[Learner], params: Params,
     (copies sharing one model, e.g. a malicious client's poisoned one). A client whose round
     raises is left out and its error recorded."""
     learners = [learner] * len(clients) if isinstance(learner, Learner) else list(learner)
-    sent = params if per_client else {k: v.expand(len(clients), *v.shape)
-                                      for k, v in params.items()}
+    sent = params if per_client else broadcast(params, len(clients))
     if execution == "auto" and learners:
         execution = choose_execution(learners[0].model, next(iter(sent.values())).device)
     prepared, skipped, failures = prepare(learners, clients, generators)

@@ -10,6 +10,16 @@ from fedmeta.engine.checkpoint import restore_checkpoint
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.training import Start
 from fedmeta.errors import UserError
+from fedmeta.params import Params
+
+
+def restore_run(run: RunDirectory, checkpoint: Path) -> tuple[Experiment, Params, dict, int]:
+    """What the config of `run` builds, with `checkpoint` restored into it: (experiment,
+    params, server state, the checkpoint's round)."""
+    experiment = build_experiment(load_config(run.config_path))
+    initial = experiment.learner.init_params()
+    return (experiment, *restore_checkpoint(checkpoint, initial,
+                                            experiment.pipeline.init(initial)))
 
 
 def resume(path: Path) -> tuple[Experiment, RunDirectory, Start]:
@@ -18,12 +28,9 @@ def resume(path: Path) -> tuple[Experiment, RunDirectory, Start]:
     run = RunDirectory.open(path)
     if run.summary_path.exists():
         raise UserError(f"run {path} has already finished (it has a summary.json)")
-    config = load_config(run.path / "config.toml")
     checkpoint = run.latest_checkpoint()
-    experiment = build_experiment(config)
-    initial = experiment.learner.init_params()
-    params, server_state, round_index = restore_checkpoint(
-        checkpoint, initial, experiment.pipeline.init(initial))
+    experiment, params, server_state, round_index = restore_run(run, checkpoint)
+    config = experiment.config
     if round_index > config.server.rounds:
         raise UserError(f"checkpoint {checkpoint} is of round {round_index}, past the config's "
                         f"server.rounds ({config.server.rounds})")

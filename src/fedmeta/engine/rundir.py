@@ -40,6 +40,7 @@ class RunDirectory:
         self.checkpoints = path / "checkpoints"
         self.metrics_path = path / "metrics.jsonl"
         self.summary_path = path / "summary.json"
+        self.config_path = path / "config.toml"
 
     @classmethod
     def create(cls, config: Config, out: Path | None = None) -> "RunDirectory":
@@ -51,15 +52,16 @@ class RunDirectory:
             raise UserError(f"run directory {out} already exists and is not an empty directory")
         run = cls(out)
         make_directory(run.checkpoints)
-        write_atomic(out / "config.toml", tomli_w.dumps(config.model_dump(exclude_none=True)))
+        write_atomic(run.config_path, tomli_w.dumps(config.model_dump(exclude_none=True)))
         return run
 
     @classmethod
     def open(cls, path: Path) -> "RunDirectory":
         """An existing run directory (it must hold `config.toml`)."""
-        if not (path / "config.toml").is_file():
+        run = cls(path)
+        if not run.config_path.is_file():
             raise UserError(f"{path} is not a run directory (no config.toml)")
-        return cls(path)
+        return run
 
     def latest_checkpoint(self) -> Path:
         checkpoints = sorted(self.checkpoints.glob("round_*.safetensors"))

@@ -108,8 +108,9 @@ class Simulation:
                                                              round_index))
             metrics["malicious"] = int(malicious.sum())
         finite = finite_rows(updates)
-        failed.update({int(c): "non-finite update" for c in ids[~finite]})
-        updates = updates.select(finite)
+        if not finite.all():  # copy the rows only when some are left out
+            failed.update({int(c): "non-finite update" for c in ids[~finite]})
+            updates, ids = updates.select(finite), ids[finite]
         for client, reason in failed.items():
             log.warning("round %d: client %d left out: %s", round_index, client, reason)
         metrics.update({"clients": updates.num_clients, "skipped": updates.skipped,
@@ -117,7 +118,7 @@ class Simulation:
                         **round_bytes(self.config, model, len(cohort), updates.num_clients)})
         if absent or failed:
             metrics["excluded"] = {str(c): reason for c, reason in {**absent, **failed}.items()}
-        return updates, ids[finite], metrics
+        return updates, ids, metrics
 
     def client_updates(self, round_index: int, params: Params,
                        cohort: list[int]) -> CohortUpdates:

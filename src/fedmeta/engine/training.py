@@ -48,11 +48,12 @@ def training_callbacks(config: Config, run: RunDirectory, start: Start,
     log, checkpoints, TensorBoard (`run.tensorboard`), stopping (`stopping_callbacks`, which
     raises StopTraining if the run had stopped) and the progress bar. A callback that stops the
     run ends the round's callbacks: those after it miss the last round."""
+    stopping = stopping_callbacks(config, start)  # first: a stopped run opens no log
     callbacks: list[Callback] = [MetricsLogger(run), checkpointer]
     if config.run.tensorboard:
         callbacks.append(stack.enter_context(TensorBoardLogger(run.path / "tensorboard",
                                                                start.round + 1)))
-    callbacks += stopping_callbacks(config, start)
+    callbacks += stopping
     if progress:
         callbacks.append(stack.enter_context(ProgressBar(config.server.rounds, start.round + 1)))
     return callbacks

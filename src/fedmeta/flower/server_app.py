@@ -139,13 +139,17 @@ class FlowerFederation(Simulation):
             self.config, **{"num-classes": self.num_classes, **values}))})
 
     def train_replies(self, round_index: int, params: Params, cohort: list[int]) -> list[Message]:
-        """Each cohort node's reply to the params the learner sends it (`client_params`)."""
-        nodes = [self.train_nodes[c] for c in cohort]
-        sent = self.experiment.learner.client_params(params, torch.tensor(cohort,
-                                                                          dtype=torch.int64))
-        replies = self.send(TRAIN, nodes, [self.content({k: v[i] for k, v in sent.items()},
-                                                        round=round_index)
-                                           for i in range(len(nodes))])
+        """Each cohort node's reply to the params the learner sends it: the global params in
+        one record for all (serialized once per message, as Flower's strategies send it), or
+        a personalizing learner's `client_params`, a record per node."""
+        nodes, learner = [self.train_nodes[c] for c in cohort], self.experiment.learner
+        if learner.personalized:
+            sent = learner.client_params(params, torch.tensor(cohort, dtype=torch.int64))
+            content = [self.content({k: v[i] for k, v in sent.items()}, round=round_index)
+                       for i in range(len(nodes))]
+        else:
+            content = self.content(params, round=round_index)
+        replies = self.send(TRAIN, nodes, content)
         return [r for r in replies if "skipped" not in r.content["metrics"]]
 
     def client_updates(self, round_index: int, params: Params,
@@ -153,7 +157,8 @@ class FlowerFederation(Simulation):
         replies = self.train_replies(round_index, params, cohort)
         skipped = len(cohort) - len(replies)
         if not replies:
-            return concatenated([], params, skipped, {})
+            model = self.experiment.learner.client_model(params)
+            return concatenated([], {k: v[None] for k, v in model.items()}, skipped, {})
         metrics = [r.content["metrics"] for r in replies]
         position = {self.train_nodes[c]: i for i, c in enumerate(cohort)}
         return CohortUpdates(

@@ -15,14 +15,15 @@ at a time or, stacking every client's batches, for a whole cohort under `torch.f
 Every batch of a learner has the same shapes whatever the client, so cohorts stack.
 
 The server's params and a client's are the same thing for every learner but a personalizing
-one (pFedHN, `fedmeta.learners.hypernet`), which overrides three hooks: `client_params` (what
+one (`personalized`: pFedHN, `fedmeta.learners.hypernet`), which overrides three hooks: `client_params` (what
 each client is sent), `client_model` (their shapes: bytes counted, arrays a Flower node reads)
 and `server_round` (the clients' deltas as deltas of the server's params).
 
 Class attributes tell `fedmeta.build` what a learner needs: `head` is the model's linear
 classifier ("none": an embedding only, "ways": one output per episode class, "global": one
 output per global class of the training data) and `hyperparameters` names the `LearnerConfig`
-keys passed to the constructor beyond the common ones.
+keys passed to the constructor beyond the common ones; a `personalized` learner also takes
+`num_clients`, the number of training clients.
 """
 
 from abc import ABC, abstractmethod
@@ -36,7 +37,7 @@ from torch.func import functional_call, grad_and_value
 
 from fedmeta.data import ClientData, Episodes, EpisodeSampler
 from fedmeta.optim import Transform, apply_updates
-from fedmeta.params import Params, detached, tree_sub
+from fedmeta.params import Params, broadcast, detached, tree_sub
 from fedmeta.server.chain import Round
 
 
@@ -55,6 +56,7 @@ class Learner(ABC):
 
     head: ClassVar[Literal["none", "ways", "global"]] = "none"
     hyperparameters: ClassVar[tuple[str, ...]] = ()
+    personalized: ClassVar[bool] = False  # a model per client: sends each client its own
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
                  local_steps: int = 1, tasks_per_step: int = 1) -> None:
@@ -135,7 +137,7 @@ class Learner(ABC):
     def client_params(self, params: Params, clients: torch.Tensor) -> Params:
         """What the server sends each of `clients` (int64 [C]), stacked [C, ...]: the global
         params to all (views, no copies) unless the learner personalizes them."""
-        return {k: v.expand(len(clients), *v.shape) for k, v in params.items()}
+        return broadcast(params, len(clients))
 
     def client_model(self, params: Params) -> Params:
         """One client's params as the server sends them (their names, shapes and dtypes: the

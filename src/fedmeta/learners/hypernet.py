@@ -76,6 +76,7 @@ class PFedHN(ProtoNet):
     """pFedHN with a Prototypical-Network target model: the server's params are the
     hypernetwork's (with the clients' embeddings), the clients' are the generated model's."""
 
+    personalized = True
     hyperparameters = ("embedding_dim", "hypernet_hidden", "embedding_steps", "embedding_lr")
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,

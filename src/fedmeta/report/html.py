@@ -2,7 +2,6 @@
 base64 PNG images and each run's config.toml. No external resource, no script; every text
 from a run (names, paths, configs) is escaped."""
 
-import math
 from base64 import b64encode
 from collections.abc import Sequence
 from html import escape
@@ -32,7 +31,7 @@ def summary_row(run: Run) -> tuple[str, ...]:
     """The summary table's cells for `run`: its final results, or how far it got."""
     accuracy = run.summary_field("meta_test", "accuracy")
     ci95 = run.summary_field("meta_test", "ci95")
-    if is_number(ci95) and math.isfinite(ci95):
+    if is_number(ci95):
         accuracy_text = f"{percent(accuracy)} ± {percent(ci95)}"
     else:
         accuracy_text = percent(accuracy)

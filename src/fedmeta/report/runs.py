@@ -119,10 +119,9 @@ def read_run(path: Path) -> Run:
     """The run in directory `path`, labelled by its name; UserError if it is no run directory
     or has no complete round yet."""
     run = RunDirectory.open(path)
-    config_path = run.path / "config.toml"
     try:
-        config_text = config_path.read_bytes().decode("utf-8", errors="replace")
-        name = config_name(config_path, config_text)
+        config_text = run.config_path.read_bytes().decode("utf-8", errors="replace")
+        name = config_name(run.config_path, config_text)
         return Run(path, name, name, config_text, read_metrics(run), read_summary(run))
     except OSError as error:
         raise UserError(f"cannot read {error.filename}: {error.strerror}") from None

@@ -100,7 +100,7 @@ def topk_error_feedback(fraction: float) -> Stage:
             corrected = v.index_add(0, real, memory[rows])
             k_values = topk_count(math.prod(v.shape[1:]), fraction)
             sent[k] = topk(corrected.flatten(1), k_values).view_as(v)
-            residual[k] = memory.index_copy(0, rows, (corrected - sent[k])[real])
+            residual[k] = memory.index_copy_(0, rows, (corrected - sent[k])[real])  # cat's copy
         return rnd.with_deltas(sent), {"clients": ids, "residual": residual}
 
     return Stage(init, apply)

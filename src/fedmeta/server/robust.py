@@ -65,7 +65,8 @@ def krum_scores(rows: torch.Tensor, byzantine: int) -> torch.Tensor:
     """Each row's Krum score: the sum of its squared distances to its C - f - 2 nearest other
     rows (at least one), for f = `byzantine`."""
     count = len(rows)
-    distances = torch.cdist(rows[None].double(), rows[None].double(),
+    exact = rows[None].double()
+    distances = torch.cdist(exact, exact,
                             compute_mode="donot_use_mm_for_euclid_dist")[0].pow(2)
     neighbours = max(count - byzantine - 2, 1)
     nearest = distances.sort(1).values[:, 1:neighbours + 1]  # column 0: the row itself
