@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from fedmeta.engine.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+from fedmeta.engine.checkpoint import (load_checkpoint, read_checkpoint, restore_checkpoint,
+                                       save_checkpoint)
 from fedmeta.errors import UserError
 from fedmeta.optim import adam, sgd
 from fedmeta.server import Round, chain, server_optimizer, stateless, weighted_mean
@@ -18,6 +19,18 @@ def test_roundtrip_params_and_server_state(tmp_path):
         assert torch.equal(loaded[k], params[k])
     assert torch.equal(loaded_state["1"]["m"]["head.bias"], state["1"]["m"]["head.bias"])
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_read_tensors_are_in_memory_of_their_own_aligned_as_torch_allocates(tmp_path):
+    """safetensors places tensors at 8-byte offsets; MKL's products on some CPUs round
+    differently by operand alignment, so a resumed run must compute on memory like the
+    uninterrupted run's (issue 22; `test_resume` shows the effect)."""
+    params = {f"p{i}": torch.randn(i + 1, 3) for i in range(6)}  # sizes shift the offsets
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, params, {}, 1)
+    tensors, _ = read_checkpoint(path)
+    assert {tensor.data_ptr() % 64 for tensor in tensors.values()} == {0}
+    assert all(torch.equal(tensors[f"params/{k}"], v) for k, v in params.items())
 
 
 def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):

@@ -31,6 +31,15 @@ def broadcast(params: Params, count: int) -> Params:
     return {k: v.expand(count, *v.shape) for k, v in params.items()}
 
 
+def owned(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` copied into memory of its own, aligned as torch aligns what it allocates (64
+    bytes). A tensor read from a file or a message is a view of its buffer at whatever offset
+    the format gives (safetensors: 8 bytes), and MKL's matrix products round differently by
+    the alignment of their operands on some CPUs (its SSE4.2 kernels, seen here), so the same
+    values read back would compute other bits than the run that wrote them did."""
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
 def detached(params: Params) -> Params:
     return {k: v.detach().clone() for k, v in params.items()}
 

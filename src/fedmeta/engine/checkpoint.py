@@ -10,7 +10,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from fedmeta.errors import UserError
-from fedmeta.params import Params
+from fedmeta.params import Params, owned
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
@@ -47,10 +47,11 @@ def save_checkpoint(path: Path, params: Params, server_state: dict[str, Any],
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], int]:
-    """The flattened tensors and the round of a checkpoint written by `save_checkpoint`."""
+    """The flattened tensors and the round of a checkpoint written by `save_checkpoint`, each
+    in memory of its own (`owned`)."""
     try:
         with safe_open(str(path), framework="pt") as handle:
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            tensors = {name: owned(handle.get_tensor(name)) for name in handle.keys()}
             return tensors, int(handle.metadata()["round"])
     except (OSError, SafetensorError, KeyError, TypeError, ValueError) as error:
         raise UserError(f"cannot read checkpoint {path}: {error}") from None

@@ -29,7 +29,7 @@ from fedmeta.data.federated import float_input_shape
 from fedmeta.engine.seeding import EVAL_STREAM, seeded
 from fedmeta.flower.secagg import from_arrays, to_parameters
 from fedmeta.learners.base import Learner, Update
-from fedmeta.params import flatten_rows, unflatten
+from fedmeta.params import flatten_rows, owned, unflatten
 from fedmeta.privacy.encryption import decrypt, encrypt, load_context
 from fedmeta.privacy.user_level import clip_to
 from fedmeta.server.chain import Round
@@ -170,7 +170,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     query set."""
     client_id, client, _ = node_client(msg.content["config"], context)
     config, learner = node_learner(msg.content["config"], client)
-    params = dict(msg.content["arrays"].to_torch_state_dict())
+    params = {k: owned(v) for k, v in msg.content["arrays"].to_torch_state_dict().items()}
     ev = config.eval
     try:
         episodes = EpisodeSampler(ev.ways, ev.shots, ev.queries).sample(

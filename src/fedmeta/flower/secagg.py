@@ -18,7 +18,7 @@ from flwr.server.strategy import Strategy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from fedmeta.flower.messages import config_message
-from fedmeta.params import Params
+from fedmeta.params import Params, owned
 
 log = logging.getLogger("fedmeta.flower")
 
@@ -28,7 +28,8 @@ def to_parameters(params: Params) -> Parameters:
 
 
 def from_arrays(arrays: list[np.ndarray], like: Params) -> Params:
-    return {k: torch.from_numpy(np.asarray(a)).to(v.dtype).view(v.shape)
+    """Arrays as params shaped as `like`, each in memory of its own (`owned`)."""
+    return {k: owned(torch.from_numpy(np.asarray(a)).to(v.dtype)).view(v.shape)
             for (k, v), a in zip(like.items(), arrays)}
 
 
