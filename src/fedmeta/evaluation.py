@@ -2,6 +2,7 @@
 its query set; mean accuracy with a 95% confidence interval over episodes, and the
 distribution of per-client accuracy (each client's, their mean and 10th percentile)."""
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from fedmeta.data.npz import data_error, load_npz
 from fedmeta.errors import UserError
 from fedmeta.learners.base import Learner
 from fedmeta.params import Params
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -126,11 +129,16 @@ def load_episodes(path: Path) -> Episodes:
 
 def eligible_clients(clients: Sequence[ClientData],
                      sampler: EpisodeSampler) -> list[ClientData]:
-    """The clients that can supply `sampler`'s episodes; UserError if none can."""
+    """The clients that can supply `sampler`'s episodes; UserError if none can, a warning if
+    only a minority can (the others are not evaluated)."""
     eligible = [client for client in clients if sampler.eligible(client)]
+    shape = f"{sampler.ways}-way {sampler.shots}-shot {sampler.queries}-query episodes"
     if not eligible:
-        raise UserError(f"no held-out client has enough data for "
-                        f"{sampler.ways}-way {sampler.shots}-shot {sampler.queries}-query episodes")
+        raise UserError(f"no held-out client has enough data for {shape}")
+    if 2 * len(eligible) < len(clients):
+        log.warning("only %d of %d held-out clients have enough data for %s; the others are "
+                    "not evaluated (fewer eval.ways, eval.shots or eval.queries admit more)",
+                    len(eligible), len(clients), shape)
     return eligible
 
 
