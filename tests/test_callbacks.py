@@ -6,7 +6,8 @@ import torch
 
 from fedmeta.cli import main
 from fedmeta.config import load_config
-from fedmeta.engine.callbacks import Checkpointer, EarlyStopping, TensorBoardLogger, TimeBudget
+from fedmeta.engine.callbacks import (BestRound, Checkpointer, EarlyStopping, TensorBoardLogger,
+                                      TimeBudget)
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import StopTraining
 from fedmeta.errors import UserError
@@ -19,10 +20,34 @@ needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") i
 def test_early_stopping_waits_for_patience_evaluations():
     stop = EarlyStopping(patience=2)
     for r, accuracy in enumerate([0.5, 0.6, 0.55]):
-        stop(r, PARAMS, {}, {"test_accuracy": accuracy})
+        stop(r, PARAMS, {}, {"val_accuracy": accuracy})
     stop(3, PARAMS, {}, {"loss": 1.0})  # no evaluation this round: not counted
     with pytest.raises(StopTraining):
-        stop(4, PARAMS, {}, {"test_accuracy": 0.6})
+        stop(4, PARAMS, {}, {"val_accuracy": 0.6})
+
+
+def test_early_stopping_and_selection_never_read_the_meta_test_clients():
+    stop, selection = EarlyStopping(patience=1), BestRound()
+    for r, test_accuracy in enumerate([0.5, 0.9, 0.95, 0.99], start=1):
+        metrics = {"test_accuracy": test_accuracy, "val_accuracy": 0.5}
+        selection(r, {"w": torch.full((2,), float(r))}, {}, metrics)
+        if r > 1:
+            with pytest.raises(StopTraining):
+                stop(r, PARAMS, {}, metrics)
+        else:
+            stop(r, PARAMS, {}, metrics)
+    assert selection.round == 1 and selection.params["w"][0] == 1  # the first of equals
+
+
+def test_selection_keeps_the_best_validation_round_and_its_metrics():
+    selection = BestRound()
+    for r, accuracy in enumerate([0.4, 0.7, None, 0.6], start=1):
+        metrics = {"loss": 1.0} if accuracy is None else {"val_accuracy": accuracy,
+                                                          "val_ci95": 0.1, "loss": 1.0}
+        selection(r, {"w": torch.full((2,), float(r))}, {}, metrics)
+    assert (selection.round, selection.best) == (2, 0.7)
+    assert torch.equal(selection.params["w"], torch.full((2,), 2.0))
+    assert selection.metrics == {"val_accuracy": 0.7, "val_ci95": 0.1}
 
 
 def test_time_budget():
@@ -71,7 +96,7 @@ def test_run_tensorboard_writes_each_round_s_metrics(tmp_path):
                  *[arg for item in overrides for arg in ("--set", item)]]) == 0
     scalars = tensorboard_scalars(tmp_path / "tensorboard")
     assert [step for step, _ in scalars["loss"]] == [1, 2]
-    assert [step for step, _ in scalars["test_accuracy"]] == [2]
+    assert [step for step, _ in scalars["val_accuracy"]] == [2]
 
 
 def test_run_tensorboard_without_tensorboard_is_a_config_error(monkeypatch):

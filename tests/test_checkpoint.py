@@ -28,7 +28,7 @@ def test_read_tensors_are_in_memory_of_their_own_aligned_as_torch_allocates(tmp_
     params = {f"p{i}": torch.randn(i + 1, 3) for i in range(6)}  # sizes shift the offsets
     path = tmp_path / "ckpt.safetensors"
     save_checkpoint(path, params, {}, 1)
-    tensors, _ = read_checkpoint(path)
+    tensors, _, _ = read_checkpoint(path)
     assert {tensor.data_ptr() % 64 for tensor in tensors.values()} == {0}
     assert all(torch.equal(tensors[f"params/{k}"], v) for k, v in params.items())
 

@@ -44,8 +44,13 @@ def metrics(run):
 def test_demo_writes_a_complete_run_directory(tiny_run):
     lines = metrics(tiny_run)
     assert [m["round"] for m in lines] == [1, 2]  # evaluated every round (eval.every=1)
-    assert all("loss" in m and "test_accuracy" in m for m in lines)
+    assert all("loss" in m and "val_accuracy" in m for m in lines)
+    assert not any(key.startswith(("test_", "personal_")) for m in lines for key in m)
     summary = json.loads((tiny_run / "summary.json").read_text())
+    best = max(lines, key=lambda m: m["val_accuracy"])  # the first of equals
+    assert summary["selected"]["round"] == best["round"]
+    assert summary["selected"]["accuracy"] == best["val_accuracy"]
+    assert summary["validation_clients"] == 5
     assert summary["meta_test"]["episodes"] == 20
     assert 0.0 <= summary["meta_test"]["accuracy"] <= 1.0
     assert summary["test_clients"] == 20
@@ -56,6 +61,10 @@ def test_demo_writes_a_complete_run_directory(tiny_run):
     assert "hidden = 8" in (tiny_run / "config.toml").read_text()
     checkpoint = load_file(str(tiny_run / "checkpoints" / "round_00002.safetensors"))
     assert any(k.startswith("params/") for k in checkpoint)
+    selected = {k.removeprefix("selected/"): v for k, v in checkpoint.items()
+                if k.startswith("selected/")}
+    assert selected.keys() == {k.removeprefix("params/") for k in checkpoint
+                               if k.startswith("params/")}
     assert not list(tiny_run.rglob("*.tmp"))
 
 
@@ -69,8 +78,8 @@ def test_eval_on_held_out_clients_matches_the_run(tiny_run):
     result = fedmeta("eval", tiny_run, "--json", "--num-episodes", 20)
     assert result.returncode == 0, result.stderr
     evaluated = json.loads(result.stdout)
-    assert evaluated["round"] == 2
     summary = json.loads((tiny_run / "summary.json").read_text())
+    assert evaluated["round"] == summary["selected"]["round"]  # the model the run kept
     assert evaluated["accuracy"] == pytest.approx(summary["meta_test"]["accuracy"])
 
 

@@ -43,4 +43,4 @@ def test_heterogeneity_grows_with_beta():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="num_clients"):
-        synthetic_federated(0)
+        synthetic_federated(-1)

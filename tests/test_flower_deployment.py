@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedmeta.build import build_experiment
+from fedmeta.build import Datasets, build_experiment
 from fedmeta.config import apply_overrides, validate
 from fedmeta.data.client_files import clients_federated
 from fedmeta.engine.checkpoint import load_checkpoint
@@ -52,28 +52,34 @@ def final_params(out_dir: Path, round_index: int) -> dict[str, torch.Tensor]:
     return load_checkpoint(run / "checkpoints" / f"round_{round_index:05d}.safetensors")[0]
 
 
-def simulation(files: list[Path], held_out: list[Path], overrides: list[str]) -> Simulation:
+def simulation(files: list[Path], validation: list[Path], held_out: list[Path],
+               overrides: list[str]) -> Simulation:
     config = validate(app_config(overrides))
-    return Simulation(build_experiment(config, (clients_federated(files),
-                                                clients_federated(held_out))))
+    return Simulation(build_experiment(config, Datasets(
+        clients_federated(files), clients_federated(validation), clients_federated(held_out))))
 
 
 @pytest.fixture(scope="module")
-def client_files(tmp_path_factory) -> tuple[list[Path], list[Path]]:
+def client_files(tmp_path_factory) -> tuple[list[Path], list[Path], list[Path]]:
+    """Files of 3 training clients, 1 meta-test client and 1 meta-validation client."""
     out = tmp_path_factory.mktemp("clients")
     config = tmp_path_factory.mktemp("config") / "config.toml"
     config.write_text('[data]\ndataset = "omniglot"\npath = "bundled"\n')
-    result = fedmeta("export-clients", config, out, "--clients", 3, "--held-out", 1)
+    result = fedmeta("export-clients", config, out, "--clients", 3, "--held-out", 1,
+                     "--validation", 1)
     assert result.returncode == 0, result.stderr
-    return sorted(out.glob("client_*.npz")), sorted(out.glob("heldout_*.npz"))
+    return (sorted(out.glob("client_*.npz")), sorted(out.glob("heldout_*.npz")),
+            sorted(out.glob("validation_*.npz")))
 
 
 def start_nodes(deployment: Deployment, files: list[Path], held_out: list[Path],
-                key: Path | None = None) -> list:
+                key: Path | None = None, validation: list[Path] = ()) -> list:
     nodes = [deployment.start_supernode(f"node{i}", f'data-path="{path}"' + (
         f' ckks-key="{key}"' if key else "")) for i, path in enumerate(files)]
     nodes += [deployment.start_supernode(f"heldout{i}", f'data-path="{path}" held-out=true')
               for i, path in enumerate(held_out)]
+    nodes += [deployment.start_supernode(f"validation{i}", f'data-path="{path}" validation=true')
+              for i, path in enumerate(validation)]
     for node in nodes:
         assert node.wait_for("SuperNode ID:", 90), node.text()[-2000:]
     return nodes
@@ -81,29 +87,34 @@ def start_nodes(deployment: Deployment, files: list[Path], held_out: list[Path],
 
 def test_maml_on_a_deployment_matches_the_simulation_and_survives_a_killed_node(
         tmp_path, client_files):
-    files, held_out = client_files
+    files, held_out, validation = client_files
     keys = CkksKeys.generate()
     (tmp_path / "secret.ckks").write_bytes(keys.secret)
     with Deployment(tmp_path / "deployment") as deployment:
         deployment.start_superlink()
-        nodes = start_nodes(deployment, files, held_out, tmp_path / "secret.ckks")
-        # 1. two rounds of FedMeta (MAML): the same params as the in-process simulation
-        plain = OVERRIDES + [f"run.out_dir={tmp_path / 'plain'}"]
+        nodes = start_nodes(deployment, files, held_out, tmp_path / "secret.ckks", validation)
+        # 1. two rounds of FedMeta (MAML): the same params as the in-process simulation;
+        # evaluated after round 2 on the meta-validation node, meta-tested on the other once
+        plain = OVERRIDES + [f"run.out_dir={tmp_path / 'plain'}", "eval.every=2"]
         status = deployment.run(APP, run_config(plain))
         assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
-        simulated = simulation(files, held_out, plain)
+        simulated = simulation(files, validation, held_out, plain)
         expected = simulated.run()
         got = final_params(tmp_path / "plain", 2)
         for key in expected:
             torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
-        summary = (next((tmp_path / "plain").iterdir()) / "summary.json").read_text()
-        assert '"accuracy"' in summary  # the held-out node meta-tested the result
+        (run,) = (tmp_path / "plain").iterdir()
+        rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert "val_accuracy" in rounds[1] and not any(k.startswith("test_") for r in rounds
+                                                       for k in r)
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["selected"]["round"] == 2 and "accuracy" in summary["meta_test"]
         # 1b. pFedHN: each node trains the model its embedding generates, the server pulls
         # the deltas back through its hypernetwork: the same params as the simulation
         hypernet = OVERRIDES + [f"run.out_dir={tmp_path / 'pfedhn'}", "learner.algorithm=pfedhn"]
         status = deployment.run(APP, run_config(hypernet))
         assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
-        expected = simulation(files, held_out, hypernet).run()
+        expected = simulation(files, validation, held_out, hypernet).run()
         got = final_params(tmp_path / "pfedhn", 2)
         assert "embeddings.weight" in got
         for key in expected:
@@ -137,7 +148,7 @@ def test_maml_on_a_deployment_matches_the_simulation_and_survives_a_killed_node(
 def test_secagg_plus_over_tls_with_authenticated_nodes_and_a_dropout(tmp_path, client_files):
     """TLS with certificates made here; only registered SuperNodes may join; SecAgg+ gives the
     exact weighted mean of the clients that finished, one having died mid-protocol."""
-    files, held_out = client_files
+    files, held_out, validation = client_files
     with Deployment(tmp_path / "deployment", tls=True, node_auth=True) as deployment:
         deployment.start_superlink()
         keys = [make_node_key(tmp_path / "keys", f"node{i}") for i in range(4)]
@@ -164,7 +175,7 @@ def test_secagg_plus_over_tls_with_authenticated_nodes_and_a_dropout(tmp_path, c
         assert status["status"] == "finished:completed", deployment.logs(run_id)
     (run,) = (tmp_path / "secagg").iterdir()
     assert json.loads((run / "metrics.jsonl").read_text())["clients"] == 2
-    simulated = simulation(files[:2], held_out, secure)
+    simulated = simulation(files[:2], validation, held_out, secure)
     expected = simulated.run()  # the two survivors, in the clear
     got = final_params(tmp_path / "secagg", 1)
     for key in expected:  # within SecAgg+'s fixed-point rounding (16 / 2^22 per level)

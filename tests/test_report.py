@@ -170,7 +170,7 @@ NUMBERS = st.integers() | st.floats() | st.integers(min_value=-2**1100, max_valu
 JSON = st.recursive(st.none() | st.booleans() | NUMBERS | st.text(max_size=5),
                     lambda inner: st.lists(inner, max_size=3)
                     | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=5)
-METRICS = ("loss", "test_accuracy", "test_ci95", "epsilon", "bytes_down", "bytes_up")
+METRICS = ("loss", "val_accuracy", "val_ci95", "epsilon", "bytes_down", "bytes_up")
 
 
 def partly(keys: tuple[str, ...], values: st.SearchStrategy) -> st.SearchStrategy:

@@ -109,7 +109,7 @@ def test_a_run_killed_at_a_random_round_resumes_to_the_same_end(tmp_path, algori
     assert kill_after - 1 <= resumed_after < ROUNDS, "killed too late to resume mid-run"
     assert_same_run(tmp_path / "killed", tmp_path / "whole")
     logged = metrics(tmp_path / "whole")
-    assert len(logged) == ROUNDS and "test_accuracy" in logged[1] and "epsilon" in logged[0]
+    assert len(logged) == ROUNDS and "val_accuracy" in logged[1] and "epsilon" in logged[0]
 
 
 def test_a_run_resumed_after_each_of_its_rounds_ends_as_if_never_stopped(tmp_path):

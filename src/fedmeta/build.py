@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from functools import cached_property, partial
+from typing import NamedTuple
 from importlib import resources
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import torch
 from fedmeta.attacks import Attack
 from fedmeta.config import Config
 from fedmeta.data import (EpisodeSampler, FederatedDataset, femnist_federated,
-                          omniglot_federated, synthetic_federated)
+                          hold_out_validation, omniglot_federated, synthetic_federated,
+                          validation_count)
 from fedmeta.engine.faults import Faults
 from fedmeta.errors import UserError
 from fedmeta.learners.anil import ANIL
@@ -50,20 +52,40 @@ def bundled_omniglot() -> Path:
     return Path(str(resources.files("fedmeta") / "assets" / "omniglot_28_1bit.npz"))
 
 
-def build_datasets(config: Config) -> tuple[FederatedDataset, FederatedDataset]:
-    """(meta-training clients, held-out meta-test clients)."""
+class Datasets(NamedTuple):
+    """A run's clients: meta-training, meta-validation and meta-test, pairwise disjoint."""
+
+    train: FederatedDataset
+    validation: FederatedDataset
+    test: FederatedDataset
+
+
+def build_datasets(config: Config) -> Datasets:
+    """The config's clients. Omniglot and FEMNIST hold `data.validation_fraction` of the
+    training side's clients (background alphabets, training writers) out for meta-validation;
+    Synthetic generates as many more clients of a seed of their own."""
     data = config.data
     path = bundled_omniglot() if data.path == "bundled" else data.path
+    if data.dataset == "synthetic":
+        clients = partial(synthetic_federated, alpha=data.synthetic_alpha,
+                          beta=data.synthetic_beta)
+        count = validation_count(data.num_clients, data.validation_fraction)
+        return Datasets(clients(data.num_clients, seed=config.seed),
+                        clients(count, seed=config.seed + 2),
+                        clients(SYNTHETIC_TEST_CLIENTS, seed=config.seed + 1))
     if data.dataset == "omniglot":
-        return omniglot_federated(path, partition=data.partition, num_clients=data.num_clients,
-                                  rotations=data.rotations, seed=config.seed,
-                                  download=data.download)
-    if data.dataset == "femnist":
-        return femnist_federated(path, test_fraction=data.test_fraction, seed=config.seed,
-                                 download=data.download)
-    clients = partial(synthetic_federated, alpha=data.synthetic_alpha, beta=data.synthetic_beta)
-    return (clients(data.num_clients, seed=config.seed),
-            clients(SYNTHETIC_TEST_CLIENTS, seed=config.seed + 1))
+        background, test = omniglot_federated(
+            path, partition=data.partition, num_clients=data.num_clients,
+            rotations=data.rotations, seed=config.seed, download=data.download)
+    else:
+        background, test = femnist_federated(path, test_fraction=data.test_fraction,
+                                             seed=config.seed, download=data.download)
+    try:
+        train, validation = hold_out_validation(background, data.validation_fraction,
+                                                config.seed)
+    except ValueError as error:
+        raise UserError(f"config error: data.validation_fraction: {error}") from None
+    return Datasets(train, validation, test)
 
 
 def client_sample_rate(config: Config, num_clients: int) -> float:
@@ -189,6 +211,7 @@ def build_privacy_budget(config: Config, num_clients: int) -> PrivacyBudget | No
 class Experiment:
     config: Config
     train: FederatedDataset
+    validation: FederatedDataset
     test: FederatedDataset
     learner: Learner
     pipeline: Pipeline
@@ -235,10 +258,9 @@ def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int
         **sample_privacy(config), **({"num_clients": num_clients} if cls.personalized else {}))
 
 
-def build_experiment(config: Config, datasets: tuple[FederatedDataset, FederatedDataset]
-                     | None = None) -> Experiment:
-    """The experiment of `config`, on `datasets` (train, test) if given, else the config's."""
-    train, test = datasets or build_datasets(config)
+def build_experiment(config: Config, datasets: Datasets | None = None) -> Experiment:
+    """The experiment of `config`, on `datasets` if given, else the config's."""
+    train, validation, test = datasets or build_datasets(config)
     learner = build_learner(config, train.input_shape, train.num_classes, train.num_clients)
     ev = config.eval
     privacy, audit = config.privacy, None
@@ -246,7 +268,7 @@ def build_experiment(config: Config, datasets: tuple[FederatedDataset, Federated
         audit = CanaryAudit(learner.init_params(), privacy.canaries,
                             privacy.canary_norm or privacy.clip_norm or 1.0,
                             client_sample_rate(config, train.num_clients), config.seed)
-    return Experiment(config, train, test, learner, build_pipeline(config, train.num_clients),
+    return Experiment(config, train, validation, test, learner, build_pipeline(config, train.num_clients),
                       EpisodeSampler(ev.ways, ev.shots, ev.queries),
                       build_privacy_budget(config, train.num_clients), audit,
                       Attack.from_config(config, train.num_clients), Faults.from_config(config))

@@ -42,7 +42,8 @@ def train(config: Config, out: Path | None, quiet: bool) -> dict:
     simulation.check_data()
     run = RunDirectory.create(config, out)
     console.print(f"run directory: {run.path}  ({experiment.train.num_clients} training clients"
-                  f", {experiment.test.num_clients} held-out clients)")
+                  f", {experiment.validation.num_clients} meta-validation, "
+                  f"{experiment.test.num_clients} meta-test)")
     return train_and_summarize(simulation, run, progress=not quiet)
 
 
@@ -69,8 +70,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.num_episodes is not None and args.num_episodes < 1:
         raise UserError(f"--num-episodes must be at least 1, got {args.num_episodes}")
     run = RunDirectory.open(args.run_dir)
-    experiment, params, _, round_index = restore_run(run, args.checkpoint
-                                                     or run.latest_checkpoint())
+    experiment, params, _, round_index, selected = restore_run(run, args.checkpoint
+                                                               or run.latest_checkpoint())
+    if selected is not None:  # the model the run kept, as its summary meta-tested it
+        round_index, params = selected
     config = experiment.config
     if args.episodes is not None:
         episodes = load_episodes(args.episodes)
@@ -152,18 +155,24 @@ def cmd_privacy(args: argparse.Namespace) -> None:
 def cmd_export_clients(args: argparse.Namespace) -> None:
     """One file per client, for the machines of a deployment (`fedmeta.data.client_files`)."""
     config = load_config(args.config, args.set)
-    train, test = build_datasets(config)
+    train, validation, test = build_datasets(config)
     if args.clients is not None and not 1 <= args.clients <= train.num_clients:
         raise UserError(f"--clients must be in [1, {train.num_clients}], got {args.clients}")
-    if args.held_out is not None and not 0 <= args.held_out <= test.num_clients:
-        raise UserError(f"--held-out must be in [0, {test.num_clients}], got {args.held_out}")
+    for flag, value, clients in (("--validation", args.validation, validation),
+                                 ("--held-out", args.held_out, test)):
+        if value is not None and not 0 <= value <= clients.num_clients:
+            raise UserError(f"{flag} must be in [0, {clients.num_clients}], got {value}")
     make_directory(args.out)
-    count, held_out = args.clients or train.num_clients, args.held_out or 0
-    for i in range(count):
-        save_client(args.out / f"client_{i:05d}.npz", train.client(i), i)
-    for i in range(held_out):
-        save_client(args.out / f"heldout_{i:05d}.npz", test.client(i), count + i)
-    print(f"wrote {count} training and {held_out} held-out client files to {args.out}")
+    counts = {"client": (args.clients or train.num_clients, train),
+              "validation": (args.validation or 0, validation),
+              "heldout": (args.held_out or 0, test)}
+    client_id = 0
+    for prefix, (count, clients) in counts.items():
+        for i in range(count):
+            save_client(args.out / f"{prefix}_{i:05d}.npz", clients.client(i), client_id)
+            client_id += 1
+    print(f"wrote {counts['client'][0]} training, {counts['validation'][0]} meta-validation and "
+          f"{counts['heldout'][0]} held-out client files to {args.out}")
 
 
 def cmd_ckks_keys(args: argparse.Namespace) -> None:
@@ -232,7 +241,10 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("config", type=Path)
     export.add_argument("out", type=Path, help="directory for client_NNNNN.npz files")
     export.add_argument("--clients", type=int, help="the first N training clients (default all)")
-    export.add_argument("--held-out", type=int, help="also the first N held-out clients")
+    export.add_argument("--validation", type=int,
+                        help="also the first N meta-validation clients (node config validation=true)")
+    export.add_argument("--held-out", type=int,
+                        help="also the first N meta-test clients (node config held-out=true)")
     export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     keys = add("ckks-keys", cmd_ckks_keys, "generate the CKKS key pair of encrypted aggregation")
     keys.add_argument("out", type=Path, help="directory for secret.ckks and public.ckks")

@@ -34,6 +34,9 @@ class DataConfig(Section):
     num_clients: int | None = Field(None, ge=1, le=10**7)
     rotations: bool = False
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    # of the training side's clients, held out for meta-validation (rounded up); 0 = none, and
+    # then no evaluation during training and no early stopping
+    validation_fraction: float = Field(0.15, ge=0, lt=1)
     synthetic_alpha: float = Field(1.0, ge=0, le=1000)
     synthetic_beta: float = Field(1.0, ge=0, le=1000)
 

@@ -12,6 +12,7 @@ from fedmeta.data.omniglot import load_omniglot_arrays, omniglot_federated
 from fedmeta.data.partition import dirichlet_partition, key_partition, random_partition, shard_partition
 from fedmeta.data.sources import ChecksumError, DatasetNotFound, resolve_dataset
 from fedmeta.data.synthetic import SyntheticFederatedDataset, synthetic_federated
+from fedmeta.data.validation import hold_out_validation, validation_count
 
 __all__ = [
     "ArrayFederatedDataset",
@@ -27,6 +28,7 @@ __all__ = [
     "dirichlet_partition",
     "episodes_from_arrays",
     "femnist_federated",
+    "hold_out_validation",
     "key_partition",
     "load_omniglot_arrays",
     "omniglot_federated",
@@ -35,4 +37,5 @@ __all__ = [
     "shard_partition",
     "split_support_query",
     "synthetic_federated",
+    "validation_count",
 ]

@@ -139,6 +139,13 @@ class ArrayFederatedDataset(FederatedDataset):
     def input_shape(self) -> tuple[int, ...]:
         return float_input_shape(tuple(self._x.shape[1:]), self._x.dtype == np.uint8)
 
+    def subset(self, name: str, clients: Sequence[int]) -> ArrayFederatedDataset:
+        """The clients at positions ``clients``, in that order, over the same arrays; the label
+        space (``num_classes``) stays this dataset's, so a head sized for it fits both."""
+        return ArrayFederatedDataset(name, self._x, self._y, [self._indices[i] for i in clients],
+                                     self._mask, self._transform, self._expansion,
+                                     self._num_classes)
+
     @property
     def num_classes(self) -> int:
         return self._num_classes

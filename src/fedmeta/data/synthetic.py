@@ -21,9 +21,9 @@ class SyntheticFederatedDataset(FederatedDataset):
     def __init__(
         self, num_clients: int, alpha: float, beta: float, dim: int, num_classes: int, seed: int, mean_size: float
     ) -> None:
-        if num_clients < 1 or dim < 1 or num_classes < 2 or mean_size <= _MIN_SIZE or alpha < 0 or beta < 0:
+        if num_clients < 0 or dim < 1 or num_classes < 2 or mean_size <= _MIN_SIZE or alpha < 0 or beta < 0:
             raise ValueError(
-                f"need num_clients >= 1, dim >= 1, num_classes >= 2, mean_size > {_MIN_SIZE}, alpha, beta >= 0"
+                f"need num_clients >= 0, dim >= 1, num_classes >= 2, mean_size > {_MIN_SIZE}, alpha, beta >= 0"
             )
         self.name = f"synthetic({alpha},{beta})"
         self.alpha, self.beta, self.seed = alpha, beta, seed

@@ -46,12 +46,32 @@ class TensorBoardLogger:
                 self.writer.add_scalar(key, value, round_index)
 
 
+class BestRound:
+    """Model selection on the meta-validation clients: the round whose `metric` was the best
+    so far (the first of equals), its params and its metrics. The round a run keeps is this
+    one, so it is chosen by what the meta-validation clients scored, never the meta-test's."""
+
+    def __init__(self, metric: str = "val_accuracy") -> None:
+        self.metric = metric
+        self.round, self.best = 0, -math.inf
+        self.params: Params | None = None
+        self.metrics: dict[str, Any] = {}
+
+    def __call__(self, round_index: int, params: Params, server_state: dict[str, Any],
+                 metrics: dict[str, Any]) -> None:
+        if metrics.get(self.metric, -math.inf) > self.best:
+            self.round, self.best, self.params = round_index, metrics[self.metric], params
+            self.metrics = {k: v for k, v in metrics.items() if k.startswith("val_")}
+
+
 class Checkpointer:
-    """Saves a checkpoint every `every` rounds (0: never) and, on `finish()`, the last round;
+    """Saves a checkpoint every `every` rounds (0: never) and, on `finish()`, the last round,
+    each with the round `selection` has chosen so far and its params;
     `saved_round`: the round of the checkpoint a resumed run started from (0: none)."""
 
-    def __init__(self, run: RunDirectory, every: int, saved_round: int = 0) -> None:
-        self.run, self.every = run, every
+    def __init__(self, run: RunDirectory, every: int, saved_round: int = 0,
+                 selection: BestRound | None = None) -> None:
+        self.run, self.every, self.selection = run, every, selection
         self.round = self.saved_round = saved_round  # the last round seen
         self.last: tuple[Params, dict[str, Any]] | None = None  # its params and server state
 
@@ -59,18 +79,25 @@ class Checkpointer:
                  metrics: dict[str, Any]) -> None:
         self.round, self.last = round_index, (params, server_state)
         if self.every and round_index % self.every == 0:
-            self.run.checkpoint(params, server_state, round_index)
-            self.saved_round = round_index
+            self.save()
+
+    def save(self) -> None:
+        selected = None
+        if self.selection is not None and self.selection.params is not None:
+            selected = (self.selection.round, self.selection.params)
+        self.run.checkpoint(*self.last, self.round, selected)
+        self.saved_round = self.round
 
     def finish(self) -> None:
         if self.round != self.saved_round:
-            self.run.checkpoint(*self.last, self.round)
+            self.save()
 
 
 class EarlyStopping:
-    """Stops when `metric` has not improved by `min_delta` for `patience` evaluations."""
+    """Stops when `metric` (on the meta-validation clients) has not improved by `min_delta`
+    for `patience` evaluations."""
 
-    def __init__(self, patience: int, metric: str = "test_accuracy", min_delta: float = 0.0):
+    def __init__(self, patience: int, metric: str = "val_accuracy", min_delta: float = 0.0):
         self.patience, self.metric, self.min_delta = patience, metric, min_delta
         self.best, self.stale = -math.inf, 0
 
@@ -100,7 +127,7 @@ class TimeBudget:
 
 
 class ProgressBar:
-    """A rich progress bar showing the round, the last loss and test accuracy, the privacy
+    """A rich progress bar showing the round, the last loss and validation accuracy, the privacy
     spent (epsilon, with user-level DP) and the ETA."""
 
     def __init__(self, rounds: int, start_round: int = 1) -> None:
@@ -120,8 +147,8 @@ class ProgressBar:
 
     def __call__(self, round_index: int, params: Params, server_state: dict[str, Any],
                  metrics: dict[str, Any]) -> None:
-        self.accuracy = metrics.get("test_accuracy", self.accuracy)
-        status = f"loss {metrics.get('loss', math.nan):.3f}  test acc {100 * self.accuracy:.1f}%"
+        self.accuracy = metrics.get("val_accuracy", self.accuracy)
+        status = f"loss {metrics.get('loss', math.nan):.3f}  val acc {100 * self.accuracy:.1f}%"
         if "epsilon" in metrics:
             status += f"  ε {metrics['epsilon']:.2f}"
         self.progress.update(self.task, completed=round_index, status=status)

@@ -1,5 +1,8 @@
 """Checkpoints as safetensors (no pickle): the global params and the server pipeline's state,
-flattened to `params/<name>` and `server/<stage>/<...>` keys, written atomically."""
+flattened to `params/<name>` and `server/<stage>/<...>` keys, and the params of the round model
+selection has chosen so far (`selected/<name>`, its round in the metadata), written
+atomically. Holding the selection in every checkpoint makes a resumed run choose as the
+uninterrupted one would have."""
 
 import os
 from pathlib import Path
@@ -38,21 +41,27 @@ def unflatten(flat: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def save_checkpoint(path: Path, params: Params, server_state: dict[str, Any],
-                    round_index: int) -> None:
-    """Write params and server state to `path` (temporary file, then rename)."""
-    tensors = flatten({"params": params, "server": server_state})
+                    round_index: int, selected: tuple[int, Params] | None = None) -> None:
+    """Write params, server state and the `selected` (round, params) to `path` (temporary
+    file, then rename)."""
+    tree, metadata = {"params": params, "server": server_state}, {"round": str(round_index)}
+    if selected is not None:
+        metadata["selected_round"] = str(selected[0])
+        # copies: the selected round may be this one, and safetensors refuses shared memory
+        tree["selected"] = {k: v.clone() for k, v in selected[1].items()}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"round": str(round_index)})
+    save_file(flatten(tree), str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], int]:
-    """The flattened tensors and the round of a checkpoint written by `save_checkpoint`, each
-    in memory of its own (`owned`)."""
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], int, int]:
+    """The flattened tensors (each in memory of its own: `owned`), the round and the selected
+    round (0: none) of a checkpoint written by `save_checkpoint`."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             tensors = {name: owned(handle.get_tensor(name)) for name in handle.keys()}
-            return tensors, int(handle.metadata()["round"])
+            metadata = handle.metadata()
+            return (tensors, int(metadata["round"]), int(metadata.get("selected_round", 0)))
     except (OSError, SafetensorError, KeyError, TypeError, ValueError) as error:
         raise UserError(f"cannot read checkpoint {path}: {error}") from None
 
@@ -60,7 +69,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], int]:
 def load_checkpoint(path: Path) -> tuple[Params, dict[str, Any], int]:
     """(params, server state, round) from a checkpoint written by `save_checkpoint`; the
     state lacks the stages that keep none (see `restore_checkpoint`)."""
-    tensors, round_index = read_checkpoint(path)
+    tensors, round_index, _ = read_checkpoint(path)
     try:
         tree = unflatten(tensors)
     except ValueError as error:  # a name that is both a tensor and a group
@@ -77,8 +86,10 @@ def restore_checkpoint(path: Path, params: Params,
     stage, so the checkpoint alone cannot rebuild it). UserError if the checkpoint's tensors
     differ from theirs in names, shapes or dtypes (a config edited since it was written); a
     state tensor that starts empty along its first dimension grows as the run goes (rows per
-    client, as error feedback's residuals), so only its other dimensions must agree."""
-    tensors, round_index = read_checkpoint(path)
+    client, as error feedback's residuals), so only its other dimensions must agree. The
+    selected params are `restore_selected`'s."""
+    tensors, round_index, _ = read_checkpoint(path)
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("selected/")}
     like = flatten({"params": params, "server": server_state})
     grows = {name for name, value in like.items() if value.dim() and not len(value)}
     expected = {name: describe(value, name in grows) for name, value in like.items()}
@@ -90,6 +101,21 @@ def restore_checkpoint(path: Path, params: Params,
                             f"{expected.get(name, 'no such tensor')}")
     tree = fill({"params": params, "server": server_state}, tensors)
     return tree["params"], tree["server"], round_index
+
+
+def restore_selected(path: Path, params: Params) -> tuple[int, Params] | None:
+    """The round model selection had chosen when the checkpoint at `path` was written, and its
+    params in the structure of `params` (None: nothing chosen yet). UserError if they differ
+    from `params` in names, shapes or dtypes."""
+    tensors, _, selected_round = read_checkpoint(path)
+    if not selected_round:
+        return None
+    selected = {k.removeprefix("selected/"): v for k, v in tensors.items()
+                if k.startswith("selected/")}
+    if {k: describe(v) for k, v in selected.items()} != {k: describe(v) for k, v in params.items()}:
+        raise UserError(f"checkpoint {path} does not match its run's config: its selected/ "
+                        f"tensors are not the model's params")
+    return selected_round, selected
 
 
 def describe(tensor: torch.Tensor, grows: bool = False) -> str:

@@ -6,20 +6,23 @@ from pathlib import Path
 
 from fedmeta.build import Experiment, build_experiment
 from fedmeta.config import load_config
-from fedmeta.engine.checkpoint import restore_checkpoint
+from fedmeta.engine.checkpoint import restore_checkpoint, restore_selected
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.training import Start
 from fedmeta.errors import UserError
 from fedmeta.params import Params
 
 
-def restore_run(run: RunDirectory, checkpoint: Path) -> tuple[Experiment, Params, dict, int]:
+def restore_run(run: RunDirectory, checkpoint: Path) -> tuple[
+        Experiment, Params, dict, int, tuple[int, Params] | None]:
     """What the config of `run` builds, with `checkpoint` restored into it: (experiment,
-    params, server state, the checkpoint's round)."""
+    params, server state, the checkpoint's round, the round selected by then and its params,
+    if any)."""
     experiment = build_experiment(load_config(run.config_path))
     initial = experiment.learner.init_params()
     return (experiment, *restore_checkpoint(checkpoint, initial,
-                                            experiment.pipeline.init(initial)))
+                                            experiment.pipeline.init(initial)),
+            restore_selected(checkpoint, initial))
 
 
 def resume(path: Path) -> tuple[Experiment, RunDirectory, Start]:
@@ -29,10 +32,10 @@ def resume(path: Path) -> tuple[Experiment, RunDirectory, Start]:
     if run.summary_path.exists():
         raise UserError(f"run {path} has already finished (it has a summary.json)")
     checkpoint = run.latest_checkpoint()
-    experiment, params, server_state, round_index = restore_run(run, checkpoint)
+    experiment, params, server_state, round_index, selected = restore_run(run, checkpoint)
     config = experiment.config
     if round_index > config.server.rounds:
         raise UserError(f"checkpoint {checkpoint} is of round {round_index}, past the config's "
                         f"server.rounds ({config.server.rounds})")
     history = run.trim_metrics(round_index)  # the last check, and the only change
-    return experiment, run, Start(round_index, params, server_state, tuple(history))
+    return experiment, run, Start(round_index, params, server_state, tuple(history), selected)

@@ -95,9 +95,10 @@ class RunDirectory:
         write_atomic_bytes(self.metrics_path, b"".join(line + b"\n" for line in lines))
         return history
 
-    def checkpoint(self, params: Params, server_state: dict[str, Any], round_index: int) -> Path:
+    def checkpoint(self, params: Params, server_state: dict[str, Any], round_index: int,
+                   selected: tuple[int, Params] | None = None) -> Path:
         path = self.checkpoints / f"round_{round_index:05d}.safetensors"
-        save_checkpoint(path, params, server_state, round_index)
+        save_checkpoint(path, params, server_state, round_index, selected)
         return path
 
     def write_summary(self, summary: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
 """The in-process simulation: sample a cohort, run each client's update, apply the server
-pipeline, evaluate on held-out clients, report to callbacks.
+pipeline, evaluate on the meta-validation clients, report to callbacks; the meta-test clients
+are read once, after training (`fedmeta.engine.training`).
 
 Every random draw comes from a generator seeded by (seed, round[, client]), so a run is a pure
 function of its config: the same config and seed give identical metrics, and a run resumed
@@ -10,7 +11,7 @@ import logging
 import time
 from dataclasses import replace
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -40,6 +41,13 @@ def finite_rows(updates: CohortUpdates) -> torch.Tensor:
 def weighted_loss(losses: torch.Tensor, weights: torch.Tensor) -> float:
     """The clients' mean local losses averaged by their weights: a round's `loss` metric."""
     return float((losses * weights).sum() / weights.sum())
+
+
+Held = Literal["test", "val"]  # which held-out clients an evaluation reads
+# Their streams' keys after (seed, EVAL_STREAM): (episodes, personalization). The meta-test's
+# are those it had before meta-validation clients existed.
+EVAL_KEYS: dict[Held, tuple[tuple[int, ...], tuple[int, ...]]] = {"test": ((), (1,)),
+                                                                  "val": ((2,), (3,))}
 
 
 class StopTraining(Exception):
@@ -156,15 +164,35 @@ class Simulation:
 
     @cached_property
     def test_clients(self) -> list[ClientData]:
-        """The held-out clients, materialized once for every evaluation of the run."""
+        """The meta-test clients, materialized once, for the run's one final evaluation."""
         test = self.experiment.test
         return [test.client(i) for i in range(test.num_clients)]
 
+    @cached_property
+    def validation_clients(self) -> list[ClientData]:
+        """The meta-validation clients, materialized once for every evaluation during training."""
+        validation = self.experiment.validation
+        return [validation.client(i) for i in range(validation.num_clients)]
+
+    @property
+    def validates(self) -> bool:
+        """Whether the run has meta-validation clients to evaluate on during training."""
+        return self.experiment.validation.num_clients > 0
+
+    def check_validation(self) -> None:
+        """UserError if early stopping is configured without meta-validation clients: it may
+        read only them (never the meta-test clients)."""
+        if self.config.eval.patience and not self.validates:
+            raise UserError("config error: eval.patience stops on the meta-validation clients, "
+                            "and this run has none (data.validation_fraction, or nodes with "
+                            "validation = true)")
+
     def check_data(self) -> None:
         """UserError unless some training client can supply a local round's data and the
-        held-out clients can be meta-tested (and personalized) as configured: found before a
-        run starts, not as rounds that all skip or at its first evaluation. The scan stops at
-        the first able training client (usually the first)."""
+        held-out clients (meta-validation and meta-test) can be evaluated (and personalized)
+        as configured: found before a run starts, not as rounds that all skip or at its first
+        evaluation. The scan stops at the first able training client (usually the first)."""
+        self.check_validation()
         train, learner = self.experiment.train, self.experiment.learner
         for i in range(train.num_clients):
             try:
@@ -174,31 +202,38 @@ class Simulation:
                 reason = error
         else:
             raise UserError(f"no training client can supply a local round: {reason}")
-        eligible_clients(self.test_clients, self.experiment.eval_sampler)
         ev = self.config.eval
-        if ev.personalization_episodes:
-            personal_splits(self.test_clients, ev.ways, ev.shots)
+        for clients in (self.test_clients, self.validation_clients)[:1 + self.validates]:
+            eligible_clients(clients, self.experiment.eval_sampler)
+            if ev.personalization_episodes:
+                personal_splits(clients, ev.ways, ev.shots)
 
-    def evaluate(self, params: Params, episodes: int,
-                 per_client: bool = False) -> dict[str, Any]:
-        """Meta-test on held-out clients (`test_*`) and, when configured, their
-        personalization on their own support/query splits (`personal_*`); with `per_client`,
-        each client's accuracy too (`*_per_client_accuracy`)."""
-        ev, learner, test = self.config.eval, self.experiment.learner, self.test_clients
-        result = meta_test(learner, params, test, self.experiment.eval_sampler, episodes,
-                           seeded(self.config.seed, EVAL_STREAM))
-        metrics = {f"test_{key}": value for key, value in result.as_dict(per_client).items()}
+    def evaluate(self, params: Params, episodes: int, per_client: bool = False,
+                 on: Held = "test") -> dict[str, Any]:
+        """Meta-test on the held-out clients `on` ("test": the meta-test clients, keys
+        `test_*`; "val": the meta-validation clients, `val_*`) and, when configured, their
+        personalization on their own support/query splits (`personal_*`, `val_personal_*`);
+        with `per_client`, each client's accuracy too (`*_per_client_accuracy`). Each side
+        draws its episodes from a stream of its own, the same at every evaluation."""
+        ev, learner = self.config.eval, self.experiment.learner
+        clients = self.test_clients if on == "test" else self.validation_clients
+        episode_keys, personal_keys = EVAL_KEYS[on]
+        result = meta_test(learner, params, clients, self.experiment.eval_sampler, episodes,
+                           seeded(self.config.seed, EVAL_STREAM, *episode_keys))
+        metrics = {f"{on}_{key}": value for key, value in result.as_dict(per_client).items()}
         if ev.personalization_episodes:
-            result = personalize(learner, params, test, ev.ways, ev.shots,
+            result = personalize(learner, params, clients, ev.ways, ev.shots,
                                  ev.personalization_episodes,
-                                 seeded(self.config.seed, EVAL_STREAM, 1))
-            metrics.update({f"personal_{key}": value
+                                 seeded(self.config.seed, EVAL_STREAM, *personal_keys))
+            prefix = "personal_" if on == "test" else "val_personal_"
+            metrics.update({f"{prefix}{key}": value
                             for key, value in result.as_dict(per_client).items()})
         return metrics
 
     def run(self, callbacks: list[Callback] = (), params: Params | None = None,
             server_state: dict[str, Any] | None = None, start_round: int = 1) -> Params:
-        """Rounds `start_round`..`server.rounds`, evaluating every `eval.every` rounds, until
+        """Rounds `start_round`..`server.rounds`, evaluating on the meta-validation clients
+        every `eval.every` rounds (never on the meta-test clients), until
         the last round, a callback raises `StopTraining`, or the next round would exceed
         `privacy.target_epsilon`; with user-level DP, `epsilon` is in every round's metrics."""
         if params is None:
@@ -212,8 +247,8 @@ class Simulation:
             params, server_state, metrics = self.round(round_index, params, server_state)
             if budget is not None:
                 metrics["epsilon"] = budget.epsilon_after(round_index)
-            if every and round_index % every == 0:
-                metrics.update(self.evaluate(params, self.config.eval.episodes))
+            if every and round_index % every == 0 and self.validates:
+                metrics.update(self.evaluate(params, self.config.eval.episodes, on="val"))
             try:
                 for callback in callbacks:
                     callback(round_index, params, server_state, metrics)

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedmeta.config import Config
-from fedmeta.engine.callbacks import (Checkpointer, EarlyStopping, MetricsLogger, ProgressBar,
-                                      TensorBoardLogger, TimeBudget)
+from fedmeta.engine.callbacks import (BestRound, Checkpointer, EarlyStopping, MetricsLogger,
+                                      ProgressBar, TensorBoardLogger, TimeBudget)
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Callback, Simulation, StopTraining
+from fedmeta.errors import UserError
 from fedmeta.params import Params
 from fedmeta.privacy.summary import privacy_summary
 
@@ -19,12 +20,29 @@ from fedmeta.privacy.summary import privacy_summary
 @dataclass(frozen=True)
 class Start:
     """Where training starts: after round `round` (0: a new run) from `params` and
-    `server_state` (None: initialized), `history` the metrics of the rounds before."""
+    `server_state` (None: initialized), `history` the metrics of the rounds before, `selected`
+    the round model selection had chosen by then and its params (None: none yet)."""
 
     round: int = 0
     params: Params | None = None
     server_state: dict[str, Any] | None = None
     history: tuple[dict[str, Any], ...] = ()
+    selected: tuple[int, Params] | None = None
+
+
+def restored_selection(start: Start) -> BestRound:
+    """Model selection as it stood after `start.round`: its choice replayed from the logged
+    metrics, the chosen params from the checkpoint. UserError if the two disagree."""
+    selection = BestRound()
+    for metrics in start.history:
+        selection(metrics["round"], None, {}, metrics)
+    chosen = start.selected[0] if start.selected else 0
+    if selection.round != chosen:
+        raise UserError(f"the logged metrics select round {selection.round}, the checkpoint "
+                        f"holds round {chosen}'s params as selected")
+    if start.selected:
+        selection.params = start.selected[1]
+    return selection
 
 
 def stopping_callbacks(config: Config, start: Start) -> list[Callback]:
@@ -45,11 +63,11 @@ def training_callbacks(config: Config, run: RunDirectory, start: Start,
                        checkpointer: Checkpointer, progress: bool,
                        stack: ExitStack) -> list[Callback]:
     """The callbacks of the rounds after `start`, those to close entered into `stack`: metrics
-    log, checkpoints, TensorBoard (`run.tensorboard`), stopping (`stopping_callbacks`, which
+    log, model selection, checkpoints (which hold the selection), TensorBoard (`run.tensorboard`), stopping (`stopping_callbacks`, which
     raises StopTraining if the run had stopped) and the progress bar. A callback that stops the
     run ends the round's callbacks: those after it miss the last round."""
     stopping = stopping_callbacks(config, start)  # first: a stopped run opens no log
-    callbacks: list[Callback] = [MetricsLogger(run), checkpointer]
+    callbacks: list[Callback] = [MetricsLogger(run), checkpointer.selection, checkpointer]
     if config.run.tensorboard:
         callbacks.append(stack.enter_context(TensorBoardLogger(run.path / "tensorboard",
                                                                start.round + 1)))
@@ -60,30 +78,38 @@ def training_callbacks(config: Config, run: RunDirectory, start: Start,
 
 
 def train(simulation: Simulation, run: RunDirectory, start: Start,
-          progress: bool) -> tuple[Params, int]:
-    """The rounds after `start.round`, logged and checkpointed into `run`: the final params and
-    the last round."""
+          progress: bool) -> tuple[Params, int, BestRound]:
+    """The rounds after `start.round`, logged and checkpointed into `run`: the final params,
+    the last round and the model selection."""
     config = simulation.config
-    checkpointer = Checkpointer(run, config.run.checkpoint_every, start.round)
+    checkpointer = Checkpointer(run, config.run.checkpoint_every, start.round,
+                                restored_selection(start))
     with ExitStack() as stack:
         try:
             callbacks = training_callbacks(config, run, start, checkpointer, progress, stack)
         except StopTraining:  # stopped early, then killed before its summary
-            return start.params, start.round
+            return start.params, start.round, checkpointer.selection
         params = simulation.run(callbacks, start.params, start.server_state, start.round + 1)
     checkpointer.finish()
-    return params, checkpointer.round
+    return params, checkpointer.round, checkpointer.selection
 
 
 def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: bool,
                         start: Start = Start()) -> dict:
-    """Train `simulation`'s experiment into `run` from `start`, meta-test the result, write and
-    print the summary."""
+    """Train `simulation`'s experiment into `run` from `start`, meta-test the model of the
+    round the meta-validation clients selected (the last round's without them) once, on the
+    meta-test clients, write and print the summary."""
     experiment = simulation.experiment
     config = experiment.config
     begin = time.perf_counter()
-    params, rounds = train(simulation, run, start, progress)
+    params, rounds, selection = train(simulation, run, start, progress)
     train_seconds = time.perf_counter() - begin
+    if selection.params is not None:
+        params, selected = selection.params, {
+            "round": selection.round, "rule": f"best {selection.metric}",
+            **{k.removeprefix("val_"): v for k, v in selection.metrics.items()}}
+    else:
+        selected = {"round": rounds, "rule": "last round (no meta-validation evaluation)"}
     result = {k.removeprefix("test_"): v
               for k, v in simulation.evaluate(params, config.eval.final_episodes,
                                               per_client=True).items()}
@@ -91,6 +117,7 @@ def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: boo
     summary = {
         "name": config.name, "rounds": rounds, "train_seconds": train_seconds,
         "task": f"{ev.ways}-way {ev.shots}-shot", "test_clients": experiment.test.num_clients,
+        "validation_clients": experiment.validation.num_clients, "selected": selected,
         "meta_test": result, "privacy": privacy_summary(experiment, rounds, params),
     }
     run.write_summary(summary)
@@ -99,5 +126,6 @@ def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: boo
         return summary
     print(f"meta-test accuracy on {summary['test_clients']} unseen clients, {summary['task']}: "
           f"{100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI over "
-          f"{result['episodes']} episodes); run directory {run.path}")
+          f"{result['episodes']} episodes) of round {selected['round']}'s model, selected by "
+          f"{selected['rule']}; run directory {run.path}")
     return summary

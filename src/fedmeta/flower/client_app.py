@@ -1,12 +1,12 @@
 """fedmeta's Flower ClientApp: a SuperNode's client trains on its own data file.
 
 On a deployment the node's config names the file (`data-path`, see
-`fedmeta.data.client_files`), whether the client is held out for evaluation only
-(`held-out`), and, for CKKS aggregation, the shared secret-key context (`ckks-key`, written by
+`fedmeta.data.client_files`), whether the client is held out for evaluation only, as a
+meta-test client (`held-out`) or a meta-validation one (`validation`), and, for CKKS aggregation, the shared secret-key context (`ckks-key`, written by
 `fedmeta ckks-keys`). The data never leaves the node, only params deltas (or their
 encryption) and metrics do. In Flower's simulation a node has only a `partition-id`: it is
-training client `partition-id` of the config's dataset, or held-out client `partition-id`
-minus the number of training clients.
+client `partition-id` of the config's training, then meta-validation, then meta-test clients
+(`build_datasets`), numbered on.
 """
 
 from functools import lru_cache
@@ -21,12 +21,13 @@ from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
-from fedmeta.build import build_datasets, build_learner
+from fedmeta.build import Datasets, build_datasets, build_learner
 from fedmeta.config import Config
-from fedmeta.data import ClientData, EpisodeSampler, FederatedDataset, NotEnoughData
+from fedmeta.data import ClientData, EpisodeSampler, NotEnoughData
 from fedmeta.data.client_files import load_client
 from fedmeta.data.federated import float_input_shape
 from fedmeta.engine.seeding import EVAL_STREAM, seeded
+from fedmeta.errors import UserError
 from fedmeta.flower.secagg import from_arrays, to_parameters
 from fedmeta.learners.base import Learner, Update
 from fedmeta.params import flatten_rows, owned, unflatten
@@ -54,22 +55,27 @@ def ckks_context(path: str):
 
 
 @lru_cache(maxsize=1)
-def simulated_datasets(config_json: str) -> tuple[FederatedDataset, FederatedDataset]:
+def simulated_datasets(config_json: str) -> Datasets:
     return build_datasets(Config.model_validate_json(config_json))
 
 
-def node_client(settings: Any, context: Context) -> tuple[int, ClientData, bool]:
-    """(client id, its data, whether it is held out) of this node; `settings`: the config
-    record of the message (it carries the fedmeta config)."""
+def node_client(settings: Any, context: Context) -> tuple[int, ClientData, str]:
+    """(client id, its data, its role: "train", "val" or "test") of this node; `settings`: the
+    config record of the message (it carries the fedmeta config)."""
     node = context.node_config
     if "data-path" in node:
         client_id, client = local_client(str(node["data-path"]))
-        return client_id, client, bool(node.get("held-out", False))
-    train, test = simulated_datasets(str(settings["fedmeta"]))
+        role = ("test" if node.get("held-out", False) else
+                "val" if node.get("validation", False) else "train")
+        return client_id, client, role
     partition = int(node["partition-id"])
-    if partition < train.num_clients:
-        return partition, train.client(partition), False
-    return partition, test.client(partition - train.num_clients), True
+    first = 0
+    for role, clients in zip(("train", "val", "test"),
+                             simulated_datasets(str(settings["fedmeta"]))):
+        if partition < first + clients.num_clients:
+            return partition, clients.client(partition - first), role
+        first += clients.num_clients
+    raise UserError(f"node partition-id {partition}: the config has only {first} clients")
 
 
 def input_shape(client: ClientData) -> tuple[int, ...]:
@@ -85,10 +91,10 @@ def node_learner(settings: Any, client: ClientData) -> tuple[Config, Learner]:
 
 @app.query("describe")
 def describe(msg: Message, context: Context) -> Message:
-    client_id, client, held_out = node_client(msg.content["config"], context)
+    client_id, client, role = node_client(msg.content["config"], context)
     record = ConfigRecord({"client-id": client_id, "num-examples": len(client),
                            "input-shape": list(input_shape(client)),
-                           "num-classes": int(client.y.max()) + 1, "held-out": held_out})
+                           "num-classes": int(client.y.max()) + 1, "role": role})
     if "ckks-key" in context.node_config:
         key = ckks_context(str(context.node_config["ckks-key"]))
         record["ckks-public"] = key.serialize(save_secret_key=False, save_relin_keys=False)

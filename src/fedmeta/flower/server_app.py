@@ -7,8 +7,9 @@ simulation samples clients, so a deployment over the clients' files reproduces a
 of them. Each round it sends the global params to the cohort and waits `flower.round_timeout`
 seconds: clients that fail or do not answer in time are left out and logged, and the round
 goes on if at least `server.min_clients` replied (else the model stays as it was). Held-out
-nodes (`held-out = true`) only evaluate: they adapt to episodes of their own classes and score
-them.
+nodes only evaluate: they adapt to episodes of their own classes and score them, the
+meta-validation nodes (`validation = true`) during training, the meta-test nodes
+(`held-out = true`) once, at the end.
 
 With `aggregation.secure = "ckks"` the clients send their weighted updates encrypted, the
 server adds the ciphertexts with the public context the clients described, and a key holder
@@ -24,13 +25,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedmeta.build import build_experiment
+from fedmeta.build import Datasets, build_experiment
 from fedmeta.config import Config
 from fedmeta.data import ClientData, FederatedDataset
 from fedmeta.engine.cohort import CohortUpdates, concatenated
 from fedmeta.engine.communication import round_bytes
 from fedmeta.engine.rundir import RunDirectory
-from fedmeta.engine.simulation import Simulation, weighted_loss
+from fedmeta.engine.simulation import Held, Simulation, weighted_loss
 from fedmeta.engine.training import train_and_summarize
 from fedmeta.errors import UserError
 from fedmeta.evaluation import summarize
@@ -80,8 +81,9 @@ class FlowerFederation(Simulation):
     def __init__(self, grid: Grid, config: Config, context: Context | None = None) -> None:
         self.grid, self.config, self.context = grid, config, context
         described = self.describe_nodes()
-        train = sorted((n for n in described if not n["held-out"]), key=lambda n: n["client-id"])
-        test = [n for n in described if n["held-out"]]
+        train, validation, test = ([n for n in described if n["role"] == role]
+                                   for role in ("train", "val", "test"))
+        train.sort(key=lambda n: n["client-id"])
         if len(train) < config.server.min_clients:
             raise UserError(f"only {len(train)} training nodes connected; server.min_clients "
                             f"is {config.server.min_clients}")
@@ -92,14 +94,17 @@ class FlowerFederation(Simulation):
             raise UserError("aggregation.compression is simulated in `fedmeta run`; a "
                             "deployment's clients send their updates uncompressed")
         self.train_nodes = [n["node-id"] for n in train]
-        self.test_nodes = [n["node-id"] for n in test]
+        self.held_out_nodes = {"val": [n["node-id"] for n in validation],
+                               "test": [n["node-id"] for n in test]}
         public_key = next((n["ckks-public"] for n in train if "ckks-public" in n), None)
         if config.aggregation.secure == "ckks" and public_key is None:
             raise UserError("aggregation.secure = 'ckks' but no node holds a CKKS key "
                             "(node config ckks-key)")
         self.public_context = None if public_key is None else load_context(public_key)
         self.num_classes = RemoteClients(described).num_classes
-        super().__init__(build_experiment(config, (RemoteClients(train), RemoteClients(test))))
+        super().__init__(build_experiment(config, Datasets(
+            RemoteClients(train), RemoteClients(validation), RemoteClients(test))))
+        self.check_validation()
 
     def describe_nodes(self) -> list[dict[str, Any]]:
         """Every connected node's description, waiting up to `flower.round_timeout` for at
@@ -219,18 +224,20 @@ class FlowerFederation(Simulation):
         info["loss"] = weighted_loss(torch.tensor([float(m["loss"]) for m in metrics]), weights)
         return apply_updates(params, rnd.deltas), server_state, info
 
-    def evaluate(self, params: Params, episodes: int,
-                 per_client: bool = False) -> dict[str, Any]:
-        """Federated meta-test: every held-out node adapts to episodes of its own classes."""
-        if not self.test_nodes:
+    def evaluate(self, params: Params, episodes: int, per_client: bool = False,
+                 on: Held = "test") -> dict[str, Any]:
+        """Federated evaluation: every held-out node `on` ("test": meta-test, "val":
+        meta-validation) adapts to episodes of its own classes."""
+        nodes = self.held_out_nodes[on]
+        if not nodes:
             return {}
-        replies = self.send(EVALUATE, self.test_nodes, self.content(params))
+        replies = self.send(EVALUATE, nodes, self.content(params))
         accuracies = [torch.tensor(list(r.content["metrics"]["accuracies"])) for r in replies]
         accuracies = [a for a in accuracies if len(a)]
         if not accuracies:
             return {}
         result = summarize(accuracies, [float(a.mean()) for a in accuracies])
-        return {f"test_{key}": value for key, value in result.as_dict(per_client).items()}
+        return {f"{on}_{key}": value for key, value in result.as_dict(per_client).items()}
 
 
 app = ServerApp()
@@ -241,6 +248,7 @@ def main(grid: Grid, context: Context) -> None:
     config = config_from_run_config(context.run_config)
     federation = FlowerFederation(grid, config, context)
     run = RunDirectory.create(config)
-    log.info("fedmeta on Flower: %d training nodes, %d held-out; run directory %s",
-             len(federation.train_nodes), len(federation.test_nodes), run.path)
+    log.info("fedmeta on Flower: %d training nodes, %d meta-validation, %d meta-test; run "
+             "directory %s", len(federation.train_nodes), len(federation.held_out_nodes["val"]),
+             len(federation.held_out_nodes["test"]), run.path)
     train_and_summarize(federation, run, progress=False)

@@ -89,9 +89,10 @@ class Histogram:
         return finish(self, figure, axes, runs, missing)
 
 
-ACCURACY = Curve("accuracy_vs_round", "Meta-test accuracy by round", "test_accuracy",
-                 "meta-test accuracy (%, 95% CI)",
-                 "no evaluation logged during training (eval.every)", 100.0, "test_ci95")
+ACCURACY = Curve("accuracy_vs_round", "Meta-validation accuracy by round", "val_accuracy",
+                 "meta-validation accuracy (%, 95% CI)",
+                 "no evaluation logged during training (eval.every, meta-validation clients)",
+                 100.0, "val_ci95")
 LOSS = Curve("loss_vs_round", "Training loss by round", "loss", "training loss (clients' mean)",
              "no round in which a client reported")
 NO_BYTES = "metrics.jsonl does not count the bytes communicated (bytes_down, bytes_up)"

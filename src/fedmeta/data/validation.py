@@ -1,0 +1,33 @@
+"""Meta-validation clients: held out of meta-training like the meta-test clients, and disjoint
+from both, so that everything decided during training (intermediate evaluations, early
+stopping, the round whose model is kept) reads them, never the meta-test clients (Vinyals et
+al. 2016 and Snell et al. 2017 keep validation classes out of Omniglot's background set the
+same way; here whole clients: alphabets, writers)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fedmeta.data.federated import ArrayFederatedDataset
+
+
+def validation_count(num_clients: int, fraction: float) -> int:
+    """How many of `num_clients` a `fraction` holds out: rounded up, so any fraction above 0
+    holds out at least one client; 0 holds out none."""
+    return math.ceil(fraction * num_clients - 1e-9) if fraction > 0 else 0
+
+
+def hold_out_validation(dataset: ArrayFederatedDataset, fraction: float,
+                        seed: int) -> tuple[ArrayFederatedDataset, ArrayFederatedDataset]:
+    """(the clients left to meta-train, the meta-validation clients): `validation_count`
+    clients of `dataset` drawn at random by `seed`, each side in the dataset's order.
+    ValueError if no client would be left to train."""
+    count = validation_count(dataset.num_clients, fraction)
+    if count >= dataset.num_clients:
+        raise ValueError(f"holding out {count} of {dataset.num_clients} training clients for "
+                         f"meta-validation leaves none to train")
+    order = np.random.default_rng([seed, dataset.num_clients]).permutation(dataset.num_clients)
+    validation, train = np.sort(order[:count]), np.sort(order[count:])
+    return (dataset.subset(f"{dataset.name}-train", train.tolist()),
+            dataset.subset(f"{dataset.name}-validation", validation.tolist()))
