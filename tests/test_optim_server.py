@@ -2,7 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedmeta.optim import adam, apply_updates, sgd, yogi
+from fedmeta.build import build_experiment, learner_at_round
+from fedmeta.cli import demo_config_path
+from fedmeta.config import load_config
+from fedmeta.optim import adam, apply_updates, cosine_decay, scheduled, sgd, step_decay, yogi
 from fedmeta.server import Round, chain, server_optimizer, weighted_mean
 
 
@@ -63,3 +66,49 @@ def test_server_optimizer_needs_an_aggregator_first():
     with pytest.raises(ValueError, match="after an aggregator"):
         pipeline.apply(Round({"w": torch.zeros(2, 3)}, torch.ones(2)),
                        pipeline.init({"w": torch.zeros(3)}))
+
+
+@pytest.mark.parametrize("schedule, theirs", [
+    (lambda: step_decay(3, 0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5)),
+    (lambda: cosine_decay(8), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 8)),
+])
+@pytest.mark.parametrize("base", [
+    (lambda: sgd(0.1, momentum=0.9), lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)),
+    (lambda: adam(0.05), lambda p: torch.optim.Adam(p, lr=0.05)),
+])
+def test_scheduled_optimizers_match_torch_with_its_lr_schedulers(schedule, theirs, base):
+    ours_base, theirs_base = base
+    params = quadratic_params()
+    reference = {k: v.clone().requires_grad_() for k, v in params.items()}
+    optimizer = theirs_base(list(reference.values()))
+    scheduler = theirs(optimizer)
+    transform = scheduled(ours_base(), schedule())
+    state = transform.init(params)
+    for _ in range(8):
+        updates, state = transform.update(grads_of(params), state)
+        params = apply_updates(params, updates)
+        optimizer.zero_grad()
+        sum((v ** 2).sum() for v in reference.values()).backward()
+        optimizer.step()
+        scheduler.step()
+    assert int(state["step"]) == 8
+    for k in params:
+        torch.testing.assert_close(params[k], reference[k].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_round_s_local_rate_follows_the_client_schedule():
+    """One local SGD step: the delta is the rate times the gradient, so under step decay
+    (halving every round) round 3's delta is a quarter of round 1's on the same batch."""
+    config = load_config(demo_config_path(), [
+        "model.hidden=8", "learner.optimizer='sgd'", "learner.lr=0.1", "learner.local_steps=1",
+        "server.rounds=4",
+        "learner.lr_schedule.kind='step'", "learner.lr_schedule.every=1",
+        "learner.lr_schedule.decay=0.5"])
+    experiment = build_experiment(config)
+    learner, params = experiment.learner, experiment.learner.init_params()
+    batches = learner.local_batches(experiment.train.client(0), torch.Generator().manual_seed(0))
+    deltas = [learner_at_round(learner, config, r).train_local(params, batches, 1.0).delta
+              for r in (1, 3)]
+    for k in params:
+        torch.testing.assert_close(deltas[1][k], deltas[0][k] / 4)
+    assert learner_at_round(learner, load_config(demo_config_path(), []), 3) is learner

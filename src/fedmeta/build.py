@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from fedmeta.attacks import Attack
-from fedmeta.config import Config
+from fedmeta.config import Config, ScheduleConfig
 from fedmeta.data import (EpisodeSampler, FederatedDataset, femnist_federated,
                           hold_out_validation, omniglot_federated, synthetic_federated,
                           validation_count)
@@ -26,7 +26,8 @@ from fedmeta.learners.perfedavg import PerFedAvg, PerFedAvgHF
 from fedmeta.learners.protonet import ProtoNet
 from fedmeta.learners.reptile import Reptile
 from fedmeta.models import build_model
-from fedmeta.optim import OPTIMIZERS
+from fedmeta.optim import (OPTIMIZERS, Schedule, cosine_decay, scale_updates, scheduled,
+                           step_decay)
 from fedmeta.privacy.accountant import PrivacyBudget
 from fedmeta.privacy.audit import CanaryAudit
 from fedmeta.params import Params
@@ -126,6 +127,25 @@ class Pipeline:
         return rnd, {**state, "2": server_state}
 
 
+def build_schedule(schedule: ScheduleConfig, rounds: int) -> Schedule | None:
+    """The configured learning-rate schedule (None: constant)."""
+    if schedule.kind == "step":
+        return step_decay(schedule.every, schedule.decay)
+    if schedule.kind == "cosine":
+        return cosine_decay(rounds)
+    return None
+
+
+def learner_at_round(learner: Learner, config: Config, round_index: int) -> Learner:
+    """`learner` as it trains in round `round_index` (1, 2, ...): its local rate scaled by
+    `learner.lr_schedule` (in simulation and on a Flower node alike)."""
+    schedule = build_schedule(config.learner.lr_schedule, config.server.rounds)
+    if schedule is None:
+        return learner
+    return learner.with_local_optimizer(scale_updates(learner.local_optimizer,
+                                                      schedule(round_index - 1)))
+
+
 def build_summation(config: Config) -> Summation:
     """How the aggregator sums: in the clear, or with secure aggregation's arithmetic."""
     agg = config.aggregation
@@ -176,7 +196,9 @@ def build_pipeline(config: Config, num_clients: int) -> Pipeline:
     sample-weighted mean or a robust rule (`aggregation.rule`), or with DP noise,
     DP-FedAvg's fixed-denominator mean and Gaussian noise."""
     server, privacy, agg = config.server, config.privacy, config.aggregation
-    step = server_optimizer(OPTIMIZERS[server.optimizer](server.lr))
+    transform = OPTIMIZERS[server.optimizer](server.lr)
+    schedule = build_schedule(server.lr_schedule, server.rounds)
+    step = server_optimizer(transform if schedule is None else scheduled(transform, schedule))
     expected = client_sample_rate(config, num_clients) * num_clients
     client = build_client_stage(config, expected)
     if agg.rule != "mean":

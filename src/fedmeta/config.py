@@ -52,6 +52,15 @@ class ModelConfig(Section):
     hidden: int = Field(64, ge=1, le=4096)
 
 
+class ScheduleConfig(Section):
+    """A learning rate that changes by round: "step" multiplies it by `decay` every `every`
+    rounds, "cosine" takes it from 1x to 0 over `server.rounds` rounds."""
+
+    kind: Literal["constant", "step", "cosine"] = "constant"
+    every: int = Field(100, ge=1, le=10**7)
+    decay: float = Field(0.5, gt=0, le=1)
+
+
 class LearnerConfig(Section):
     algorithm: Literal["protonet", "maml", "fomaml", "metasgd", "anil", "reptile",
                        "perfedavg-fo", "perfedavg-hf", "fedavg", "fedavg-ft",
@@ -60,6 +69,7 @@ class LearnerConfig(Section):
     tasks_per_step: int = Field(1, ge=1, le=1000)
     optimizer: Literal["sgd", "adam"] = "adam"  # local (outer) optimizer; unused by reptile
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: ScheduleConfig = ScheduleConfig()  # of `lr`, by round
     # gradient-based inner loop (maml, fomaml, metasgd, anil, reptile, perfedavg-*)
     inner_lr: float = Field(0.4, gt=0)  # metasgd: the initial per-parameter rates
     inner_steps: int = Field(1, ge=1, le=1000)  # perfedavg trains with one step whatever this says
@@ -84,6 +94,7 @@ class ServerConfig(Section):
     sampling: Literal["uniform", "poisson"] = "uniform"
     optimizer: Literal["sgd", "adam", "yogi"] = "sgd"
     lr: float = Field(1.0, gt=0)
+    lr_schedule: ScheduleConfig = ScheduleConfig()  # by server step (a round that updates)
     min_clients: int = Field(1, ge=1, le=10**7)  # a round with fewer reports leaves the model unchanged
 
 

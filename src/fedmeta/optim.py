@@ -6,6 +6,7 @@ a pseudo-gradient, the server (FedOpt: Reddi et al. 2021, "Adaptive Federated Op
 States are dicts of tensors, so they checkpoint to safetensors as they are.
 """
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -71,3 +72,43 @@ def yogi(lr: float, b1: float = 0.9, b2: float = 0.99, eps: float = 1e-3) -> Tra
 
 
 OPTIMIZERS: dict[str, Callable[..., Transform]] = {"sgd": sgd, "adam": adam, "yogi": yogi}
+
+Schedule = Callable[[int], float]  # step (0, 1, ...) -> the factor on the base learning rate
+
+
+def step_decay(every: int, gamma: float) -> Schedule:
+    """The rate times `gamma` every `every` steps (Snell et al. 2017 halve it every 2000
+    episodes)."""
+    return lambda step: gamma ** (step // every)
+
+
+def cosine_decay(total: int) -> Schedule:
+    """The rate from 1x down to 0 over `total` steps on half a cosine (Loshchilov & Hutter
+    2017, without restarts), then 0."""
+    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+def scale_updates(transform: Transform, factor: float) -> Transform:
+    """`transform` with its updates times `factor`: for SGD (with momentum) and Adam, the same
+    optimizer at `factor` times its learning rate."""
+
+    def update(grads: Params, state: State) -> tuple[Params, State]:
+        updates, state = transform.update(grads, state)
+        return tree_map(lambda u: factor * u, updates), state
+
+    return Transform(transform.init, update)
+
+
+def scheduled(transform: Transform, schedule: Schedule) -> Transform:
+    """`transform` at `schedule(step)` times its learning rate at its step-th update, the step
+    counted in its state (so a checkpoint carries it)."""
+
+    def init(params: Params) -> State:
+        return {"inner": transform.init(params), "step": torch.zeros((), dtype=torch.int64)}
+
+    def update(grads: Params, state: State) -> tuple[Params, State]:
+        factor = schedule(int(state["step"]))
+        updates, inner = scale_updates(transform, factor).update(grads, state["inner"])
+        return updates, {"inner": inner, "step": state["step"] + 1}
+
+    return Transform(init, update)

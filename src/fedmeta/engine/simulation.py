@@ -15,7 +15,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from fedmeta.build import Experiment, client_sample_rate
+from fedmeta.build import Experiment, client_sample_rate, learner_at_round
 from fedmeta.data import ClientData, NotEnoughData
 from fedmeta.engine.cohort import CohortUpdates, run_cohort
 from fedmeta.engine.communication import round_bytes
@@ -132,9 +132,9 @@ class Simulation:
                        cohort: list[int]) -> CohortUpdates:
         """The cohort's local rounds, computed here (`fedmeta.engine.cohort`) from what the
         learner sends each client (`Learner.client_params`); a malicious client trains with
-        its poisoned learner and data."""
+        its poisoned learner and data; all at the round's local rate (`learner_at_round`)."""
         train, run, attack = self.experiment.train, self.config.run, self.experiment.attack
-        learner = self.experiment.learner
+        learner = learner_at_round(self.experiment.learner, self.config, round_index)
         learners = [learner] * len(cohort)
         clients = [train.client(c) for c in cohort]
         if attack is not None:

@@ -21,7 +21,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
-from fedmeta.build import Datasets, build_datasets, build_learner
+from fedmeta.build import Datasets, build_datasets, build_learner, learner_at_round
 from fedmeta.config import Config
 from fedmeta.data import ClientData, EpisodeSampler, NotEnoughData
 from fedmeta.data.client_files import load_client
@@ -108,9 +108,10 @@ def local_update(settings: Any, context: Context,
     client_id, client, _ = node_client(settings, context)
     config, learner = node_learner(settings, client)
     params = from_arrays(arrays, learner.client_model(learner.init_params()))
+    round_index = int(settings["round"])
     try:
-        return config, learner.client_update(params, client, seeded(
-            config.seed, int(settings["round"]), client_id))
+        return config, learner_at_round(learner, config, round_index).client_update(
+            params, client, seeded(config.seed, round_index, client_id))
     except NotEnoughData:
         return config, None
 

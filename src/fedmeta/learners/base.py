@@ -26,6 +26,7 @@ keys passed to the constructor beyond the common ones; a `personalized` learner 
 `num_clients`, the number of training clients.
 """
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -68,6 +69,13 @@ class Learner(ABC):
 
     def init_params(self) -> Params:
         return detached(dict(self.model.named_parameters()))
+
+    def with_local_optimizer(self, local_optimizer: Transform) -> "Learner":
+        """This learner (sharing its model) training with `local_optimizer` instead: a round's
+        rate under a schedule."""
+        learner = copy.copy(self)
+        learner.local_optimizer = local_optimizer
+        return learner
 
     def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, params, (x,))
