@@ -11,7 +11,9 @@ from safetensors.torch import load_file
 
 from fedmeta.build import bundled_omniglot
 from fedmeta.cli import main
-from fedmeta.data import EpisodeSampler, omniglot_federated
+from fedmeta.data import EpisodeSampler, Episodes, omniglot_federated
+from fedmeta.engine.resume import restore_run
+from fedmeta.engine.rundir import RunDirectory
 
 TINY = ["model.hidden=8", "server.rounds=2", "server.clients_per_round=2", "eval.every=1",
         "eval.episodes=10", "eval.final_episodes=20", "task.ways=5", "learner.local_steps=2",
@@ -94,9 +96,38 @@ def test_eval_bring_your_own_episodes(tiny_run, tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["episodes"] == 4
 
+    assert json.loads(result.stdout)["preprocessing"].startswith("binarized")
+
     np.savez(path, support_x=as_uint8(episodes.support_x), support_y=episodes.support_y.numpy())
     result = fedmeta("eval", tiny_run, "--episodes", path)
     assert result.returncode == 2 and "missing arrays query_x, query_y" in result.stderr
+
+
+def test_grayscale_episodes_score_as_their_1_bit_version_on_a_1_bit_trained_model(tiny_run,
+                                                                                 tmp_path):
+    """The bundled Omniglot is 1-bit: the same drawings brought in grayscale (ink 0.6-0.9 on
+    paper 0.1-0.4, at random) are thresholded as the training images were, so they score as
+    their 1-bit version does; unthresholded, they would not."""
+    _, test = omniglot_federated(bundled_omniglot())
+    episodes = EpisodeSampler(5, 1, 5).sample(test.client(1), 20, torch.Generator().manual_seed(2))
+    noise = torch.Generator().manual_seed(3)
+    gray = lambda x: 0.1 + 0.8 * x + 0.3 * torch.rand(x.shape, generator=noise) * (1 - 2 * x)
+    grayscale = Episodes(gray(episodes.support_x), episodes.support_y,
+                         gray(episodes.query_x), episodes.query_y)
+    scores = {}
+    for name, batch in (("1-bit", episodes), ("grayscale", grayscale)):
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, support_x=batch.support_x.squeeze(2).numpy(),
+                 support_y=batch.support_y.numpy(), query_x=batch.query_x.squeeze(2).numpy(),
+                 query_y=batch.query_y.numpy())
+        result = fedmeta("eval", tiny_run, "--episodes", path, "--json")
+        assert result.returncode == 0, result.stderr
+        scores[name] = json.loads(result.stdout)["accuracy"]
+    assert scores["1-bit"] == scores["grayscale"]
+    experiment, params, *_ = restore_run(RunDirectory.open(tiny_run),
+                                         RunDirectory(tiny_run).latest_checkpoint())
+    raw = [experiment.learner.accuracy(params, batch) for batch in (episodes, grayscale)]
+    assert not torch.equal(*raw)  # the model does see the difference
 
 
 @pytest.mark.parametrize("args, message", [

@@ -24,7 +24,7 @@ from fedmeta.engine.training import train_and_summarize
 from fedmeta.errors import UserError
 from fedmeta.privacy.encryption import CkksKeys
 from fedmeta.privacy.accountant import epsilon, noise_multiplier_for
-from fedmeta.evaluation import load_episodes, mean_ci95
+from fedmeta.evaluation import binarized, load_episodes, mean_ci95, one_bit_images
 from fedmeta.report import write_report
 
 console = Console(stderr=True)
@@ -80,9 +80,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
         if tuple(episodes.support_x.shape[2:]) != tuple(experiment.train.input_shape):
             raise UserError(f"{args.episodes}: inputs of shape {tuple(episodes.support_x.shape[2:])}"
                             f", the model takes {tuple(experiment.train.input_shape)}")
+        one_bit = one_bit_images(experiment.train)
+        if one_bit:  # preprocessed as the run's training data was
+            episodes = binarized(episodes)
         accuracy, ci95 = mean_ci95(experiment.learner.accuracy(params, episodes))
         result = {"accuracy": accuracy, "ci95": ci95, "episodes": episodes.num_episodes,
-                  "source": str(args.episodes)}
+                  "source": str(args.episodes),
+                  "preprocessing": "binarized at 0.5, as the 1-bit training images" if one_bit
+                  else "none"}
     else:
         result = Simulation(experiment).evaluate(params, args.num_episodes
                                                  or config.eval.final_episodes)

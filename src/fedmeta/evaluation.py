@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedmeta.data import (ClientData, Episodes, EpisodeSampler, as_float_input,
-                          episodes_from_arrays, split_support_query)
+from fedmeta.data import (ClientData, Episodes, EpisodeSampler, FederatedDataset,
+                          as_float_input, episodes_from_arrays, split_support_query)
 from fedmeta.data.npz import data_error, load_npz
 from fedmeta.errors import UserError
 from fedmeta.learners.base import Learner
@@ -115,6 +115,23 @@ def summarize(per_episode: list[torch.Tensor], per_client: list[float]) -> MetaT
     return MetaTestResult(accuracy, ci95, sum(len(a) for a in per_episode), len(per_client),
                           float(np.mean(per_client)), float(np.percentile(per_client, 10)),
                           tuple(per_client))
+
+
+def one_bit_images(dataset: FederatedDataset) -> bool:
+    """Whether `dataset` trains on 1-bit images (uint8 holding only 0 and 255, as the bundled
+    Omniglot), judged on its first client."""
+    if not dataset.num_clients:
+        return False
+    x = dataset.client(0).x
+    return x.dtype == torch.uint8 and bool(((x == 0) | (x == 255)).all())
+
+
+def binarized(episodes: Episodes) -> Episodes:
+    """Episodes with their inputs (floats in [0, 1]) thresholded at one half: what a model
+    trained on 1-bit images was trained on, so grayscale episodes score as their 1-bit
+    version does."""
+    return Episodes((episodes.support_x >= 0.5).float(), episodes.support_y,
+                    (episodes.query_x >= 0.5).float(), episodes.query_y)
 
 
 def load_episodes(path: Path) -> Episodes:
