@@ -1,0 +1,122 @@
+"""Converged, honestly selected accuracy of every algorithm (issue 16).
+
+Each (algorithm, setting) run trains until its meta-validation accuracy has not improved for
+`--patience` evaluations (one every `--every` rounds), or `--max-hours`, whichever comes first;
+the round with the best meta-validation accuracy is kept and meta-tested once, on
+`--episodes` episodes of clients no one trained or selected on (Omniglot's 20 evaluation
+alphabets, FEMNIST's held-out writers). Each run is a run directory under `--runs`: a stopped
+sweep started again resumes every unfinished run where it stopped (`fedmeta run --resume`), and
+reads the finished ones' summaries. Settings and hyperparameters are `accuracy.py`'s; the
+published centralized numbers stand beside the federated ones.
+
+    python benchmarks/converged.py --data ../shared/data --runs runs/converged \
+        --settings omniglot-5w1s --algorithms protonet maml --out results.jsonl
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+
+from accuracy import ALGORITHMS, COMMON, PUBLISHED, SETTINGS  # beside this script
+from fedmeta.build import build_experiment
+from fedmeta.config import load_config
+from fedmeta.engine.resume import resume
+from fedmeta.engine.rundir import RunDirectory
+from fedmeta.engine.simulation import Simulation
+from fedmeta.engine.training import train_and_summarize
+from parallel import run_jobs
+
+
+def device() -> str:
+    """Where the run computed: the CPU's model (torch here runs on the CPU)."""
+    name = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"cpu ({name}), {torch.get_num_threads()} threads"
+
+
+def run_one(job: tuple) -> dict:
+    """Train (or resume, or read) one run directory to its selected, meta-tested model."""
+    algorithm, setting, data_dir, runs, every, patience, hours, episodes, threads = job
+    torch.set_num_threads(threads)
+    path = Path(runs) / f"{algorithm}-{setting}"
+    run = RunDirectory(path)
+    if not run.summary_path.exists():
+        if any(run.checkpoints.glob("round_*.safetensors")):
+            experiment, run, start = resume(path)
+            train_and_summarize(Simulation(experiment), run, False, start)
+        else:  # never started, or stopped before its first checkpoint: nothing to keep
+            shutil.rmtree(path, ignore_errors=True)
+            dataset = "omniglot" if setting.startswith("omniglot") else "femnist"
+            config = load_config(None, COMMON + SETTINGS[setting] + ALGORITHMS[algorithm] + [
+                f"learner.algorithm='{algorithm}'", f"name='{algorithm}-{setting}'",
+                f"data.path='{os.path.join(data_dir, dataset + '.npz')}'",
+                f"eval.every={every}", f"eval.patience={patience}", "eval.episodes=300",
+                f"eval.final_episodes={episodes}", f"run.checkpoint_every={every}",
+                f"run.time_budget_seconds={3600 * hours}"])
+            train_and_summarize(Simulation(build_experiment(config)),
+                                RunDirectory.create(config, path), False)
+    summary = json.loads(run.summary_path.read_text())
+    return {"algorithm": algorithm, "setting": setting, "rounds": summary["rounds"],
+            "selected_round": summary["selected"]["round"],
+            "val_accuracy": summary["selected"].get("accuracy"),
+            "train_seconds": round(summary["train_seconds"], 1), "device": device(),
+            **{f"test_{k}": v for k, v in summary["meta_test"].items()
+               if k != "per_client_accuracy"}}
+
+
+def table(results: list[dict]) -> str:
+    """One table per setting: meta-test accuracy ± 95% CI of the selected round, the
+    published centralized number, rounds (selected / trained), wall time, device."""
+    out = []
+    for setting in SETTINGS:
+        rows = [r for r in results if r["setting"] == setting]
+        if not rows:
+            continue
+        out += [f"\n{setting}\n", "| algorithm | meta-test % ± 95% CI | published (centralized) "
+                "| selected / trained rounds | training wall time | device |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        for r in sorted(rows, key=lambda r: list(ALGORITHMS).index(r["algorithm"])):
+            published = PUBLISHED.get(r["algorithm"], {}).get(setting, "")
+            out.append(f"| {r['algorithm']} | {100 * r['test_accuracy']:.2f} ± "
+                       f"{100 * r['test_ci95']:.2f} | {published} | {r['selected_round']} / "
+                       f"{r['rounds']} | {r['train_seconds'] / 3600:.2f} h | {r['device']} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="folder with omniglot.npz, femnist.npz")
+    parser.add_argument("--runs", type=Path, default=Path("runs/converged"))
+    parser.add_argument("--every", type=int, default=100, help="rounds between validations")
+    parser.add_argument("--patience", type=int, default=5, help="validations without gain")
+    parser.add_argument("--max-hours", type=float, default=6.0,
+                        help="a cap on each run's training, per process (a resumed run's anew)")
+    parser.add_argument("--episodes", type=int, default=600, help="meta-test episodes")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--table", type=Path, help="only print the tables of this results file")
+    parser.add_argument("--out", type=Path, help="append one JSON line per run here")
+    args = parser.parse_args()
+    if args.table:
+        print(table([json.loads(line) for line in args.table.read_text().splitlines()]))
+        return
+    if not args.data:
+        parser.error("--data is needed to run")
+    jobs = [(a, s, args.data, args.runs, args.every, args.patience, args.max_hours,
+             args.episodes, args.threads) for s in args.settings for a in args.algorithms]
+    print(table(run_jobs(run_one, jobs, args.jobs, args.out)))
+
+
+if __name__ == "__main__":
+    main()
