@@ -230,6 +230,16 @@ class Simulation:
                             for key, value in result.as_dict(per_client).items()})
         return metrics
 
+    def after_round(self, round_index: int, params: Params, metrics: dict[str, Any]) -> None:
+        """What the loop adds to a round's `metrics`, whoever ran the round: the privacy spent
+        (`epsilon`, with user-level DP) and every `eval.every` rounds the meta-validation
+        clients' scores (never the meta-test clients')."""
+        if self.experiment.privacy is not None:
+            metrics["epsilon"] = self.experiment.privacy.epsilon_after(round_index)
+        every = self.config.eval.every
+        if every and round_index % every == 0 and self.validates:
+            metrics.update(self.evaluate(params, self.config.eval.episodes, on="val"))
+
     def run(self, callbacks: list[Callback] = (), params: Params | None = None,
             server_state: dict[str, Any] | None = None, start_round: int = 1) -> Params:
         """Rounds `start_round`..`server.rounds`, evaluating on the meta-validation clients
@@ -240,15 +250,12 @@ class Simulation:
             params = self.experiment.learner.init_params()
         if server_state is None:
             server_state = self.experiment.pipeline.init(params)
-        every, budget = self.config.eval.every, self.experiment.privacy
+        budget = self.experiment.privacy
         for round_index in range(start_round, self.config.server.rounds + 1):
             if budget is not None and not budget.allows(round_index):
                 break  # the round would spend more than privacy.target_epsilon
             params, server_state, metrics = self.round(round_index, params, server_state)
-            if budget is not None:
-                metrics["epsilon"] = budget.epsilon_after(round_index)
-            if every and round_index % every == 0 and self.validates:
-                metrics.update(self.evaluate(params, self.config.eval.episodes, on="val"))
+            self.after_round(round_index, params, metrics)
             try:
                 for callback in callbacks:
                     callback(round_index, params, server_state, metrics)

@@ -72,14 +72,12 @@ class SecAggPlusRounds(Strategy):
         return to_parameters(self.params), {}
 
     def evaluate(self, server_round: int, parameters: Parameters) -> None:
-        """After each round: evaluation when due, then the run's callbacks."""
+        """After each round: what the simulation's loop adds (`Simulation.after_round`: epsilon,
+        meta-validation when due), then the run's callbacks."""
         if server_round == 0:
             return None
         metrics = self.metrics.get(server_round, {"round": server_round, "clients": 0})
-        every = self.federation.config.eval.every
-        if every and server_round % every == 0:
-            metrics.update(self.federation.evaluate(self.params,
-                                                    self.federation.config.eval.episodes))
+        self.federation.after_round(server_round, self.params, metrics)
         for callback in self.callbacks:
             callback(server_round, self.params, self.server_state, metrics)
         return None
