@@ -25,7 +25,7 @@ import torch
 from accuracy import ALGORITHMS, COMMON, PUBLISHED, SETTINGS  # beside this script
 from fedmeta.build import build_experiment
 from fedmeta.config import load_config
-from fedmeta.engine.resume import resume
+from fedmeta.resume import resume
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize

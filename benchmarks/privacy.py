@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from fedmeta.build import build_experiment, client_sample_rate
+from fedmeta.build import build_experiment
+from fedmeta.engine.experiment import client_sample_rate
 from fedmeta.config import load_config
 from fedmeta.engine.simulation import Simulation
 from fedmeta.privacy.accountant import noise_multiplier_for

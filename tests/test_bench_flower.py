@@ -7,7 +7,7 @@ import torch
 
 from fedmeta.build import build_experiment
 from fedmeta.config import validate
-from fedmeta.engine.seeding import seeded
+from fedmeta.seeding import seeded
 from test_bench import SMALL
 
 flower_baseline = pytest.importorskip("fedmeta.bench.flower_baseline")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from fedmeta.build import bundled_omniglot
 from fedmeta.cli import main
 from fedmeta.data import EpisodeSampler, Episodes, omniglot_federated
-from fedmeta.engine.resume import restore_run
+from fedmeta.resume import restore_run
 from fedmeta.engine.rundir import RunDirectory
 
 TINY = ["model.hidden=8", "server.rounds=2", "server.clients_per_round=2", "eval.every=1",

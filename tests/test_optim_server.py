@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedmeta.build import build_experiment, learner_at_round
+from fedmeta.build import build_experiment
 from fedmeta.cli import demo_config_path
 from fedmeta.config import load_config
+from fedmeta.engine.experiment import learner_at_round
 from fedmeta.optim import adam, apply_updates, cosine_decay, scheduled, sgd, step_decay, yogi
 from fedmeta.server import Round, chain, server_optimizer, weighted_mean
 

@@ -2,7 +2,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from fedmeta.engine.sampling import poisson_cohort, uniform_cohort
-from fedmeta.engine.seeding import seeded
+from fedmeta.seeding import seeded
 
 
 @given(st.integers(1, 5000), st.integers(1, 300), st.integers(0, 2**32))

@@ -21,7 +21,7 @@ import torch
 
 from fedmeta.config import Config
 from fedmeta.data import ClientData, EpisodeSampler, Episodes
-from fedmeta.engine.seeding import ATTACK_STREAM, seeded
+from fedmeta.seeding import ATTACK_STREAM, seeded
 from fedmeta.learners.base import Learner
 from fedmeta.params import Params
 

@@ -1,18 +1,18 @@
 """From a validated `Config` to the objects a run needs: data, learner, server pipeline."""
 
-from dataclasses import dataclass
-from functools import cached_property, partial
-from typing import NamedTuple
+from functools import partial
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from fedmeta.attacks import Attack
-from fedmeta.config import Config, ScheduleConfig
+from fedmeta.config import Config
 from fedmeta.data import (EpisodeSampler, FederatedDataset, femnist_federated,
                           hold_out_validation, omniglot_federated, synthetic_federated,
                           validation_count)
+from fedmeta.engine.experiment import Experiment, build_schedule, client_sample_rate
 from fedmeta.engine.faults import Faults
 from fedmeta.errors import UserError
 from fedmeta.learners.anil import ANIL
@@ -26,18 +26,17 @@ from fedmeta.learners.perfedavg import PerFedAvg, PerFedAvgHF
 from fedmeta.learners.protonet import ProtoNet
 from fedmeta.learners.reptile import Reptile
 from fedmeta.models import build_model
-from fedmeta.optim import (OPTIMIZERS, Schedule, cosine_decay, scale_updates, scheduled,
-                           step_decay)
+from fedmeta.optim import OPTIMIZERS, scheduled
 from fedmeta.privacy.accountant import PrivacyBudget
 from fedmeta.privacy.audit import CanaryAudit
-from fedmeta.params import Params
 from fedmeta.privacy.encryption import CkksKeys, ckks_sum
 from fedmeta.privacy.secure_aggregation import secagg_sum
 from fedmeta.privacy.user_level import (adaptive_clipping, adaptive_noise_split,
                                         clip_updates, gaussian_noise)
-from fedmeta.server import Round, Stage, chain, server_optimizer
-from fedmeta.server.aggregate import Summation, divide, mean, plain_sum
+from fedmeta.server import Stage, chain, server_optimizer
+from fedmeta.server.aggregate import Summation, mean, plain_sum
 from fedmeta.server.compression import stochastic_quantization, topk_error_feedback
+from fedmeta.server.pipeline import Pipeline
 from fedmeta.server.robust import ROBUST_RULES, norm_bounding
 
 LEARNERS: dict[str, type[Learner]] = {
@@ -87,63 +86,6 @@ def build_datasets(config: Config) -> Datasets:
     except ValueError as error:
         raise UserError(f"config error: data.validation_fraction: {error}") from None
     return Datasets(train, validation, test)
-
-
-def client_sample_rate(config: Config, num_clients: int) -> float:
-    """A client's chance to join a round under Poisson sampling (expected cohort / clients)."""
-    return min(1.0, config.server.clients_per_round / num_clients)
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    """The server pipeline in three parts: per-client stages (compression, clipping), the
-    aggregator, and the stages on the aggregate (noise, the server optimizer). `init`/`apply`
-    run all three, as a simulation does; a deployment with secure aggregation runs `client`
-    on each client, sums securely and runs `server` on the mean. `denominator`: the mean's
-    fixed denominator (DP-FedAvg's expected cohort), or None for the sample-weighted mean."""
-
-    client: Stage
-    aggregate: Stage
-    server: Stage
-    denominator: float | None = None
-
-    @cached_property
-    def stage(self) -> Stage:
-        return chain(self.client, self.aggregate, self.server)
-
-    def init(self, params: Params) -> dict:
-        return self.stage.init(params)
-
-    def apply(self, rnd: Round, state: dict) -> tuple[Round, dict]:
-        return self.stage.apply(rnd, state)
-
-    def apply_to_sum(self, total: Params, weights: torch.Tensor, clip_norm: float | None,
-                     state: dict) -> tuple[Round, dict]:
-        """The stages after the aggregator on a sum of the clients' contributions computed
-        elsewhere (secure aggregation), made the mean the aggregator would have made."""
-        rnd = Round(divide(total, weights.sum(), self.denominator), weights, aggregated=True,
-                    clip_norm=clip_norm)
-        rnd, server_state = self.server.apply(rnd, state["2"])  # chain's order: see `stage`
-        return rnd, {**state, "2": server_state}
-
-
-def build_schedule(schedule: ScheduleConfig, rounds: int) -> Schedule | None:
-    """The configured learning-rate schedule (None: constant)."""
-    if schedule.kind == "step":
-        return step_decay(schedule.every, schedule.decay)
-    if schedule.kind == "cosine":
-        return cosine_decay(rounds)
-    return None
-
-
-def learner_at_round(learner: Learner, config: Config, round_index: int) -> Learner:
-    """`learner` as it trains in round `round_index` (1, 2, ...): its local rate scaled by
-    `learner.lr_schedule` (in simulation and on a Flower node alike)."""
-    schedule = build_schedule(config.learner.lr_schedule, config.server.rounds)
-    if schedule is None:
-        return learner
-    return learner.with_local_optimizer(scale_updates(learner.local_optimizer,
-                                                      schedule(round_index - 1)))
 
 
 def build_summation(config: Config) -> Summation:
@@ -227,21 +169,6 @@ def build_privacy_budget(config: Config, num_clients: int) -> PrivacyBudget | No
         raise UserError(f"config error: privacy.target_epsilon {privacy.target_epsilon} is "
                         f"less than one round spends ({budget.epsilon_after(1):.4g})")
     return budget
-
-
-@dataclass
-class Experiment:
-    config: Config
-    train: FederatedDataset
-    validation: FederatedDataset
-    test: FederatedDataset
-    learner: Learner
-    pipeline: Pipeline
-    eval_sampler: EpisodeSampler
-    privacy: PrivacyBudget | None = None
-    audit: CanaryAudit | None = None
-    attack: Attack | None = None
-    faults: Faults | None = None
 
 
 def head_size(config: Config, kind: str, num_classes: int) -> int | None:

@@ -17,7 +17,7 @@ from fedmeta.bench.workloads import WORKLOADS
 from fedmeta.build import build_datasets, build_experiment
 from fedmeta.config import Config, load_config
 from fedmeta.data.client_files import save_client
-from fedmeta.engine.resume import restore_run, resume
+from fedmeta.resume import restore_run, resume
 from fedmeta.engine.rundir import RunDirectory, make_directory, write_atomic_bytes
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize

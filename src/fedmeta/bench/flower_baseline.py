@@ -27,9 +27,10 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
-from fedmeta.build import Experiment, build_experiment
+from fedmeta.build import build_experiment
+from fedmeta.engine.experiment import Experiment
 from fedmeta.config import Config
-from fedmeta.engine.seeding import seeded
+from fedmeta.seeding import seeded
 from fedmeta.params import Params, tree_add
 
 

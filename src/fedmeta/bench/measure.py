@@ -12,11 +12,12 @@ from typing import Any
 
 from fedmeta.bench.baselines import ceiling_seconds, naive_round, supports_naive
 from fedmeta.bench.workloads import WORKLOADS
-from fedmeta.build import Experiment, build_experiment
+from fedmeta.build import build_experiment
+from fedmeta.engine.experiment import Experiment
 from fedmeta.config import validate
 from fedmeta.data import Episodes, NotEnoughData
 from fedmeta.engine.cohort import choose_execution
-from fedmeta.engine.seeding import seeded
+from fedmeta.seeding import seeded
 from fedmeta.engine.simulation import Simulation
 
 

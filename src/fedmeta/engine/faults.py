@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from fedmeta.config import Config
-from fedmeta.engine.seeding import FAULT_STREAM, seeded
+from fedmeta.seeding import FAULT_STREAM, seeded
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from fedmeta.build import Experiment, client_sample_rate, learner_at_round
 from fedmeta.data import ClientData, NotEnoughData
 from fedmeta.engine.cohort import CohortUpdates, run_cohort
+from fedmeta.engine.experiment import Experiment, client_sample_rate, learner_at_round
 from fedmeta.engine.communication import round_bytes
 from fedmeta.engine.sampling import poisson_cohort, uniform_cohort
-from fedmeta.engine.seeding import EVAL_STREAM, seeded
+from fedmeta.seeding import EVAL_STREAM, seeded
 from fedmeta.errors import UserError
 from fedmeta.evaluation import eligible_clients, meta_test, personal_splits, personalize
 from fedmeta.optim import apply_updates

@@ -14,7 +14,7 @@ from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Callback, Simulation, StopTraining
 from fedmeta.errors import UserError
 from fedmeta.params import Params
-from fedmeta.privacy.summary import privacy_summary
+from fedmeta.engine.privacy_summary import privacy_summary
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,13 @@ from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
-from fedmeta.build import Datasets, build_datasets, build_learner, learner_at_round
+from fedmeta.build import Datasets, build_datasets, build_learner
+from fedmeta.engine.experiment import learner_at_round
 from fedmeta.config import Config
 from fedmeta.data import ClientData, EpisodeSampler, NotEnoughData
 from fedmeta.data.client_files import load_client
 from fedmeta.data.federated import float_input_shape
-from fedmeta.engine.seeding import EVAL_STREAM, seeded
+from fedmeta.seeding import EVAL_STREAM, seeded
 from fedmeta.errors import UserError
 from fedmeta.flower.secagg import from_arrays, to_parameters
 from fedmeta.learners.base import Learner, Update

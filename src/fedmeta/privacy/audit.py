@@ -17,7 +17,7 @@ from typing import Any
 import dp_accounting
 import torch
 
-from fedmeta.engine.seeding import AUDIT_STREAM, seeded
+from fedmeta.seeding import AUDIT_STREAM, seeded
 from fedmeta.params import Params
 
 

@@ -14,7 +14,7 @@ import torch
 
 from fedmeta.server.aggregate import Summation
 
-from fedmeta.engine.seeding import SECAGG_STREAM, seeded
+from fedmeta.seeding import SECAGG_STREAM, seeded
 from fedmeta.params import Params, flatten_rows, unflatten
 
 # Flower's `secaggplus_mod` sends the masked vector (the quantized weight, then every value)

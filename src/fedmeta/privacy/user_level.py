@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import torch
 
-from fedmeta.engine.seeding import CLIP_STREAM, NOISE_STREAM, seeded
+from fedmeta.seeding import CLIP_STREAM, NOISE_STREAM, seeded
 from fedmeta.server.chain import Round, Stage, stateless
 
 

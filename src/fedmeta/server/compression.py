@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from fedmeta.engine.seeding import QUANTIZE_STREAM, seeded
+from fedmeta.seeding import QUANTIZE_STREAM, seeded
 from fedmeta.params import Params
 from fedmeta.server.chain import Round, Stage
 

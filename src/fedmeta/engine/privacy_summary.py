@@ -3,7 +3,7 @@ sample-level for the smallest client) and the canary audit's estimate."""
 
 from typing import Any
 
-from fedmeta.build import Experiment
+from fedmeta.engine.experiment import Experiment
 from fedmeta.params import Params
 from fedmeta.privacy.accountant import without_replacement_epsilon
 

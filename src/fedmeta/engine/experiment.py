@@ -1,0 +1,55 @@
+"""What a run is made of, as the engine takes it: the config, the clients (training,
+meta-validation, meta-test), the learner, the server pipeline and the optional parts (privacy
+accountant, audit, attack, faults); and the rules the config sets for every round (the Poisson
+sample rate, the learning-rate schedules). `fedmeta.build` makes one from a config."""
+
+from dataclasses import dataclass
+
+from fedmeta.attacks import Attack
+from fedmeta.config import Config, ScheduleConfig
+from fedmeta.data import EpisodeSampler, FederatedDataset
+from fedmeta.engine.faults import Faults
+from fedmeta.learners.base import Learner
+from fedmeta.optim import Schedule, cosine_decay, scale_updates, step_decay
+from fedmeta.privacy.accountant import PrivacyBudget
+from fedmeta.privacy.audit import CanaryAudit
+from fedmeta.server.pipeline import Pipeline
+
+
+@dataclass
+class Experiment:
+    config: Config
+    train: FederatedDataset
+    validation: FederatedDataset
+    test: FederatedDataset
+    learner: Learner
+    pipeline: Pipeline
+    eval_sampler: EpisodeSampler
+    privacy: PrivacyBudget | None = None
+    audit: CanaryAudit | None = None
+    attack: Attack | None = None
+    faults: Faults | None = None
+
+
+def client_sample_rate(config: Config, num_clients: int) -> float:
+    """A client's chance to join a round under Poisson sampling (expected cohort / clients)."""
+    return min(1.0, config.server.clients_per_round / num_clients)
+
+
+def build_schedule(schedule: ScheduleConfig, rounds: int) -> Schedule | None:
+    """The configured learning-rate schedule (None: constant)."""
+    if schedule.kind == "step":
+        return step_decay(schedule.every, schedule.decay)
+    if schedule.kind == "cosine":
+        return cosine_decay(rounds)
+    return None
+
+
+def learner_at_round(learner: Learner, config: Config, round_index: int) -> Learner:
+    """`learner` as it trains in round `round_index` (1, 2, ...): its local rate scaled by
+    `learner.lr_schedule` (in simulation and on a Flower node alike)."""
+    schedule = build_schedule(config.learner.lr_schedule, config.server.rounds)
+    if schedule is None:
+        return learner
+    return learner.with_local_optimizer(scale_updates(learner.local_optimizer,
+                                                      schedule(round_index - 1)))
