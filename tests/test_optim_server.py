@@ -103,8 +103,7 @@ def test_a_round_s_local_rate_follows_the_client_schedule():
     config = load_config(demo_config_path(), [
         "model.hidden=8", "learner.optimizer='sgd'", "learner.lr=0.1", "learner.local_steps=1",
         "server.rounds=4",
-        "learner.lr_schedule.kind='step'", "learner.lr_schedule.every=1",
-        "learner.lr_schedule.decay=0.5"])
+        "learner.lr_schedule='step'", "learner.lr_decay_every=1", "learner.lr_decay=0.5"])
     experiment = build_experiment(config)
     learner, params = experiment.learner, experiment.learner.init_params()
     batches = learner.local_batches(experiment.train.client(0), torch.Generator().manual_seed(0))

@@ -80,8 +80,8 @@ def logged_rounds(run):
 ROUNDS = 8
 # Learning-rate schedules: the server's step count is state the checkpoint carries.
 KILLABLE = ["server.rounds=8", "eval.every=2", "learner.local_steps=4", "eval.patience=4",
-            "faults.dropout=0.3", "learner.hypernet_hidden=16", "server.lr_schedule.kind='cosine'",
-            "learner.lr_schedule.kind='step'", "learner.lr_schedule.every=3"]
+            "faults.dropout=0.3", "learner.hypernet_hidden=16", "server.lr_schedule='cosine'",
+            "learner.lr_schedule='step'", "learner.lr_decay_every=3"]
 
 
 @pytest.mark.parametrize("algorithm", ["protonet", "pfedhn"])  # pfedhn: embeddings in the state

@@ -139,7 +139,7 @@ def build_pipeline(config: Config, num_clients: int) -> Pipeline:
     DP-FedAvg's fixed-denominator mean and Gaussian noise."""
     server, privacy, agg = config.server, config.privacy, config.aggregation
     transform = OPTIMIZERS[server.optimizer](server.lr)
-    schedule = build_schedule(server.lr_schedule, server.rounds)
+    schedule = build_schedule(server, server.rounds)
     step = server_optimizer(transform if schedule is None else scheduled(transform, schedule))
     expected = client_sample_rate(config, num_clients) * num_clients
     client = build_client_stage(config, expected)

@@ -52,24 +52,23 @@ class ModelConfig(Section):
     hidden: int = Field(64, ge=1, le=4096)
 
 
-class ScheduleConfig(Section):
-    """A learning rate that changes by round: "step" multiplies it by `decay` every `every`
+class Scheduled(Section):
+    """A section's `lr` by round: "step" multiplies it by `lr_decay` every `lr_decay_every`
     rounds, "cosine" takes it from 1x to 0 over `server.rounds` rounds."""
 
-    kind: Literal["constant", "step", "cosine"] = "constant"
-    every: int = Field(100, ge=1, le=10**7)
-    decay: float = Field(0.5, gt=0, le=1)
+    lr_schedule: Literal["constant", "step", "cosine"] = "constant"
+    lr_decay_every: int = Field(100, ge=1, le=10**7)
+    lr_decay: float = Field(0.5, gt=0, le=1)
 
 
-class LearnerConfig(Section):
+class LearnerConfig(Scheduled):
     algorithm: Literal["protonet", "maml", "fomaml", "metasgd", "anil", "reptile",
                        "perfedavg-fo", "perfedavg-hf", "fedavg", "fedavg-ft",
                        "pfedhn"] = "protonet"
     local_steps: int = Field(1, ge=1, le=1000)
     tasks_per_step: int = Field(1, ge=1, le=1000)
     optimizer: Literal["sgd", "adam"] = "adam"  # local (outer) optimizer; unused by reptile
-    lr: float = Field(1e-3, gt=0)
-    lr_schedule: ScheduleConfig = ScheduleConfig()  # of `lr`, by round
+    lr: float = Field(1e-3, gt=0)  # by round as `lr_schedule` says (see Scheduled)
     # gradient-based inner loop (maml, fomaml, metasgd, anil, reptile, perfedavg-*)
     inner_lr: float = Field(0.4, gt=0)  # metasgd: the initial per-parameter rates
     inner_steps: int = Field(1, ge=1, le=1000)  # perfedavg trains with one step whatever this says
@@ -88,13 +87,12 @@ class LearnerConfig(Section):
     embedding_lr: float = Field(0.1, gt=0)
 
 
-class ServerConfig(Section):
+class ServerConfig(Scheduled):
     rounds: int = Field(10, ge=1, le=10**7)
     clients_per_round: int = Field(5, ge=1, le=10**7)
     sampling: Literal["uniform", "poisson"] = "uniform"
     optimizer: Literal["sgd", "adam", "yogi"] = "sgd"
-    lr: float = Field(1.0, gt=0)
-    lr_schedule: ScheduleConfig = ScheduleConfig()  # by server step (a round that updates)
+    lr: float = Field(1.0, gt=0)  # by server step (a round that updates), see Scheduled
     min_clients: int = Field(1, ge=1, le=10**7)  # a round with fewer reports leaves the model unchanged
 
 

@@ -6,7 +6,7 @@ sample rate, the learning-rate schedules). `fedmeta.build` makes one from a conf
 from dataclasses import dataclass
 
 from fedmeta.attacks import Attack
-from fedmeta.config import Config, ScheduleConfig
+from fedmeta.config import Config, Scheduled
 from fedmeta.data import EpisodeSampler, FederatedDataset
 from fedmeta.engine.faults import Faults
 from fedmeta.learners.base import Learner
@@ -36,11 +36,12 @@ def client_sample_rate(config: Config, num_clients: int) -> float:
     return min(1.0, config.server.clients_per_round / num_clients)
 
 
-def build_schedule(schedule: ScheduleConfig, rounds: int) -> Schedule | None:
-    """The configured learning-rate schedule (None: constant)."""
-    if schedule.kind == "step":
-        return step_decay(schedule.every, schedule.decay)
-    if schedule.kind == "cosine":
+def build_schedule(section: Scheduled, rounds: int) -> Schedule | None:
+    """The learning-rate schedule `section` (the learner's or the server's) configures, for a
+    run of `rounds` rounds (None: constant)."""
+    if section.lr_schedule == "step":
+        return step_decay(section.lr_decay_every, section.lr_decay)
+    if section.lr_schedule == "cosine":
         return cosine_decay(rounds)
     return None
 
@@ -48,7 +49,7 @@ def build_schedule(schedule: ScheduleConfig, rounds: int) -> Schedule | None:
 def learner_at_round(learner: Learner, config: Config, round_index: int) -> Learner:
     """`learner` as it trains in round `round_index` (1, 2, ...): its local rate scaled by
     `learner.lr_schedule` (in simulation and on a Flower node alike)."""
-    schedule = build_schedule(config.learner.lr_schedule, config.server.rounds)
+    schedule = build_schedule(config.learner, config.server.rounds)
     if schedule is None:
         return learner
     return learner.with_local_optimizer(scale_updates(learner.local_optimizer,
