@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from fedmeta.atomic import atomic_path, write_atomic
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.errors import UserError
 
@@ -36,3 +37,17 @@ def test_trim_metrics_without_every_round_leaves_the_file_untouched(tmp_path, co
         run.trim_metrics(3)
     assert run.metrics_path.read_bytes() == content
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
+def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "file.txt"
+    write_atomic(path, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
+    with atomic_path(path, ".tmp.npz") as tmp:
+        assert tmp.name.endswith(".tmp.npz") and tmp.parent == tmp_path
+        tmp.write_text("new")
+    assert path.read_text() == "new" and list(tmp_path.iterdir()) == [path]

@@ -18,7 +18,8 @@ from fedmeta.build import build_datasets, build_experiment
 from fedmeta.config import Config, load_config
 from fedmeta.data.client_files import save_client
 from fedmeta.resume import restore_run, resume
-from fedmeta.engine.rundir import RunDirectory, make_directory, write_atomic_bytes
+from fedmeta.atomic import write_atomic_bytes
+from fedmeta.engine.rundir import RunDirectory, make_directory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize
 from fedmeta.errors import UserError

@@ -6,12 +6,12 @@ reproduces a simulation) and, optionally, `query_mask` (its own query split). Lo
 pickle; every field is checked, so a bad file fails with one line naming it.
 """
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fedmeta.atomic import atomic_path
 from fedmeta.data.federated import ArrayFederatedDataset, ClientData, FederatedDataset
 from fedmeta.data.npz import check_column, data_error, described, load_npz
 
@@ -21,9 +21,8 @@ def save_client(path: Path, client: ClientData, client_id: int) -> None:
     arrays = {"x": client.x.numpy(), "y": client.y.numpy(), "client_id": np.int64(client_id)}
     if client.query_mask is not None:
         arrays["query_mask"] = client.query_mask.numpy()
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, ".tmp.npz") as tmp:  # numpy would add .npz to another name
+        np.savez_compressed(tmp, **arrays)
 
 
 def load_client(path: str | Path) -> tuple[int, ClientData]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedmeta.atomic import atomic_path
 from fedmeta.errors import UserError
 
 FEMNIST_CLASSES = 62  # digits, upper- and lower-case letters
@@ -121,31 +122,22 @@ def fetch(url: str, dest: Path, md5: str) -> Path:
     if dest.is_file() and file_digest(dest, "md5") == md5:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
     h = hashlib.md5()
-    try:
+    with atomic_path(dest, ".part") as tmp:
         with urllib.request.urlopen(url) as r, open(tmp, "wb") as f:
             for block in iter(lambda: r.read(1 << 20), b""):
                 h.update(block)
                 f.write(block)
         if h.hexdigest() != md5:
             raise ChecksumError(f"checksum mismatch for {url}: md5 {h.hexdigest()}, expected {md5}")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
 def save_npz_atomic(dest: Path, **arrays: np.ndarray) -> Path:
     """Write a compressed npz via a temporary file and ``os.replace`` (no partial files)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
     return dest
 
 

@@ -4,7 +4,6 @@ selection has chosen so far (`selected/<name>`, its round in the metadata), writ
 atomically. Holding the selection in every checkpoint makes a resumed run choose as the
 uninterrupted one would have."""
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from fedmeta.atomic import atomic_path
 from fedmeta.errors import UserError
 from fedmeta.params import Params, owned
 
@@ -49,9 +49,8 @@ def save_checkpoint(path: Path, params: Params, server_state: dict[str, Any],
         metadata["selected_round"] = str(selected[0])
         # copies: the selected round may be this one, and safetensors refuses shared memory
         tree["selected"] = {k: v.clone() for k, v in selected[1].items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(flatten(tree), str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(flatten(tree), str(tmp), metadata=metadata)
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], int, int]:

@@ -3,27 +3,17 @@
 leaves one half-written."""
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from fedmeta.atomic import write_atomic, write_atomic_bytes
 from fedmeta.config import Config
 from fedmeta.engine.checkpoint import save_checkpoint
 from fedmeta.errors import UserError
 from fedmeta.params import Params
-
-
-def write_atomic(path: Path, text: str) -> None:
-    write_atomic_bytes(path, text.encode("utf-8"))
-
-
-def write_atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def make_directory(path: Path) -> None:

@@ -5,7 +5,8 @@ page comparing any number of runs: `runs` reads them, `plots` draws, `html` writ
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedmeta.engine.rundir import make_directory, write_atomic, write_atomic_bytes
+from fedmeta.atomic import write_atomic, write_atomic_bytes
+from fedmeta.engine.rundir import make_directory
 from fedmeta.errors import UserError
 from fedmeta.report.html import render
 from fedmeta.report.plots import draw_plots
