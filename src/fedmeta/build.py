@@ -133,6 +133,12 @@ def count_noise(config: Config, expected: float) -> float:
     return privacy.clip_count_noise or expected / 20
 
 
+def fixed_denominator(config: Config) -> bool:
+    """Whether the round's mean divides by a fixed number (DP-FedAvg's expected cohort, with
+    user-level DP noise) rather than by the clients' total weight."""
+    return bool(config.privacy.noise_multiplier)
+
+
 def build_pipeline(config: Config, num_clients: int) -> Pipeline:
     """Client stages (`build_client_stage`), an aggregator, then the server optimizer: the
     sample-weighted mean or a robust rule (`aggregation.rule`), or with DP noise,
@@ -146,7 +152,7 @@ def build_pipeline(config: Config, num_clients: int) -> Pipeline:
     if agg.rule != "mean":
         return Pipeline(client, ROBUST_RULES[agg.rule](agg.byzantine_fraction), step)
     summation = build_summation(config)
-    if not privacy.noise_multiplier:
+    if not fixed_denominator(config):
         return Pipeline(client, mean(None, summation), step)
     sigma = privacy.noise_multiplier
     if privacy.adaptive_clipping:

@@ -11,6 +11,13 @@ def seeded(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def client_generator(seed: int, round_index: int, client: int) -> torch.Generator:
+    """Client `client`'s generator in round `round_index`, from which its local round draws
+    its data: the same wherever the client runs, which is what lets a deployment reproduce a
+    simulation (round 0: before training, the data check)."""
+    return seeded(seed, round_index, client)
+
+
 # The key after the seed that sets a stream apart from the rounds' (seed, round[, client]):
 EVAL_STREAM = 2**31 - 1  # evaluation episodes
 AUDIT_STREAM = 2**31 - 2  # canaries of the privacy audit

@@ -30,7 +30,7 @@ from flwr.simulation import run_simulation
 from fedmeta.build import build_experiment
 from fedmeta.engine.experiment import Experiment
 from fedmeta.config import Config
-from fedmeta.seeding import seeded
+from fedmeta.seeding import client_generator
 from fedmeta.params import Params, tree_add
 
 
@@ -52,7 +52,7 @@ def _client_app(config_json: str) -> ClientApp:
         params = dict(msg.content["arrays"].to_torch_state_dict())
         update = experiment.learner.client_update(
             params, experiment.train.client(pid),
-            seeded(experiment.config.seed, server_round, pid))
+            client_generator(experiment.config.seed, server_round, pid))
         metrics = MetricRecord({"num-examples": update.weight, "loss": update.loss})
         return Message(RecordDict({"arrays": ArrayRecord(tree_add(params, update.delta)),
                                    "metrics": metrics}), reply_to=msg)

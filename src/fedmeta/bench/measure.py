@@ -17,7 +17,7 @@ from fedmeta.engine.experiment import Experiment
 from fedmeta.config import validate
 from fedmeta.data import Episodes, NotEnoughData
 from fedmeta.engine.cohort import choose_execution
-from fedmeta.seeding import seeded
+from fedmeta.seeding import client_generator
 from fedmeta.engine.simulation import Simulation
 
 
@@ -42,10 +42,10 @@ def round_data(simulation: Simulation, round_index: int) -> tuple[list, list, li
     for client, c in zip(clients, cohort):
         try:
             batches.append(simulation.experiment.learner.local_batches(
-                client, seeded(config.seed, round_index, c)))
+                client, client_generator(config.seed, round_index, c)))
         except NotEnoughData:
             pass
-    return clients, [seeded(config.seed, round_index, c) for c in cohort], batches
+    return clients, [client_generator(config.seed, round_index, c) for c in cohort], batches
 
 
 def tasks(batches: list[list[Any]]) -> int:

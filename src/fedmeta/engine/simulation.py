@@ -20,7 +20,7 @@ from fedmeta.engine.cohort import CohortUpdates, run_cohort
 from fedmeta.engine.experiment import Experiment, client_sample_rate, learner_at_round
 from fedmeta.engine.communication import round_bytes
 from fedmeta.engine.sampling import poisson_cohort, uniform_cohort
-from fedmeta.seeding import EVAL_STREAM, seeded
+from fedmeta.seeding import EVAL_STREAM, client_generator, seeded
 from fedmeta.errors import UserError
 from fedmeta.evaluation import eligible_clients, meta_test, personal_splits, personalize
 from fedmeta.optim import apply_updates
@@ -144,7 +144,7 @@ class Simulation:
                                                             train.num_classes)
         sent = learner.client_params(params, torch.tensor(cohort, dtype=torch.int64))
         return run_cohort(learners, sent, clients,
-                          [seeded(self.config.seed, round_index, c) for c in cohort],
+                          [client_generator(self.config.seed, round_index, c) for c in cohort],
                           run.execution, run.chunk_size, per_client=True)
 
     def with_canaries(self, round_index: int, rnd: Round) -> tuple[Round, int]:
@@ -196,7 +196,7 @@ class Simulation:
         train, learner = self.experiment.train, self.experiment.learner
         for i in range(train.num_clients):
             try:
-                learner.local_batches(train.client(i), seeded(self.config.seed, 0, i))
+                learner.local_batches(train.client(i), client_generator(self.config.seed, 0, i))
                 break
             except NotEnoughData as error:
                 reason = error

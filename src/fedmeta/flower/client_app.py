@@ -21,19 +21,20 @@ from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
-from fedmeta.build import Datasets, build_datasets, build_learner
+from fedmeta.build import Datasets, build_datasets, build_learner, fixed_denominator
 from fedmeta.engine.experiment import learner_at_round
 from fedmeta.config import Config
 from fedmeta.data import ClientData, EpisodeSampler, NotEnoughData
 from fedmeta.data.client_files import load_client
 from fedmeta.data.federated import float_input_shape
-from fedmeta.seeding import EVAL_STREAM, seeded
+from fedmeta.seeding import EVAL_STREAM, client_generator, seeded
 from fedmeta.errors import UserError
 from fedmeta.flower.secagg import from_arrays, to_parameters
 from fedmeta.learners.base import Learner, Update
 from fedmeta.params import flatten_rows, owned, unflatten
 from fedmeta.privacy.encryption import decrypt, encrypt, load_context
 from fedmeta.privacy.user_level import clip_to
+from fedmeta.server.aggregate import coefficients
 from fedmeta.server.chain import Round
 
 app = ClientApp()
@@ -112,7 +113,7 @@ def local_update(settings: Any, context: Context,
     round_index = int(settings["round"])
     try:
         return config, learner_at_round(learner, config, round_index).client_update(
-            params, client, seeded(config.seed, round_index, client_id))
+            params, client, client_generator(config.seed, round_index, client_id))
     except NotEnoughData:
         return config, None
 
@@ -141,8 +142,8 @@ def secure_contribution(config: Config, delta: dict[str, torch.Tensor],
     stacked = Round({k: v[None] for k, v in delta.items()}, torch.tensor([weight]))
     if config.privacy.clip_norm:
         stacked = clip_to(stacked, config.privacy.clip_norm)
-    coefficient = 1.0 if config.privacy.noise_multiplier else weight
-    return flatten_rows(stacked.deltas)[0].double() * coefficient
+    coefficient = coefficients(torch.tensor([weight]), fixed_denominator(config))
+    return flatten_rows(stacked.deltas)[0].double() * float(coefficient)
 
 
 @app.train(mods=[secaggplus_mod])
@@ -155,7 +156,7 @@ def train_secagg_plus(msg: Message, context: Context) -> Message:
                                   parameters_to_ndarrays(fitins.parameters))
     if update is None:
         raise ValueError("too little data for a local round")
-    weight = 1.0 if config.privacy.noise_multiplier else update.weight
+    weight = float(coefficients(torch.tensor([update.weight]), fixed_denominator(config)))
     delta = unflatten(secure_contribution(config, update.delta, 1.0),
                       {k: v[None] for k, v in update.delta.items()})
     fitres = FitRes(Status(Code.OK, "ok"), to_parameters(delta), int(round(weight)),

@@ -29,14 +29,21 @@ def divide(total: Params, weight: torch.Tensor, denominator: float | None) -> Pa
     return {k: v / divisor for k, v in total.items()}
 
 
+def coefficients(weights: torch.Tensor, fixed_denominator: bool) -> torch.Tensor:
+    """Each client's coefficient in the round's sum [C]: its weight, for the sample-weighted
+    mean; 1, for a mean over a fixed denominator (DP-FedAvg: each client's influence bounded
+    by the clip alone). The one statement of the rule, wherever the sum is computed."""
+    return torch.ones_like(weights) if fixed_denominator else weights
+
+
 def mean(denominator: float | None = None, summation: Summation = plain_sum) -> Stage:
     """The clients' deltas summed by `summation` and divided: with `denominator` None, the
     sample-weighted mean (FedAvg: McMahan et al. 2017); otherwise the unweighted sum over that
     fixed number (DP-FedAvg's expected cohort size, so one client's influence is bounded)."""
 
     def apply(rnd: Round, state: dict) -> tuple[Round, dict]:
-        coefficients = rnd.weights if denominator is None else torch.ones_like(rnd.weights)
-        total, weight = summation(rnd.deltas, coefficients, int(state["count"]))
+        total, weight = summation(rnd.deltas, coefficients(rnd.weights, denominator is not None),
+                                  int(state["count"]))
         return (rnd.with_deltas(divide(total, weight, denominator), aggregated=True),
                 {"count": state["count"] + 1})
 
