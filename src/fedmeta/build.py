@@ -223,7 +223,8 @@ def build_experiment(config: Config, datasets: Datasets | None = None) -> Experi
         audit = CanaryAudit(learner.init_params(), privacy.canaries,
                             privacy.canary_norm or privacy.clip_norm or 1.0,
                             client_sample_rate(config, train.num_clients), config.seed)
-    return Experiment(config, train, validation, test, learner, build_pipeline(config, train.num_clients),
+    return Experiment(config, train, validation, test, learner,
+                      build_pipeline(config, train.num_clients),
                       EpisodeSampler(ev.ways, ev.shots, ev.queries),
                       build_privacy_budget(config, train.num_clients), audit,
                       Attack.from_config(config, train.num_clients), Faults.from_config(config))

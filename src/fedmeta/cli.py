@@ -248,7 +248,8 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("out", type=Path, help="directory for client_NNNNN.npz files")
     export.add_argument("--clients", type=int, help="the first N training clients (default all)")
     export.add_argument("--validation", type=int,
-                        help="also the first N meta-validation clients (node config validation=true)")
+                        help="also the first N meta-validation clients "
+                             "(node config validation=true)")
     export.add_argument("--held-out", type=int,
                         help="also the first N meta-test clients (node config held-out=true)")
     export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -10,11 +10,11 @@ from typing import Any
 from fedmeta.config import Config
 from fedmeta.engine.callbacks import (BestRound, Checkpointer, EarlyStopping, MetricsLogger,
                                       ProgressBar, TensorBoardLogger, TimeBudget)
+from fedmeta.engine.privacy_summary import privacy_summary
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Callback, Simulation, StopTraining
 from fedmeta.errors import UserError
 from fedmeta.params import Params
-from fedmeta.engine.privacy_summary import privacy_summary
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,9 @@ def training_callbacks(config: Config, run: RunDirectory, start: Start,
                        checkpointer: Checkpointer, progress: bool,
                        stack: ExitStack) -> list[Callback]:
     """The callbacks of the rounds after `start`, those to close entered into `stack`: metrics
-    log, model selection, checkpoints (which hold the selection), TensorBoard (`run.tensorboard`), stopping (`stopping_callbacks`, which
-    raises StopTraining if the run had stopped) and the progress bar. A callback that stops the
+    log, model selection, checkpoints (which hold the selection), TensorBoard
+    (`run.tensorboard`), stopping (`stopping_callbacks`, which raises StopTraining if the run
+    had stopped) and the progress bar. A callback that stops the
     run ends the round's callbacks: those after it miss the last round."""
     stopping = stopping_callbacks(config, start)  # first: a stopped run opens no log
     callbacks: list[Callback] = [MetricsLogger(run), checkpointer.selection, checkpointer]

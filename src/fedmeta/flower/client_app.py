@@ -2,11 +2,12 @@
 
 On a deployment the node's config names the file (`data-path`, see
 `fedmeta.data.client_files`), whether the client is held out for evaluation only, as a
-meta-test client (`held-out`) or a meta-validation one (`validation`), and, for CKKS aggregation, the shared secret-key context (`ckks-key`, written by
-`fedmeta ckks-keys`). The data never leaves the node, only params deltas (or their
-encryption) and metrics do. In Flower's simulation a node has only a `partition-id`: it is
-client `partition-id` of the config's training, then meta-validation, then meta-test clients
-(`build_datasets`), numbered on.
+meta-test client (`held-out`) or a meta-validation one (`validation`), and, for CKKS
+aggregation, the shared secret-key context (`ckks-key`, written by `fedmeta ckks-keys`). The
+data never leaves the node, only params deltas (or their encryption) and metrics do. In
+Flower's simulation a node has only a `partition-id`: it is client `partition-id` of the
+config's training, then meta-validation, then meta-test clients (`build_datasets`), numbered
+on.
 """
 
 from functools import lru_cache
