@@ -208,6 +208,14 @@ def lost_metrics(run):
                                        + "\n")
 
 
+def validated_in_the_log_only(run):
+    """Round 1's line claims a meta-validation score no checkpoint selected."""
+    without_summary(run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), "val_accuracy": 1.0})
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
 @pytest.mark.parametrize("damage, args, message", [
     (empty_directory, [], "is not a run directory"),
     (lambda run: None, [], "has already finished"),  # it has its summary
@@ -219,6 +227,8 @@ def lost_metrics(run):
      "server/2/1/count is int64 [] there, the config builds no such tensor"),
     (edit_config("rounds = 2", "rounds = 1"), [], "past the config's server.rounds (1)"),
     (lost_metrics, [], "lacks the metrics of rounds 1..2"),
+    (validated_in_the_log_only, [], "the logged metrics select round 1, the checkpoint holds "
+     "round 0's params as selected"),
     (without_summary, ["--set", "server.rounds=3"], "no CONFIG, --set or --out"),
     (without_summary, ["--out", "elsewhere"], "no CONFIG, --set or --out"),
 ])

@@ -19,8 +19,9 @@ def run_with_metrics(tmp_path, content: bytes) -> RunDirectory:
 @pytest.mark.parametrize("last_round", [0, 3, 5])
 def test_trim_metrics_keeps_the_complete_lines_up_to_the_round(tmp_path, last_round):
     run = run_with_metrics(tmp_path, b"".join(LINES) + b'{"round": 6, "lo')  # killed mid-line
-    history = run.trim_metrics(last_round)
+    history = run.logged_metrics(last_round)
     assert [m["round"] for m in history] == list(range(1, last_round + 1))
+    run.trim_metrics(last_round)
     assert run.metrics_path.read_bytes() == b"".join(LINES[:last_round])
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
 
@@ -31,10 +32,10 @@ def test_trim_metrics_keeps_the_complete_lines_up_to_the_round(tmp_path, last_ro
     LINES[0] + LINES[2] + LINES[1],  # out of order
     LINES[0] + b"not json\n" + LINES[2],
 ])
-def test_trim_metrics_without_every_round_leaves_the_file_untouched(tmp_path, content):
+def test_metrics_without_every_round_are_refused_before_the_file_is_touched(tmp_path, content):
     run = run_with_metrics(tmp_path, content)
     with pytest.raises(UserError, match=r"lacks the metrics of rounds 1\.\.3"):
-        run.trim_metrics(3)
+        run.logged_metrics(3)
     assert run.metrics_path.read_bytes() == content
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
 

@@ -8,7 +8,7 @@ from fedmeta.build import Experiment, build_experiment
 from fedmeta.config import load_config
 from fedmeta.engine.checkpoint import restore_checkpoint, restore_selected
 from fedmeta.engine.rundir import RunDirectory
-from fedmeta.engine.training import Start
+from fedmeta.engine.training import Start, restored_selection
 from fedmeta.errors import UserError
 from fedmeta.params import Params
 
@@ -37,5 +37,8 @@ def resume(path: Path) -> tuple[Experiment, RunDirectory, Start]:
     if round_index > config.server.rounds:
         raise UserError(f"checkpoint {checkpoint} is of round {round_index}, past the config's "
                         f"server.rounds ({config.server.rounds})")
-    history = run.trim_metrics(round_index)  # the last check, and the only change
-    return experiment, run, Start(round_index, params, server_state, tuple(history), selected)
+    start = Start(round_index, params, server_state, tuple(run.logged_metrics(round_index)),
+                  selected)
+    restored_selection(start)  # the last check: the metrics and the checkpoint agree
+    run.trim_metrics(round_index)  # the only change
+    return experiment, run, start

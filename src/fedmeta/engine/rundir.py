@@ -69,21 +69,24 @@ class RunDirectory:
         text = self.metrics_path.read_bytes() if self.metrics_path.exists() else b""
         return text.split(b"\n")[:-1]
 
-    def trim_metrics(self, last_round: int) -> list[dict[str, Any]]:
-        """Keep only the metrics of rounds 1..`last_round`, and return them: a run killed after
-        its last checkpoint may have logged later rounds, the last line perhaps in part.
-        UserError, with the file untouched, if those rounds are not all there."""
-        lines = self.metrics_lines()[:last_round]
+    def logged_metrics(self, last_round: int) -> list[dict[str, Any]]:
+        """The metrics of rounds 1..`last_round`; UserError if they are not all there."""
         try:
-            history = [json.loads(line) for line in lines]
+            history = [json.loads(line) for line in self.metrics_lines()[:last_round]]
             complete = [m["round"] for m in history] == list(range(1, last_round + 1))
         except (ValueError, TypeError, KeyError):
             complete = False
         if not complete:
             raise UserError(f"{self.metrics_path} lacks the metrics of rounds 1..{last_round} "
                             f"(the latest checkpoint's)")
-        write_atomic_bytes(self.metrics_path, b"".join(line + b"\n" for line in lines))
         return history
+
+    def trim_metrics(self, last_round: int) -> None:
+        """Keep only the metrics of rounds 1..`last_round` (`logged_metrics` must have found
+        them): a run killed after its last checkpoint may have logged later rounds, the last
+        line perhaps in part."""
+        lines = self.metrics_lines()[:last_round]
+        write_atomic_bytes(self.metrics_path, b"".join(line + b"\n" for line in lines))
 
     def checkpoint(self, params: Params, server_state: dict[str, Any], round_index: int,
                    selected: tuple[int, Params] | None = None) -> Path:
