@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fedmeta.build import Experiment, build_experiment
 from fedmeta.config import load_config
-from fedmeta.engine.checkpoint import restore_checkpoint, restore_selected
+from fedmeta.engine.checkpoint import read_checkpoint, restore_read, restore_selected
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.training import Start, restored_selection
 from fedmeta.errors import UserError
@@ -20,9 +20,10 @@ def restore_run(run: RunDirectory, checkpoint: Path) -> tuple[
     if any)."""
     experiment = build_experiment(load_config(run.config_path))
     initial = experiment.learner.init_params()
-    return (experiment, *restore_checkpoint(checkpoint, initial,
-                                            experiment.pipeline.init(initial)),
-            restore_selected(checkpoint, initial))
+    read = read_checkpoint(checkpoint)  # once: params, state and selection
+    return (experiment, *restore_read(read, checkpoint, initial,
+                                      experiment.pipeline.init(initial)),
+            restore_selected(read, checkpoint, initial))
 
 
 def resume(path: Path) -> tuple[Experiment, RunDirectory, Start]:

@@ -87,7 +87,13 @@ def restore_checkpoint(path: Path, params: Params,
     state tensor that starts empty along its first dimension grows as the run goes (rows per
     client, as error feedback's residuals), so only its other dimensions must agree. The
     selected params are `restore_selected`'s."""
-    tensors, round_index, _ = read_checkpoint(path)
+    return restore_read(read_checkpoint(path), path, params, server_state)
+
+
+def restore_read(read: tuple[dict[str, torch.Tensor], int, int], path: Path, params: Params,
+                 server_state: dict[str, Any]) -> tuple[Params, dict[str, Any], int]:
+    """`restore_checkpoint` of what `read_checkpoint(path)` returned (`read`)."""
+    tensors, round_index, _ = read
     tensors = {k: v for k, v in tensors.items() if not k.startswith("selected/")}
     like = flatten({"params": params, "server": server_state})
     grows = {name for name, value in like.items() if value.dim() and not len(value)}
@@ -102,11 +108,13 @@ def restore_checkpoint(path: Path, params: Params,
     return tree["params"], tree["server"], round_index
 
 
-def restore_selected(path: Path, params: Params) -> tuple[int, Params] | None:
+def restore_selected(read: tuple[dict[str, torch.Tensor], int, int], path: Path,
+                     params: Params) -> tuple[int, Params] | None:
     """The round model selection had chosen when the checkpoint at `path` was written, and its
-    params in the structure of `params` (None: nothing chosen yet). UserError if they differ
-    from `params` in names, shapes or dtypes."""
-    tensors, _, selected_round = read_checkpoint(path)
+    params in the structure of `params` (None: nothing chosen yet), from what
+    `read_checkpoint(path)` returned (`read`). UserError if they differ from `params` in
+    names, shapes or dtypes."""
+    tensors, _, selected_round = read
     if not selected_round:
         return None
     selected = {k.removeprefix("selected/"): v for k, v in tensors.items()

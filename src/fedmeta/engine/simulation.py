@@ -203,7 +203,8 @@ class Simulation:
         else:
             raise UserError(f"no training client can supply a local round: {reason}")
         ev = self.config.eval
-        for clients in (self.test_clients, self.validation_clients)[:1 + self.validates]:
+        held_out = [self.test_clients] + ([self.validation_clients] if self.validates else [])
+        for clients in held_out:
             eligible_clients(clients, self.experiment.eval_sampler)
             if ev.personalization_episodes:
                 personal_splits(clients, ev.ways, ev.shots)
