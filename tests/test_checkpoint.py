@@ -1,9 +1,14 @@
+from pathlib import Path
+
 import pytest
 import torch
 
+from fedmeta.build import build_experiment
+from fedmeta.config import load_config
 from fedmeta.engine.checkpoint import (load_checkpoint, read_checkpoint, restore_checkpoint,
                                        save_checkpoint)
 from fedmeta.errors import UserError
+from fedmeta.engine.simulation import Simulation
 from fedmeta.optim import adam, sgd
 from fedmeta.server import Round, chain, server_optimizer, stateless, weighted_mean
 
@@ -95,3 +100,37 @@ def test_a_state_tensor_that_starts_empty_grows_along_its_first_dimension(tmp_pa
     with pytest.raises(UserError, match=r"server/rows is float32 \[5, 3\] there, the config "
                                         r"builds float32 \[2, 3\]"):
         restore_checkpoint(path, PARAMS, {"rows": torch.zeros(2, 3)})
+
+
+# Every stage that keeps state, for the checkpoint below: top-k's residuals, adaptive
+# clipping's norm, the server's Adam, behind a norm bound and DP noise that keep none.
+LEGACY = ["data.dataset='synthetic'", "data.num_clients=20", "model.name='mlp'",
+          "model.hidden=8", "task.ways=3", "task.shots=2", "eval.ways=3", "eval.shots=2",
+          "eval.every=0", "learner.algorithm='fedavg'", "server.clients_per_round=5",
+          "server.sampling='poisson'", "server.optimizer='adam'", "server.lr=0.01",
+          "privacy.noise_multiplier=1.0", "privacy.clip_norm=0.5",
+          "privacy.adaptive_clipping=true", "privacy.clip_count_noise=5.0",
+          "aggregation.norm_bound=1.0", "aggregation.compression='topk'"]
+# Written by fedmeta before chains named their stages (commit e9b82ad, `server/2/1/...`):
+# round 2 of LEGACY, by tests/data/make_positional_checkpoint.py
+POSITIONAL = Path(__file__).parent / "data" / "positional_state_round_2.safetensors"
+
+
+def test_a_checkpoint_of_positional_stage_state_resumes_into_named_stages():
+    simulation = Simulation(build_experiment(load_config(None, LEGACY + ["server.rounds=3"])))
+    initial = simulation.experiment.learner.init_params()
+    params, state, round_index = restore_checkpoint(POSITIONAL, initial,
+                                                    simulation.experiment.pipeline.init(initial))
+    written = read_checkpoint(POSITIONAL)[0]
+    assert round_index == 2 and any(name.startswith("server/2/1/") for name in written)
+    assert torch.equal(state["server"]["optimizer"]["m"]["head.weight"],
+                       written["server/2/1/m/head.weight"])
+    assert torch.equal(state["client"]["compression"]["residual"]["head.weight"],
+                       written["server/0/0/residual/head.weight"])
+    assert torch.equal(state["client"]["clip"]["clip_norm"], written["server/0/2/clip_norm"])
+    # round 3 from it is round 3 of an uninterrupted run (up to the rounding of the machine
+    # that wrote the checkpoint)
+    uninterrupted = simulation.run()
+    resumed = simulation.run([], params, state, 3)
+    for key in uninterrupted:
+        torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=1e-5, atol=1e-6)

@@ -131,7 +131,7 @@ def test_a_run_resumed_from_a_checkpoint_ends_as_one_never_stopped(tmp_path, com
     resumed = resumed_simulation.run([keep], params, state, round_index + 1)
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
     if compression == "topk":
-        residual = state["0"]["0"]
+        residual = state["client"]["compression"]
         cohorts = set().union(*(resumed_simulation.cohort(r).tolist() for r in (1, 2)))
         assert len(residual["clients"]) and set(residual["clients"].tolist()) <= cohorts
         assert residual["residual"]["head.weight"].shape == (len(residual["clients"]), 10, 8)
@@ -145,7 +145,7 @@ def test_canaries_are_compressed_and_leave_no_residual():
     assert sum(metrics["canaries"] for metrics, _ in logged) > 0
     assert all(metrics["clients"] == 10 for metrics, _ in logged)
     sampled = set().union(*(sim.cohort(r).tolist() for r in (1, 2)))
-    assert sorted(logged[-1][1]["0"]["0"]["clients"].tolist()) == sorted(sampled)
+    assert sorted(logged[-1][1]["client"]["compression"]["clients"].tolist()) == sorted(sampled)
 
 
 def round_metrics(*overrides: str) -> list[dict]:

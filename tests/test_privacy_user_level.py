@@ -147,7 +147,7 @@ def test_a_dp_run_with_adaptive_clipping_moves_its_clip_norm():
     simulation = Simulation(experiment)
     for r in range(1, 4):
         params, state, _ = simulation.round(r, params, state)
-    assert float(state["0"]["0"]["clip_norm"]) != 0.5 and int(state["0"]["0"]["count"]) == 3
+    assert float(state["client"]["clip"]["clip_norm"]) != 0.5 and int(state["client"]["clip"]["count"]) == 3
 
 
 def test_a_dp_round_with_no_trained_client_still_releases_noise():

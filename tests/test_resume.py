@@ -224,7 +224,7 @@ def validated_in_the_log_only(run):
     (edit_config("hidden = 8", "hidden = 16"), [], "does not match its run's config: "
      "params/"),
     (edit_config("optimizer = \"adam\"\nlr = 0.01", "optimizer = \"sgd\"\nlr = 0.01"), [],
-     "server/2/1/count is int64 [] there, the config builds no such tensor"),
+     "server/server/optimizer/count is int64 [] there, the config builds no such tensor"),
     (edit_config("rounds = 2", "rounds = 1"), [], "past the config's server.rounds (1)"),
     (lost_metrics, [], "lacks the metrics of rounds 1..2"),
     (validated_in_the_log_only, [], "the logged metrics select round 1, the checkpoint holds "

@@ -33,7 +33,7 @@ from fedmeta.privacy.encryption import CkksKeys, ckks_sum
 from fedmeta.privacy.secure_aggregation import secagg_sum
 from fedmeta.privacy.user_level import (adaptive_clipping, adaptive_noise_split,
                                         clip_updates, gaussian_noise)
-from fedmeta.server import Stage, chain, server_optimizer
+from fedmeta.server import Stage, named_chain, server_optimizer
 from fedmeta.server.aggregate import Summation, mean, plain_sum
 from fedmeta.server.compression import stochastic_quantization, topk_error_feedback
 from fedmeta.server.pipeline import Pipeline
@@ -109,20 +109,24 @@ def build_compression(config: Config) -> list[Stage]:
     return []
 
 
-def build_client_stage(config: Config, expected: float) -> Stage:
+def build_client_stage(config: Config, expected: float | None = None) -> Stage:
     """What runs on each client's update before aggregation: compression (what the client
     sends), then, on what the server decodes, norm bounding against malicious updates and
-    user-level DP's clipping (to a fixed or an adaptive norm; `expected`: the expected cohort
-    size), so the bound and DP's sensitivity hold for what is aggregated."""
+    user-level DP's clipping (to a fixed or an adaptive norm), so the bound and DP's
+    sensitivity hold for what is aggregated. `expected`: the expected cohort size, which
+    adaptive clipping needs (not a node's secure contribution: secure aggregation hides the
+    norms adaptive clipping reads, so the config refuses the pair)."""
     privacy, bound = config.privacy, config.aggregation.norm_bound
-    stages = build_compression(config) + ([norm_bounding(bound)] if bound else [])
+    stages = [("compression", stage) for stage in build_compression(config)]
+    if bound:
+        stages.append(("norm_bound", norm_bounding(bound)))
     if privacy.adaptive_clipping:
-        stages.append(adaptive_clipping(privacy.clip_norm, privacy.clip_quantile,
-                                        privacy.clip_learning_rate, count_noise(config, expected),
-                                        expected, config.seed))
+        stages.append(("clip", adaptive_clipping(
+            privacy.clip_norm, privacy.clip_quantile, privacy.clip_learning_rate,
+            count_noise(config, expected), expected, config.seed)))
     elif privacy.clip_norm:
-        stages.append(clip_updates(privacy.clip_norm))
-    return chain(*stages)
+        stages.append(("clip", clip_updates(privacy.clip_norm)))
+    return named_chain(*stages)
 
 
 def count_noise(config: Config, expected: float) -> float:
@@ -158,7 +162,8 @@ def build_pipeline(config: Config, num_clients: int) -> Pipeline:
     if privacy.adaptive_clipping:
         sigma = adaptive_noise_split(sigma, count_noise(config, expected))
     return Pipeline(client, mean(expected, summation),
-                    chain(gaussian_noise(sigma, expected, config.seed), step), expected)
+                    named_chain(("noise", gaussian_noise(sigma, expected, config.seed)),
+                                ("optimizer", step)), expected)
 
 
 def build_privacy_budget(config: Config, num_clients: int) -> PrivacyBudget | None:

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from fedmeta.atomic import atomic_path
 from fedmeta.errors import UserError
 from fedmeta.params import Params, owned
+from fedmeta.server.chain import positional
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
@@ -94,8 +95,12 @@ def restore_read(read: tuple[dict[str, torch.Tensor], int, int], path: Path, par
                  server_state: dict[str, Any]) -> tuple[Params, dict[str, Any], int]:
     """`restore_checkpoint` of what `read_checkpoint(path)` returned (`read`)."""
     tensors, round_index, _ = read
-    tensors = {k: v for k, v in tensors.items() if not k.startswith("selected/")}
-    like = flatten({"params": params, "server": server_state})
+    tree = {"params": params, "server": server_state}
+    like = flatten(tree)
+    # a checkpoint written before chains named their stages holds them by position
+    named = dict(zip(flatten(positional(tree)), like))
+    tensors = {name if name in like else named.get(name, name): value
+               for name, value in tensors.items() if not name.startswith("selected/")}
     grows = {name for name, value in like.items() if value.dim() and not len(value)}
     expected = {name: describe(value, name in grows) for name, value in like.items()}
     found = {name: describe(value, name in grows) for name, value in tensors.items()}
@@ -104,7 +109,7 @@ def restore_read(read: tuple[dict[str, torch.Tensor], int, int], path: Path, par
             raise UserError(f"checkpoint {path} does not match its run's config: {name} is "
                             f"{found.get(name, 'missing')} there, the config builds "
                             f"{expected.get(name, 'no such tensor')}")
-    tree = fill({"params": params, "server": server_state}, tensors)
+    tree = fill(tree, tensors)
     return tree["params"], tree["server"], round_index
 
 

@@ -42,16 +42,36 @@ def stateless(fn: Callable[[Round], Round]) -> Stage:
     return Stage(lambda params: {}, lambda rnd, state: (fn(rnd), state))
 
 
-def chain(*stages: Stage) -> Stage:
-    """Compose stages left to right; the state is one entry per stage."""
+class ChainState(dict):
+    """A chain's state: one entry per stage, under the stage's name, in the chain's order."""
+
+
+def named_chain(*stages: tuple[str, Stage]) -> Stage:
+    """Compose stages left to right (optax's `named_chain`); the state holds each stage's
+    under its name, so a checkpoint says which stage a tensor belongs to."""
 
     def init(params: Params) -> dict[str, Any]:
-        return {str(i): stage.init(params) for i, stage in enumerate(stages)}
+        return ChainState({name: stage.init(params) for name, stage in stages})
 
     def apply(rnd: Round, state: dict[str, Any]) -> tuple[Round, dict[str, Any]]:
-        new_state = {}
-        for i, stage in enumerate(stages):
-            rnd, new_state[str(i)] = stage.apply(rnd, state[str(i)])
+        new_state = ChainState()
+        for name, stage in stages:
+            rnd, new_state[name] = stage.apply(rnd, state[name])
         return rnd, new_state
 
     return Stage(init, apply)
+
+
+def chain(*stages: Stage) -> Stage:
+    """Compose stages left to right, their states named by position."""
+    return named_chain(*((str(i), stage) for i, stage in enumerate(stages)))
+
+
+def positional(state: Any) -> Any:
+    """`state` as it was before chains named their stages: each chain's entries under their
+    positions ("0", "1", ...), the names older checkpoints hold."""
+    if not isinstance(state, dict):
+        return state
+    names = ([str(i) for i in range(len(state))] if isinstance(state, ChainState)
+             else list(state))
+    return {name: positional(value) for name, value in zip(names, state.values())}

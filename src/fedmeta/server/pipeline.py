@@ -9,7 +9,7 @@ import torch
 
 from fedmeta.params import Params
 from fedmeta.server.aggregate import divide
-from fedmeta.server.chain import Round, Stage, chain
+from fedmeta.server.chain import ChainState, Round, Stage, named_chain
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class Pipeline:
 
     @cached_property
     def stage(self) -> Stage:
-        return chain(self.client, self.aggregate, self.server)
+        return named_chain(("client", self.client), ("aggregate", self.aggregate),
+                           ("server", self.server))
 
     def init(self, params: Params) -> dict:
         return self.stage.init(params)
@@ -41,5 +42,5 @@ class Pipeline:
         elsewhere (secure aggregation), made the mean the aggregator would have made."""
         rnd = Round(divide(total, weights.sum(), self.denominator), weights, aggregated=True,
                     clip_norm=clip_norm)
-        rnd, server_state = self.server.apply(rnd, state["2"])  # chain's order: see `stage`
-        return rnd, {**state, "2": server_state}
+        rnd, server_state = self.server.apply(rnd, state["server"])
+        return rnd, ChainState({**state, "server": server_state})
