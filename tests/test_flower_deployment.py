@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from flwr.common.config import flatten_dict
 
 from fedmeta.build import Datasets, build_experiment
 from fedmeta.config import apply_overrides, validate
@@ -30,20 +31,54 @@ OVERRIDES = ["server.rounds=2", "server.clients_per_round=3", "model.hidden=8",
 
 
 def app_config(overrides: list[str]) -> dict:
+    """The example app's fedmeta config with `overrides`, as the ServerApp reads it."""
     data = tomllib.loads((APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    data.pop("set")
     return apply_overrides(data, overrides)
 
 
 def run_config(overrides: list[str]) -> str:
-    """Overrides as `flwr run --run-config` takes them (the last of a key, strings quoted)."""
+    """Overrides as `flwr run --run-config` takes them (the last of a key, strings quoted),
+    those of keys the app's table does not list in its `set` key."""
     def quoted(value: str) -> str:
         try:
             tomllib.loads(f"v = {value}")
             return value
         except tomllib.TOMLDecodeError:
             return f'"{value}"'
+    listed = set(flatten_dict(app_config([])))
     last = dict(item.split("=", 1) for item in overrides)
-    return " ".join(f"{key}={quoted(value)}" for key, value in last.items())
+    unlisted = " ".join(f"{key}={value}" for key, value in last.items() if key not in listed)
+    return " ".join([f"{key}={quoted(value)}" for key, value in last.items() if key in listed]
+                    + ([f'set="{unlisted}"'] if unlisted else []))
+
+
+def logged_metrics(out_dir: Path) -> list[dict]:
+    """The rounds' metrics a run directory logged."""
+    (run,) = out_dir.iterdir()
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+class Absent:
+    """Faults as a simulation takes them (`Faults.absent`): these clients never report."""
+
+    def __init__(self, reasons: dict[int, str]) -> None:
+        self.reasons = reasons
+
+    def absent(self, round_index: int, cohort: list[int]) -> dict[int, str]:
+        return {c: reason for c, reason in self.reasons.items() if c in cohort}
+
+
+def simulated_run(simulated: Simulation) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """A simulation's final params and its rounds' metrics."""
+    rounds = []
+    params = simulated.run([lambda round_index, params, state, metrics: rounds.append(metrics)])
+    return params, rounds
+
+
+def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """The L2 distance between two params."""
+    return float(torch.cat([(a[k] - b[k]).flatten() for k in b]).norm())
 
 
 def final_params(out_dir: Path, round_index: int) -> dict[str, torch.Tensor]:
@@ -99,14 +134,18 @@ def test_maml_on_a_deployment_matches_the_simulation_and_survives_a_killed_node(
         status = deployment.run(APP, run_config(plain))
         assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
         simulated = simulation(files, validation, held_out, plain)
-        expected = simulated.run()
+        expected, want = simulated_run(simulated)
         got = final_params(tmp_path / "plain", 2)
         for key in expected:
             torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
-        (run,) = (tmp_path / "plain").iterdir()
-        rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        rounds = logged_metrics(tmp_path / "plain")
+        for got_round, want_round in zip(rounds, want, strict=True):
+            for key in ("round", "clients", "skipped", "bytes_down", "bytes_up"):
+                assert got_round[key] == want_round[key], key
+            assert got_round["loss"] == pytest.approx(want_round["loss"], rel=1e-4)
         assert "val_accuracy" in rounds[1] and not any(k.startswith("test_") for r in rounds
                                                        for k in r)
+        (run,) = (tmp_path / "plain").iterdir()
         summary = json.loads((run / "summary.json").read_text())
         assert summary["selected"]["round"] == 2 and "accuracy" in summary["meta_test"]
         # 1b. pFedHN: each node trains the model its embedding generates, the server pulls
@@ -119,17 +158,32 @@ def test_maml_on_a_deployment_matches_the_simulation_and_survives_a_killed_node(
         assert "embeddings.weight" in got
         for key in expected:
             torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
-        # 2. CKKS: clients encrypt, the server adds ciphertexts, a key holder decrypts the sum
-        encrypted = OVERRIDES + [f"run.out_dir={tmp_path / 'ckks'}", "aggregation.secure=ckks"]
+        # 2. CKKS: clients encrypt their updates after the client stages (here a norm bound of
+        # 0.02, which binds: their updates' norm is 0.044), the server adds ciphertexts, a
+        # key holder decrypts the sum: round 1 as the simulation's to 1e-4 relative (later
+        # rounds drift: local Adam turns 1e-8 differences in near-zero gradients into +-lr)
+        encrypted = OVERRIDES + [f"run.out_dir={tmp_path / 'ckks'}", "aggregation.secure=ckks",
+                                 "aggregation.norm_bound=0.02"]
         status = deployment.run(APP, run_config(encrypted))
         assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
-        # the first round's aggregate matches the plaintext one to 1e-4 relative (later
-        # rounds drift: local Adam turns 1e-8 differences in near-zero gradients into +-lr)
         init = simulated.experiment.learner.init_params()
-        got, plain_round = final_params(tmp_path / "ckks", 1), final_params(tmp_path / "plain", 1)
-        error = torch.cat([(got[k] - plain_round[k]).flatten() for k in init]).norm()
-        step = torch.cat([(plain_round[k] - init[k]).flatten() for k in init]).norm()
-        assert error / step < 1e-4, (error, step)
+        bounded = simulation(files, validation, held_out, encrypted)
+        expected = bounded.round(1, init, bounded.experiment.pipeline.init(init))[0]
+        got, unbounded = final_params(tmp_path / "ckks", 1), final_params(tmp_path / "plain", 1)
+        step = distance(expected, init)
+        assert distance(got, expected) / step < 1e-4, (distance(got, expected), step)
+        assert distance(unbounded, expected) / step > 0.5  # the bound changed the round
+        # 2b. a round with fewer clients than server.min_clients is aborted, the model as it
+        # was (no DP noise to release); the time budget then ends the run cleanly
+        aborted = OVERRIDES + [f"run.out_dir={tmp_path / 'aborted'}", "aggregation.secure=ckks",
+                               "server.rounds=3", "server.clients_per_round=2",
+                               "server.min_clients=3", "run.time_budget_seconds=0.001"]
+        status = deployment.run(APP, run_config(aborted))
+        assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
+        (metrics,) = logged_metrics(tmp_path / "aborted")
+        assert metrics["clients"] == 2 and "fewer than server.min_clients" in metrics["aborted"]
+        assert all(torch.equal(v, init[k])
+                   for k, v in final_params(tmp_path / "aborted", 1).items())
         # 3. a SuperNode killed while round 2 runs: the round completes with the others
         killed = OVERRIDES + [f"run.out_dir={tmp_path / 'killed'}",
                               "flower.round_timeout=60.0", "server.min_clients=2"]
@@ -140,9 +194,7 @@ def test_maml_on_a_deployment_matches_the_simulation_and_survives_a_killed_node(
         nodes[2].stop(signal.SIGKILL)
         status = deployment.wait(run_id)
         assert status["status"] == "finished:completed", deployment.logs(run_id)
-        (run,) = (tmp_path / "killed").iterdir()
-        rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        assert [r["clients"] for r in rounds] == [3, 2]
+        assert [r["clients"] for r in logged_metrics(tmp_path / "killed")] == [3, 2]
 
 
 def test_secagg_plus_over_tls_with_authenticated_nodes_and_a_dropout(tmp_path, client_files):
@@ -163,9 +215,14 @@ def test_secagg_plus_over_tls_with_authenticated_nodes_and_a_dropout(tmp_path, c
             assert node.wait_for("SuperNode ID:", 90), node.text()[-2000:]
         assert stranger.popen.wait(timeout=90) != 0
         assert "Failed to activate SuperNode" in stranger.text()
-        secure = OVERRIDES + [f"run.out_dir={tmp_path / 'secagg'}", "server.rounds=1",
-                              "aggregation.secure=secagg+", "server.min_clients=2",
-                              "flower.round_timeout=60.0"]
+        # user-level DP: the first round spends epsilon 4.73, two 7.08 (RDP, 3 of 3 clients,
+        # sigma 1), so a target of 6 stops the run after round 1; the norm bound (0.02)
+        # binds the clients' updates (norm 0.044), and clips them on the nodes
+        secure = OVERRIDES + [f"run.out_dir={tmp_path / 'secagg'}", "server.rounds=3",
+                              "aggregation.secure=secagg+", "server.min_clients=3",
+                              "flower.round_timeout=60.0", "privacy.noise_multiplier=1.0",
+                              "privacy.clip_norm=0.05", "privacy.accountant=rdp",
+                              "privacy.target_epsilon=6.0", "aggregation.norm_bound=0.02"]
         received = "Receiving: train message"  # SecAgg+ stages: setup, keys, masked vector
         before = nodes[2].text().count(received)
         run_id = deployment.submit(APP, run_config(secure))
@@ -173,10 +230,16 @@ def test_secagg_plus_over_tls_with_authenticated_nodes_and_a_dropout(tmp_path, c
         nodes[2].stop(signal.SIGKILL)  # dies before sending its masked update
         status = deployment.wait(run_id)
         assert status["status"] == "finished:completed", deployment.logs(run_id)
-    (run,) = (tmp_path / "secagg").iterdir()
-    assert json.loads((run / "metrics.jsonl").read_text())["clients"] == 2
-    simulated = simulation(files[:2], validation, held_out, secure)
-    expected = simulated.run()  # the two survivors, in the clear
+    # round 1: two clients reported, fewer than server.min_clients, and a DP round is
+    # released all the same, as the simulation releases it without the dead client
+    simulated = simulation(files, validation, held_out, secure)
+    simulated.experiment.faults = Absent({2: "killed"})
+    expected, (want_metrics,) = simulated_run(simulated)
+    (got_metrics,) = logged_metrics(tmp_path / "secagg")
+    for key in ("clients", "epsilon", "bytes_down", "bytes_up"):
+        assert got_metrics[key] == want_metrics[key], key
+    assert "aborted" not in got_metrics and got_metrics["clients"] == 2
+    assert got_metrics["loss"] == pytest.approx(want_metrics["loss"], rel=1e-5)
     got = final_params(tmp_path / "secagg", 1)
     for key in expected:  # within SecAgg+'s fixed-point rounding (16 / 2^22 per level)
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=2e-5)

@@ -7,6 +7,8 @@ import torch
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 from hypothesis import given, settings, strategies as st
 
+from fedmeta.build import build_summation
+from fedmeta.config import validate
 from fedmeta.privacy.encryption import CkksKeys, ckks_sum
 from fedmeta.privacy.secure_aggregation import secagg_sum
 from fedmeta.server.aggregate import mean, plain_sum
@@ -83,3 +85,18 @@ def test_fixed_denominator_mean_through_a_secure_sum():
     stage = mean(4.0, secagg_sum(1.0, 2 ** 22, 2 ** 32, 1.0, seed=0))
     rnd, _ = stage.apply(Round(d, torch.tensor([5.0, 6.0, 7.0])), stage.init(d))
     np.testing.assert_allclose(rnd.deltas["w"], d["w"].sum(0) / 4.0, atol=1e-5)
+
+
+def test_under_dp_noise_the_secagg_sum_keeps_the_precision_of_its_levels():
+    """DP's fixed-denominator mean gives every client coefficient 1; a client scales its vector
+    by coefficient / max weight before quantizing, so the default max weight (1000) would
+    cost three digits: the max weight is 1 there (`build.secagg_max_weight`)."""
+    config = validate({"aggregation": {"secure": "secagg+"},
+                       "privacy": {"noise_multiplier": 1.0, "clip_norm": 1.0}})
+    d = deltas(3, 0.01)
+    stage = mean(3.0, build_summation(config))
+    rnd, _ = stage.apply(Round(d, torch.tensor([5.0, 6.0, 7.0])), stage.init(d))
+    agg = config.aggregation
+    level = 2 * agg.secagg_clipping_range / agg.secagg_quantization_range
+    for key in d:
+        assert (rnd.deltas[key] - d[key].sum(0) / 3).abs().max() < level

@@ -93,10 +93,18 @@ def build_summation(config: Config) -> Summation:
     agg = config.aggregation
     if agg.secure == "secagg+":
         return secagg_sum(agg.secagg_clipping_range, agg.secagg_quantization_range,
-                          agg.secagg_modulus_range, agg.secagg_max_weight, config.seed)
+                          agg.secagg_modulus_range, secagg_max_weight(config), config.seed)
     if agg.secure == "ckks":
         return ckks_sum(CkksKeys.generate(agg.ckks_poly_modulus_degree, agg.ckks_scale_bits))
     return plain_sum
+
+
+def secagg_max_weight(config: Config) -> float:
+    """The largest coefficient a SecAgg+ client sends: `aggregation.secagg_max_weight` for the
+    sample-weighted mean; 1 under DP's fixed denominator, where every coefficient is 1. Each
+    client scales its vector by coefficient / max weight before quantizing it, so a max
+    weight of 1000 there would cost the sum three decimal digits."""
+    return 1.0 if fixed_denominator(config) else config.aggregation.secagg_max_weight
 
 
 def build_compression(config: Config) -> list[Stage]:

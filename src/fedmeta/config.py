@@ -148,6 +148,7 @@ class AggregationConfig(Section):
 
     secure: Literal["none", "secagg+", "ckks"] = "none"
     # SecAgg+ fixed point: values clipped to [-range, range], 2^22 levels, weights n/max_weight
+    # (max_weight is 1 under DP noise, whose coefficients are all 1: `build.secagg_max_weight`)
     secagg_clipping_range: float = Field(8.0, gt=0)
     secagg_quantization_range: int = Field(2 ** 22, ge=2, le=2 ** 32)
     secagg_modulus_range: int = Field(2 ** 32, ge=4, le=2 ** 62)

@@ -9,7 +9,7 @@ from a checkpoint continues exactly as if never stopped.
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Callable, Literal
 
@@ -50,6 +50,25 @@ EVAL_KEYS: dict[Held, tuple[tuple[int, ...], tuple[int, ...]]] = {"test": ((), (
                                                                   "val": ((2,), (3,))}
 
 
+@dataclass(frozen=True)
+class Gathered:
+    """A round's contributions as the server receives them, from whichever backend ran the
+    clients: each client's update (`rows`), or only the sum a secure aggregation computed
+    (`total`: the clients' updates after their `Pipeline.client` stages, each times its
+    `coefficients` weight); the contributing clients' weights and mean local losses [C]; and
+    the round's metrics on who took part (`clients`, `skipped`, bytes, ...)."""
+
+    weights: torch.Tensor
+    losses: torch.Tensor
+    metrics: dict[str, Any]
+    rows: Round | None = None
+    total: Params | None = None
+
+    @property
+    def num_clients(self) -> int:
+        return int(self.weights.numel())
+
+
 class StopTraining(Exception):
     """Raised by a callback to end the run after the current round."""
 
@@ -72,28 +91,54 @@ class Simulation:
 
     def round(self, round_index: int, params: Params,
               server_state: dict[str, Any]) -> tuple[Params, dict[str, Any], dict[str, Any]]:
-        """One federated round; returns new params, new server state and the round's metrics.
-        The round goes on with the clients that report a finite update; with fewer than
-        `server.min_clients` (and no DP noise to release) the model stays as it was."""
+        """One federated round, whatever the backend: `gather` the cohort's contributions
+        (the one seam between backends), then the server's step. The round goes on with the
+        clients that contributed; with fewer than `server.min_clients` the model stays as it
+        was, unless DP noise is added: a DP round is released whatever the clients did, so
+        that whether it runs does not depend on their data."""
         start = time.perf_counter()
-        updates, clients, metrics = self.reports(round_index, params)
-        rnd = self.experiment.learner.server_round(
-            params, Round(updates.deltas, updates.weights, clients=clients))
-        if self.experiment.audit is not None:
-            rnd, metrics["canaries"] = self.with_canaries(round_index, rnd)
-        # With DP noise a round is released even if no sampled client could train: whether
-        # it runs must not depend on the clients' data.
-        needed = self.config.server.min_clients
-        if updates.num_clients >= needed or self.experiment.privacy is not None:
-            rnd, server_state = self.experiment.pipeline.apply(rnd, server_state)
+        gathered = self.gather(round_index, params)
+        metrics, pipeline = gathered.metrics, self.experiment.pipeline
+        rows = self.server_rows(round_index, params, gathered, metrics)
+        if self.releases(gathered.num_clients):
+            if rows is None:  # a secure sum: the stages after the aggregator
+                rnd, server_state = pipeline.apply_to_sum(
+                    gathered.total, gathered.weights, self.config.privacy.clip_norm, server_state)
+            else:
+                rnd, server_state = pipeline.apply(rows, server_state)
             params = apply_updates(params, rnd.deltas)
         else:
-            metrics["aborted"] = (f"{updates.num_clients} clients reported, fewer than "
-                                  f"server.min_clients ({needed}): model unchanged")
-        if updates.num_clients:
-            metrics["loss"] = weighted_loss(updates.losses, updates.weights)
+            metrics["aborted"] = (f"{gathered.num_clients} clients reported, fewer than "
+                                  f"server.min_clients ({self.config.server.min_clients}): "
+                                  "model unchanged")
+        if gathered.num_clients:
+            metrics["loss"] = weighted_loss(gathered.losses, gathered.weights)
         metrics["seconds"] = time.perf_counter() - start
         return params, server_state, metrics
+
+    def releases(self, num_clients: int) -> bool:
+        """Whether a round of `num_clients` contributions updates the model: at least
+        `server.min_clients` of them, or any number under DP noise."""
+        return (num_clients >= self.config.server.min_clients
+                or self.experiment.privacy is not None)
+
+    def gather(self, round_index: int, params: Params) -> Gathered:
+        """The round's contributions, computed here: each client's update (`reports`)."""
+        updates, clients, metrics = self.reports(round_index, params)
+        return Gathered(updates.weights, updates.losses, metrics,
+                        rows=Round(updates.deltas, updates.weights, clients=clients))
+
+    def server_rows(self, round_index: int, params: Params, gathered: Gathered,
+                    metrics: dict[str, Any]) -> Round | None:
+        """What the server pipeline takes from gathered rows: each client's update as a delta
+        of the server's `params` (`Learner.server_round`), with the audit's canaries sampled
+        this round (their count in `metrics`); None for a secure sum."""
+        if gathered.rows is None:
+            return None
+        rows = self.experiment.learner.server_round(params, gathered.rows)
+        if self.experiment.audit is not None:
+            rows, metrics["canaries"] = self.with_canaries(round_index, rows)
+        return rows
 
     def reports(self, round_index: int,
                 params: Params) -> tuple[CohortUpdates, torch.Tensor, dict[str, Any]]:

@@ -22,7 +22,8 @@ from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
-from fedmeta.build import Datasets, build_datasets, build_learner, fixed_denominator
+from fedmeta.build import (Datasets, build_client_stage, build_datasets, build_learner,
+                           fixed_denominator)
 from fedmeta.engine.experiment import learner_at_round
 from fedmeta.config import Config
 from fedmeta.data import ClientData, EpisodeSampler, NotEnoughData
@@ -34,7 +35,6 @@ from fedmeta.flower.secagg import from_arrays, to_parameters
 from fedmeta.learners.base import Learner, Update
 from fedmeta.params import flatten_rows, owned, unflatten
 from fedmeta.privacy.encryption import decrypt, encrypt, load_context
-from fedmeta.privacy.user_level import clip_to
 from fedmeta.server.aggregate import coefficients
 from fedmeta.server.chain import Round
 
@@ -138,11 +138,12 @@ def train(msg: Message, context: Context) -> Message:
 
 def secure_contribution(config: Config, delta: dict[str, torch.Tensor],
                         weight: float) -> torch.Tensor:
-    """What a client adds to a secure sum: its delta, clipped when user-level DP clips, times
-    its weight for a weighted mean (times 1 under DP's fixed-denominator mean)."""
-    stacked = Round({k: v[None] for k, v in delta.items()}, torch.tensor([weight]))
-    if config.privacy.clip_norm:
-        stacked = clip_to(stacked, config.privacy.clip_norm)
+    """What a client adds to a secure sum: its delta after the pipeline's client stages (the
+    norm bound, user-level DP's clip), which run here since the server sees only the sum,
+    times its weight for a weighted mean (1 under DP's fixed-denominator mean)."""
+    stage = build_client_stage(config)
+    stacked, _ = stage.apply(Round({k: v[None] for k, v in delta.items()},
+                                   torch.tensor([weight])), stage.init(delta))
     coefficient = coefficients(torch.tensor([weight]), fixed_denominator(config))
     return flatten_rows(stacked.deltas)[0].double() * float(coefficient)
 
@@ -150,18 +151,19 @@ def secure_contribution(config: Config, delta: dict[str, torch.Tensor],
 @app.train(mods=[secaggplus_mod])
 def train_secagg_plus(msg: Message, context: Context) -> Message:
     """A client update under Flower's SecAgg+ workflow (legacy FitIns in, FitRes out): the
-    delta, clipped under user-level DP, weighted by `num_examples` (1 under DP's fixed
-    denominator); `secaggplus_mod` quantizes and masks it before it leaves the node."""
+    delta after the client stages (`secure_contribution`), weighted by `num_examples` (its
+    coefficient: 1 under DP's fixed denominator), its weight and loss as metrics;
+    `secaggplus_mod` quantizes and masks the delta before it leaves the node."""
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
     config, update = local_update(dict(fitins.config), context,
                                   parameters_to_ndarrays(fitins.parameters))
     if update is None:
         raise ValueError("too little data for a local round")
-    weight = float(coefficients(torch.tensor([update.weight]), fixed_denominator(config)))
+    coefficient = float(coefficients(torch.tensor([update.weight]), fixed_denominator(config)))
     delta = unflatten(secure_contribution(config, update.delta, 1.0),
                       {k: v[None] for k, v in update.delta.items()})
-    fitres = FitRes(Status(Code.OK, "ok"), to_parameters(delta), int(round(weight)),
-                    {"loss": update.loss})
+    fitres = FitRes(Status(Code.OK, "ok"), to_parameters(delta), int(round(coefficient)),
+                    {"loss": update.loss, "weight": update.weight})
     return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
 
 

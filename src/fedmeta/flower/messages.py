@@ -21,7 +21,7 @@ os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 from flwr.common.config import unflatten_dict  # noqa: E402
 
-from fedmeta.config import Config, validate  # noqa: E402
+from fedmeta.config import Config, apply_overrides, validate  # noqa: E402
 
 DESCRIBE, DECRYPT = "query.describe", "query.decrypt"
 TRAIN, EVALUATE = "train.update", "evaluate"
@@ -29,8 +29,12 @@ TRAIN, EVALUATE = "train.update", "evaluate"
 
 def config_from_run_config(run_config: dict) -> Config:
     """The fedmeta config of a Flower run: `[tool.flwr.app.config]` holds fedmeta's keys as
-    tables (`[tool.flwr.app.config.learner]`), which Flower flattens to dotted keys."""
-    return validate(unflatten_dict(dict(run_config)))
+    tables (`[tool.flwr.app.config.learner]`), which Flower flattens to dotted keys. Flower
+    overrides only the keys the table lists; its `set` key takes any others, as `fedmeta run
+    --set` does: space-separated `KEY=VALUE` (`set="privacy.clip_norm=0.5 ..."`)."""
+    settings = dict(run_config)
+    overrides = str(settings.pop("set", "")).split()
+    return validate(apply_overrides(unflatten_dict(settings), overrides))
 
 
 def config_message(config: Config, **values: int | float | list[int]) -> dict:

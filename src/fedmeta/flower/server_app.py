@@ -31,14 +31,13 @@ from fedmeta.data import ClientData, FederatedDataset
 from fedmeta.engine.cohort import CohortUpdates, concatenated
 from fedmeta.engine.communication import round_bytes
 from fedmeta.engine.rundir import RunDirectory
-from fedmeta.engine.simulation import Held, Simulation, weighted_loss
+from fedmeta.engine.simulation import Gathered, Held, Simulation
 from fedmeta.engine.training import train_and_summarize
 from fedmeta.errors import UserError
 from fedmeta.evaluation import summarize
-from fedmeta.flower.secagg import run_secagg_plus
+from fedmeta.flower.secagg import secagg_plus_sum
 from fedmeta.flower.messages import (DECRYPT, DESCRIBE, EVALUATE, TRAIN, config_from_run_config,
                                      config_message)
-from fedmeta.optim import apply_updates
 from fedmeta.params import Params, tree_stack, unflatten
 from fedmeta.privacy.encryption import add_encrypted, load_context
 
@@ -172,57 +171,49 @@ class FlowerFederation(Simulation):
             torch.tensor([float(m["loss"]) for m in metrics]), skipped,
             [position[r.metadata.src_node_id] for r in replies])
 
-    def run(self, callbacks: list = (), params: Params | None = None,
-            server_state: dict[str, Any] | None = None, start_round: int = 1) -> Params:
-        if self.config.aggregation.secure != "secagg+":
-            return super().run(callbacks, params, server_state, start_round)
-        params = self.experiment.learner.init_params() if params is None else params
-        server_state = self.experiment.pipeline.init(params) if server_state is None else server_state
-        return run_secagg_plus(self, self.context, params, server_state, list(callbacks))
-
-    def round(self, round_index: int, params: Params,
-              server_state: dict[str, Any]) -> tuple[Params, dict[str, Any], dict[str, Any]]:
-        if self.config.aggregation.secure == "ckks":
-            return self.encrypted_round(round_index, params, server_state)
-        return super().round(round_index, params, server_state)
-
-    def encrypted_round(self, round_index: int, params: Params,
-                        server_state: dict[str, Any]) -> tuple[Params, dict, dict]:
-        """A round whose sum the server computes on ciphertexts and a key holder decrypts."""
-        start = time.perf_counter()
+    def gather(self, round_index: int, params: Params) -> Gathered:
+        """The round's contributions from the cohort's nodes: each one's update (the
+        simulation's `reports`, with `client_updates` from the nodes), or with secure
+        aggregation only their sum, from CKKS ciphertexts or SecAgg+'s masked vectors."""
+        secure = self.config.aggregation.secure
+        if secure == "none":
+            return super().gather(round_index, params)
         cohort = self.cohort(round_index).tolist()
-        replies = self.train_replies(round_index, params, cohort)
-        metrics = [r.content["metrics"] for r in replies]
-        total = None
-        if replies and len(replies) >= self.config.server.min_clients:
-            encrypted = add_encrypted(self.public_context, (
-                list(r.content["encrypted"]["ciphertexts"]) for r in replies))
-            key_holder = replies[0].metadata.src_node_id
-            decrypted = self.send(DECRYPT, [key_holder], RecordDict(
-                {"encrypted": ConfigRecord({"ciphertexts": encrypted})}))
-            if not decrypted:
-                raise UserError(f"round {round_index}: the key holder did not decrypt the sum")
-            total = unflatten(decrypted[0].content["arrays"].to_torch_state_dict()["sum"],
-                              {k: v[None] for k, v in params.items()})
-        params, server_state, info = self.secure_step(
-            round_index, params, server_state, total, metrics, len(cohort) - len(replies))
-        info["seconds"] = time.perf_counter() - start
-        return params, server_state, info
+        if secure == "ckks":
+            reported, total = self.encrypted_sum(round_index, params, cohort)
+        else:
+            reported, total = secagg_plus_sum(
+                self.grid, self.context, self.config, round_index, params,
+                [self.train_nodes[c] for c in cohort],
+                config_message(self.config, round=round_index,
+                               **{"num-classes": self.num_classes}))
+        metrics = {"round": round_index, "clients": len(reported),
+                   "skipped": len(cohort) - len(reported),
+                   **round_bytes(self.config, params, len(cohort), len(reported))}
+        return Gathered(torch.tensor([m["weight"] for m in reported]),
+                        torch.tensor([m["loss"] for m in reported]), metrics,
+                        total=total or {k: torch.zeros_like(v) for k, v in params.items()})
 
-    def secure_step(self, round_index: int, params: Params, server_state: dict[str, Any],
-                    total: Params | None, metrics: list, skipped: int) -> tuple[Params, dict, dict]:
-        """The server pipeline after the aggregator, on a securely computed sum of the
-        clients' contributions (`total`, None if no client took part) and their metrics."""
-        weights = torch.tensor([float(m["weight"]) for m in metrics])
-        sent = len(metrics) + skipped
-        info: dict[str, Any] = {"round": round_index, "clients": len(metrics), "skipped": skipped,
-                                **round_bytes(self.config, params, sent, len(metrics))}
-        if total is None:
-            return params, server_state, info
-        rnd, server_state = self.experiment.pipeline.apply_to_sum(
-            total, weights, self.config.privacy.clip_norm, server_state)
-        info["loss"] = weighted_loss(torch.tensor([float(m["loss"]) for m in metrics]), weights)
-        return apply_updates(params, rnd.deltas), server_state, info
+    def encrypted_sum(self, round_index: int, params: Params,
+                      cohort: list[int]) -> tuple[list[dict[str, float]], Params | None]:
+        """The replying clients' weights and losses, and the sum of their contributions: the
+        server adds their ciphertexts and a key holder (a client of the round) decrypts only
+        that sum, and only for a round that `releases` it (None otherwise); no client counts
+        if the key holder does not answer."""
+        replies = self.train_replies(round_index, params, cohort)
+        reported = [{"weight": float(r.content["metrics"]["weight"]),
+                     "loss": float(r.content["metrics"]["loss"])} for r in replies]
+        if not replies or not self.releases(len(replies)):
+            return reported, None
+        encrypted = add_encrypted(self.public_context, (
+            list(r.content["encrypted"]["ciphertexts"]) for r in replies))
+        decrypted = self.send(DECRYPT, [replies[0].metadata.src_node_id], RecordDict(
+            {"encrypted": ConfigRecord({"ciphertexts": encrypted})}))
+        if not decrypted:
+            log.warning("round %d: the key holder did not decrypt the sum", round_index)
+            return [], None
+        return reported, unflatten(decrypted[0].content["arrays"].to_torch_state_dict()["sum"],
+                                   {k: v[None] for k, v in params.items()})
 
     def evaluate(self, params: Params, episodes: int, per_client: bool = False,
                  on: Held = "test") -> dict[str, Any]:
