@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from fedmeta.build import bundled_omniglot
+from fedmeta import cli
 from fedmeta.cli import main
 from fedmeta.data import EpisodeSampler, Episodes, omniglot_federated
 from fedmeta.resume import restore_run
@@ -136,6 +137,13 @@ def test_grayscale_episodes_score_as_their_1_bit_version_on_a_1_bit_trained_mode
     (["demo", "--set", "data.path='/nonexistent/omniglot.npz'"], "/nonexistent/omniglot.npz"),
     (["run", "/nonexistent/config.toml"], "no such file"),
     (["eval", "/nonexistent/run"], "not a run directory"),
+    # values the config's ranges admit and a library function refuses, converted where the
+    # config reaches it (errors.config_errors)
+    (["demo", "--set", "data.partition='random'", "--set", "data.num_clients=5000"],
+     "config error: num_clients=5000 exceeds the 964 examples"),
+    (["demo", "--set", "privacy.noise_multiplier=1.0", "--set", "privacy.clip_norm=1.0",
+      "--set", "privacy.adaptive_clipping=true", "--set", "privacy.clip_count_noise=0.1"],
+     "config error: adaptive clipping's count noise 0.1 must exceed half"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     result = fedmeta(*args, *(["--out", tmp_path / "r"] if args[0] != "eval" else []))
@@ -143,6 +151,16 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     assert result.stderr.count("\n") == 1 and message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_bug_is_no_bad_input_and_shows_its_traceback(monkeypatch):
+    """Only a UserError is the user's to fix; a ValueError from inside fedmeta is a bug."""
+    def broken(args):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_demo", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["demo"])
 
 
 def test_existing_run_directory_is_left_untouched(tmp_path):

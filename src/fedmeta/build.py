@@ -14,7 +14,7 @@ from fedmeta.data import (EpisodeSampler, FederatedDataset, femnist_federated,
                           validation_count)
 from fedmeta.engine.experiment import Experiment, build_schedule, client_sample_rate
 from fedmeta.engine.faults import Faults
-from fedmeta.errors import UserError
+from fedmeta.errors import UserError, config_errors
 from fedmeta.learners.anil import ANIL
 from fedmeta.learners.base import Learner
 from fedmeta.learners.fedavg import FedAvg, FedAvgFT
@@ -73,13 +73,14 @@ def build_datasets(config: Config) -> Datasets:
         return Datasets(clients(data.num_clients, seed=config.seed),
                         clients(count, seed=config.seed + 2),
                         clients(SYNTHETIC_TEST_CLIENTS, seed=config.seed + 1))
-    if data.dataset == "omniglot":
-        background, test = omniglot_federated(
-            path, partition=data.partition, num_clients=data.num_clients,
-            rotations=data.rotations, seed=config.seed, download=data.download)
-    else:
-        background, test = femnist_federated(path, test_fraction=data.test_fraction,
-                                             seed=config.seed, download=data.download)
+    with config_errors():
+        if data.dataset == "omniglot":
+            background, test = omniglot_federated(
+                path, partition=data.partition, num_clients=data.num_clients,
+                rotations=data.rotations, seed=config.seed, download=data.download)
+        else:
+            background, test = femnist_federated(path, test_fraction=data.test_fraction,
+                                                 seed=config.seed, download=data.download)
     try:
         train, validation = hold_out_validation(background, data.validation_fraction,
                                                 config.seed)
@@ -168,7 +169,8 @@ def build_pipeline(config: Config, num_clients: int) -> Pipeline:
         return Pipeline(client, mean(None, summation), step)
     sigma = privacy.noise_multiplier
     if privacy.adaptive_clipping:
-        sigma = adaptive_noise_split(sigma, count_noise(config, expected))
+        with config_errors():
+            sigma = adaptive_noise_split(sigma, count_noise(config, expected))
     return Pipeline(client, mean(expected, summation),
                     named_chain(("noise", gaussian_noise(sigma, expected, config.seed)),
                                 ("optimizer", step)), expected)
@@ -216,8 +218,9 @@ def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int
     torch.manual_seed(config.seed)
     task, learner_config = config.task, config.learner
     cls = LEARNERS[learner_config.algorithm]
-    model = build_model(config.model.name, tuple(input_shape),
-                        head_size(config, cls.head, num_classes), config.model.hidden)
+    with config_errors():
+        model = build_model(config.model.name, tuple(input_shape),
+                            head_size(config, cls.head, num_classes), config.model.hidden)
     return cls(
         model, EpisodeSampler(task.ways, task.shots, task.queries),
         OPTIMIZERS[learner_config.optimizer](learner_config.lr),

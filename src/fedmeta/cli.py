@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.handler(args)
-    except (UserError, ValueError, FileNotFoundError) as error:
+    except UserError as error:  # anything else is a bug, and shows its traceback
         print(f"fedmeta: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

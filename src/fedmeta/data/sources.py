@@ -31,11 +31,11 @@ _LEAF_HOWTO = (
 )
 
 
-class DatasetNotFound(FileNotFoundError):
+class DatasetNotFound(UserError, FileNotFoundError):
     """A dataset file could not be located (message says where to put it / how to get it)."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(UserError, ValueError):
     """A downloaded file does not match its published checksum."""
 
 
