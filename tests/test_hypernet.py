@@ -88,8 +88,9 @@ def test_a_new_client_learns_only_its_embedding_on_its_support_set(learner):
 @pytest.mark.parametrize("setting", ["aggregation.rule=median", "aggregation.secure=ckks",
                                      "aggregation.compression=topk"])
 def test_pfedhn_refuses_what_needs_the_clients_updates_as_sent(setting):
-    with pytest.raises(UserError, match="pfedhn"):
-        load_config(None, ["learner.algorithm=pfedhn", setting])
+    """pFedHN is `personalized`: its server step needs each client's update as sent."""
+    with pytest.raises(UserError, match="pfedhn turns each client's update"):
+        build_experiment(load_config(None, ["learner.algorithm=pfedhn", setting]))
 
 
 def test_a_federated_pfedhn_run_personalizes_and_learns():

@@ -201,8 +201,24 @@ def head_size(config: Config, kind: str, num_classes: int) -> int | None:
     return {"none": None, "ways": config.task.ways, "global": num_classes}[kind]
 
 
+def check_supported(config: Config, cls: type[Learner]) -> None:
+    """UserError if the config asks of learner `cls` what it does not declare it supports:
+    sample-level DP (`sample_level_dp`), or hiding or reshaping each client's update from a
+    `personalized` learner, whose server step needs every one."""
+    name, agg = config.learner.algorithm, config.aggregation
+    if config.privacy.sample_clip_norm and not cls.sample_level_dp:
+        supported = sorted(k for k, c in LEARNERS.items() if c.sample_level_dp)
+        raise UserError(f"config error: sample-level DP-SGD (privacy.sample_clip_norm) needs a "
+                        f"local loss that is a mean over examples ({', '.join(supported)}); "
+                        f"learner.algorithm is {name!r}")
+    if cls.personalized and (agg.rule, agg.secure, agg.compression) != ("mean", "none", "none"):
+        raise UserError(f"config error: {name} turns each client's update into its own update "
+                        "on the server: it needs aggregation.rule = 'mean', secure = 'none' "
+                        "and compression = 'none'")
+
+
 def sample_privacy(config: Config) -> dict[str, float]:
-    """The DP-SGD settings a fedavg learner takes (none unless configured)."""
+    """The DP-SGD settings a `sample_level_dp` learner takes (none unless configured)."""
     privacy = config.privacy
     if privacy.sample_clip_norm is None:
         return {}
@@ -218,6 +234,7 @@ def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int
     torch.manual_seed(config.seed)
     task, learner_config = config.task, config.learner
     cls = LEARNERS[learner_config.algorithm]
+    check_supported(config, cls)
     with config_errors():
         model = build_model(config.model.name, tuple(input_shape),
                             head_size(config, cls.head, num_classes), config.model.hidden)
@@ -231,6 +248,7 @@ def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int
 
 def build_experiment(config: Config, datasets: Datasets | None = None) -> Experiment:
     """The experiment of `config`, on `datasets` if given, else the config's."""
+    check_supported(config, LEARNERS[config.learner.algorithm])  # before any data is read
     train, validation, test = datasets or build_datasets(config)
     learner = build_learner(config, train.input_shape, train.num_classes, train.num_clients)
     ev = config.eval

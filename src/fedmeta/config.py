@@ -40,6 +40,19 @@ class DataConfig(Section):
     synthetic_alpha: float = Field(1.0, ge=0, le=1000)
     synthetic_beta: float = Field(1.0, ge=0, le=1000)
 
+    @model_validator(mode="after")
+    def _complete(self) -> "DataConfig":
+        """The client count where the clients are made up, and the bundled file for the
+        dataset it holds."""
+        if self.partition == "random" and self.num_clients is None:
+            raise ValueError("data.num_clients is required with data.partition = 'random'")
+        if self.path == "bundled" and self.dataset != "omniglot":
+            raise ValueError("data.path = 'bundled' is the bundled Omniglot; "
+                             f"data.dataset is {self.dataset!r}")
+        if self.dataset == "synthetic" and self.num_clients is None:
+            raise ValueError("data.num_clients is required with data.dataset = 'synthetic'")
+        return self
+
 
 class TaskConfig(Section):
     ways: int = Field(5, ge=2, le=1000)
@@ -139,6 +152,19 @@ class PrivacyConfig(Section):
     canaries: int = Field(0, ge=0, le=10**4)  # canary clients for the empirical audit; 0 = no audit
     canary_norm: float | None = Field(None, gt=0)  # their update's norm; default clip_norm or 1
 
+    @model_validator(mode="after")
+    def _complete(self) -> "PrivacyConfig":
+        """Each mechanism with the setting it cannot do without."""
+        if self.noise_multiplier and self.clip_norm is None:
+            raise ValueError("privacy.noise_multiplier needs privacy.clip_norm (the sensitivity)")
+        if self.adaptive_clipping and self.clip_norm is None:
+            raise ValueError("privacy.adaptive_clipping needs privacy.clip_norm (the initial norm)")
+        if self.sample_noise_multiplier and self.sample_clip_norm is None:
+            raise ValueError("privacy.sample_noise_multiplier needs privacy.sample_clip_norm")
+        if self.target_epsilon and not self.noise_multiplier:
+            raise ValueError("privacy.target_epsilon needs privacy.noise_multiplier > 0")
+        return self
+
 
 class AggregationConfig(Section):
     """How the server learns the clients' aggregate. "secagg+": Flower's SecAgg+ (Bell et
@@ -179,6 +205,13 @@ class AttackConfig(Section):
     boost: float | None = Field(None, gt=0)
     noise_std: float = Field(1.0, gt=0)
 
+    @model_validator(mode="after")
+    def _together(self) -> "AttackConfig":
+        if (self.kind == "none") != (self.fraction == 0):
+            raise ValueError("attack.kind and attack.fraction go together: a kind other than "
+                             "'none' with a fraction above 0")
+        return self
+
 
 class FaultsConfig(Section):
     """Simulated unreliable clients: each sampled client drops out of a round with
@@ -217,57 +250,43 @@ class Config(Section):
     flower: FlowerConfig = FlowerConfig()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Config":
-        privacy = self.privacy
-        if privacy.noise_multiplier and privacy.clip_norm is None:
-            raise ValueError("privacy.noise_multiplier needs privacy.clip_norm (the sensitivity)")
-        if (privacy.noise_multiplier and self.server.sampling == "uniform"
-                and privacy.accountant == "pld"):
+    def _accounted_cohorts(self) -> "Config":
+        """The privacy accountant can account for the cohorts the server samples."""
+        if (self.privacy.noise_multiplier and self.server.sampling == "uniform"
+                and self.privacy.accountant == "pld"):
             raise ValueError("fixed-size cohorts (server.sampling = 'uniform') are accounted "
                              "by RDP: set privacy.accountant = 'rdp' or sampling 'poisson'")
-        if privacy.adaptive_clipping and privacy.clip_norm is None:
-            raise ValueError("privacy.adaptive_clipping needs privacy.clip_norm (the initial norm)")
-        if privacy.sample_noise_multiplier and privacy.sample_clip_norm is None:
-            raise ValueError("privacy.sample_noise_multiplier needs privacy.sample_clip_norm")
-        if privacy.sample_clip_norm and self.learner.algorithm not in ("fedavg", "fedavg-ft"):
-            raise ValueError("sample-level DP-SGD (privacy.sample_clip_norm) is for fedavg and "
-                             "fedavg-ft, whose local loss is a mean over examples; "
-                             f"learner.algorithm is {self.learner.algorithm!r}")
-        if privacy.target_epsilon and not privacy.noise_multiplier:
-            raise ValueError("privacy.target_epsilon needs privacy.noise_multiplier > 0")
-        if self.data.partition == "random" and self.data.num_clients is None:
-            raise ValueError("data.num_clients is required with data.partition = 'random'")
-        if self.data.path == "bundled" and self.data.dataset != "omniglot":
-            raise ValueError("data.path = 'bundled' is the bundled Omniglot; "
-                             f"data.dataset is {self.data.dataset!r}")
-        if self.data.dataset == "synthetic" and self.data.num_clients is None:
-            raise ValueError("data.num_clients is required with data.dataset = 'synthetic'")
-        secure = self.aggregation.secure
-        if secure != "none" and privacy.adaptive_clipping:
+        return self
+
+    @model_validator(mode="after")
+    def _secure_aggregation_hides_each_update(self) -> "Config":
+        """What secure aggregation rules out: everything that reads a single client's update
+        on the server, or encodes it another way."""
+        agg, privacy = self.aggregation, self.privacy
+        secure = agg.secure
+        if secure == "none":
+            return self
+        if privacy.adaptive_clipping:
             raise ValueError(f"aggregation.secure = {secure!r} hides the per-client norms "
                              "adaptive clipping needs: set privacy.adaptive_clipping = false")
-        if secure != "none" and privacy.canaries:
+        if privacy.canaries:
             raise ValueError(f"aggregation.secure = {secure!r}: the canary audit needs the "
                              "plain aggregate path (privacy.canaries = 0)")
-        compression = self.aggregation.compression
-        if compression != "none" and secure != "none":
+        if agg.compression != "none":
             raise ValueError(f"aggregation.secure = {secure!r} encodes the updates its own way; "
-                             f"aggregation.compression = {compression!r} is for plain updates")
-        rule = self.aggregation.rule
-        if rule != "mean" and secure != "none":
-            raise ValueError(f"aggregation.rule = {rule!r} needs each client's update, which "
-                             f"aggregation.secure = {secure!r} hides")
-        if rule != "mean" and privacy.noise_multiplier:
+                             f"aggregation.compression = {agg.compression!r} is for plain "
+                             "updates")
+        if agg.rule != "mean":
+            raise ValueError(f"aggregation.rule = {agg.rule!r} needs each client's update, "
+                             f"which aggregation.secure = {secure!r} hides")
+        return self
+
+    @model_validator(mode="after")
+    def _noise_calibrated_to_the_mean(self) -> "Config":
+        """User-level DP's noise is scaled to the mean's sensitivity."""
+        if self.aggregation.rule != "mean" and self.privacy.noise_multiplier:
             raise ValueError(f"user-level DP noise is calibrated to the mean; aggregation.rule "
-                             f"= {rule!r} has another sensitivity")
-        if self.learner.algorithm == "pfedhn" and (rule != "mean" or secure != "none"
-                                                   or compression != "none"):
-            raise ValueError("pfedhn turns each client's update into its own update of the "
-                             "hypernetwork on the server: it needs aggregation.rule = 'mean', "
-                             "secure = 'none' and compression = 'none'")
-        if (self.attack.kind == "none") != (self.attack.fraction == 0):
-            raise ValueError("attack.kind and attack.fraction go together: a kind other than "
-                             "'none' with a fraction above 0")
+                             f"= {self.aggregation.rule!r} has another sensitivity")
         return self
 
 
@@ -277,7 +296,7 @@ def _describe(error: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         return f"config error: unknown key {reprlib.repr(key)}"
     message = first["msg"].removeprefix("Value error, ")
-    if not key:
+    if not key or first["type"] == "value_error":  # a validator's message names its keys
         return f"config error: {message}"
     return f"config error: {key}: {message} (got {reprlib.repr(first.get('input'))})"
 

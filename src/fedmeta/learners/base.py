@@ -23,7 +23,9 @@ Class attributes tell `fedmeta.build` what a learner needs: `head` is the model'
 classifier ("none": an embedding only, "ways": one output per episode class, "global": one
 output per global class of the training data) and `hyperparameters` names the `LearnerConfig`
 keys passed to the constructor beyond the common ones; a `personalized` learner also takes
-`num_clients`, the number of training clients.
+`num_clients`, the number of training clients, and needs each client's update on the server
+(`server_round`); `sample_level_dp` says its local loss is a mean over examples, so DP-SGD's
+per-example clipping bounds an example's influence.
 """
 
 import copy
@@ -58,6 +60,7 @@ class Learner(ABC):
     head: ClassVar[Literal["none", "ways", "global"]] = "none"
     hyperparameters: ClassVar[tuple[str, ...]] = ()
     personalized: ClassVar[bool] = False  # a model per client: sends each client its own
+    sample_level_dp: ClassVar[bool] = False  # takes sample_clip_norm, sample_noise_multiplier
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
                  local_steps: int = 1, tasks_per_step: int = 1) -> None:

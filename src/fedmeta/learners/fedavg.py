@@ -34,6 +34,7 @@ from fedmeta.privacy.sample_level import private_gradient
 class FedAvg(Learner):
     head = "global"
     hyperparameters = ("batch_size",)
+    sample_level_dp = True
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
                  local_steps: int = 1, tasks_per_step: int = 1, *, batch_size: int = 32,
