@@ -2,7 +2,9 @@
 fedmeta's ServerApp and ClientApp (examples/flower), each client reading its own file."""
 
 import json
+import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from fedmeta.data.client_files import clients_federated
 from fedmeta.engine.checkpoint import load_checkpoint
 from fedmeta.engine.simulation import Simulation
 from fedmeta.privacy.encryption import CkksKeys
-from flower_deployment import Deployment, make_node_key
+from flower_deployment import BIN, ENV, Deployment, make_node_key
 from test_cli import fedmeta
 
 if sys.version_info >= (3, 11):
@@ -243,3 +245,47 @@ def test_secagg_plus_over_tls_with_authenticated_nodes_and_a_dropout(tmp_path, c
     got = final_params(tmp_path / "secagg", 1)
     for key in expected:  # within SecAgg+'s fixed-point rounding (16 / 2^22 per level)
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=2e-5)
+
+
+def processes_naming(text: str) -> list[int]:
+    """PIDs of the processes whose command line holds `text`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_text():
+                pids.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return pids
+
+
+def test_the_readmes_simulation_recipe_runs_flwr_run_local(tmp_path):
+    """`flwr run . local`, as the README has it: flwr starts a local SuperLink with the
+    simulation runtime, one SuperNode per client of the config (here 3 training, 1
+    meta-validation, 4 meta-test); with Flower's default of 2 SuperNodes the run says how
+    many it needs. flwr leaves its local SuperLink running: stopped here by its PID."""
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    (home / "config.toml").write_text('[superlink.local]\naddress = ":local:"\n')
+    env = {**os.environ, **ENV, "FLWR_HOME": str(home),
+           "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    small = OVERRIDES + [f"run.out_dir={tmp_path / 'runs'}", "data.partition=random",
+                         "data.num_clients=4"]
+
+    def flwr_run(*federation: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "flwr"), "run", ".", "local", "--stream",
+                               "--run-config", run_config(small), *federation],
+                              cwd=APP, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        too_few = flwr_run()
+        assert ("Flower's simulation runs 2 SuperNodes and this config has 8 clients"
+                in too_few.stdout + too_few.stderr), too_few.stdout[-3000:]
+        assert not (tmp_path / "runs").exists()
+        done = flwr_run("--federation-config", "num-supernodes=8")
+        (run,) = (tmp_path / "runs").iterdir()
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["test_clients"] == 4 and summary["validation_clients"] == 1, done.stdout
+        assert summary["meta_test"]["episodes"] == 4 * 4  # eval_episodes_per_client each
+    finally:
+        for pid in processes_naming(str(home)):
+            os.kill(pid, signal.SIGTERM)

@@ -98,6 +98,9 @@ def describe(msg: Message, context: Context) -> Message:
     record = ConfigRecord({"client-id": client_id, "num-examples": len(client),
                            "input-shape": list(input_shape(client)),
                            "num-classes": int(client.y.max()) + 1, "role": role})
+    if "data-path" not in context.node_config:  # a partition of Flower's simulation
+        record["simulated-clients"] = [clients.num_clients for clients in simulated_datasets(
+            str(msg.content["config"]["fedmeta"]))]
     if "ckks-key" in context.node_config:
         key = ckks_context(str(context.node_config["ckks-key"]))
         record["ckks-public"] = key.serialize(save_secret_key=False, save_relin_keys=False)

@@ -80,6 +80,7 @@ class FlowerFederation(Simulation):
     def __init__(self, grid: Grid, config: Config, context: Context | None = None) -> None:
         self.grid, self.config, self.context = grid, config, context
         described = self.describe_nodes()
+        self.check_simulated_nodes(described)
         train, validation, test = ([n for n in described if n["role"] == role]
                                    for role in ("train", "val", "test"))
         train.sort(key=lambda n: n["client-id"])
@@ -118,6 +119,20 @@ class FlowerFederation(Simulation):
             {"config": ConfigRecord(config_message(self.config))}))
         return [{**dict(reply.content["node"]), "node-id": reply.metadata.src_node_id}
                 for reply in replies]
+
+    def check_simulated_nodes(self, described: list[dict[str, Any]]) -> None:
+        """In Flower's simulation every client of the config is a SuperNode (its
+        partition-id: training, then meta-validation, then meta-test clients): UserError,
+        saying how many to ask for, unless the simulation runs exactly that many."""
+        counts = next((n["simulated-clients"] for n in described if "simulated-clients" in n),
+                      None)
+        nodes = len(self.grid.get_node_ids())
+        if counts is not None and nodes != sum(counts):
+            train, validation, test = counts
+            raise UserError(f"Flower's simulation runs {nodes} SuperNodes and this config has "
+                            f"{sum(counts)} clients, one per SuperNode ({train} training, "
+                            f"{validation} meta-validation, {test} meta-test): run it with "
+                            f"--federation-config 'num-supernodes={sum(counts)}'")
 
     def send(self, message_type: str, nodes: list[int],
              content: RecordDict | list[RecordDict]) -> list[Message]:
