@@ -231,6 +231,9 @@ class FlowerConfig(Section):
 
     round_timeout: float = Field(600.0, gt=0)  # seconds
     eval_episodes_per_client: int = Field(20, ge=1, le=10**5)  # federated evaluation on each node
+    # no-op messages to the training nodes before round 1, timed (run directory's
+    # flower_floor.json): the deployment's own floor, to compare round times with
+    floor_probes: int = Field(0, ge=0, le=100)
 
 
 class Config(Section):

@@ -1,198 +1,62 @@
-"""fedmeta's Flower ClientApp: a SuperNode's client trains on its own data file.
+"""fedmeta's Flower ClientApp: a SuperNode's client trains on its own data
+(`fedmeta.flower.node`).
 
-On a deployment the node's config names the file (`data-path`, see
-`fedmeta.data.client_files`), whether the client is held out for evaluation only, as a
-meta-test client (`held-out`) or a meta-validation one (`validation`), and, for CKKS
-aggregation, the shared secret-key context (`ckks-key`, written by `fedmeta ckks-keys`). The
-data never leaves the node, only params deltas (or their encryption) and metrics do. In
-Flower's simulation a node has only a `partition-id`: it is client `partition-id` of the
-config's training, then meta-validation, then meta-test clients (`build_datasets`), numbered
-on.
+Flower starts a fresh process for each message a deployed SuperNode receives, so this module
+imports neither torch nor the node's code: it forwards each message to the node's long-lived
+worker (`fedmeta.flower.node_worker`), which keeps them loaded. In Flower's simulation (nodes
+with a `partition-id`, run in long-lived actors) the handlers run in-process. SecAgg+'s
+`secaggplus_mod` masks a reply here, before it leaves the node; `ping` is a no-op, for
+measuring Flower's own round-trip floor (`flower.floor_probes`).
 """
 
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.client.mod import secaggplus_mod
-from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
-from flwr.compat.common import recorddict_compat as compat
 
-from fedmeta.build import (Datasets, build_client_stage, build_datasets, build_learner,
-                           fixed_denominator)
-from fedmeta.engine.experiment import learner_at_round
-from fedmeta.config import Config
-from fedmeta.data import ClientData, EpisodeSampler, NotEnoughData
-from fedmeta.data.client_files import load_client
-from fedmeta.data.federated import float_input_shape
-from fedmeta.seeding import EVAL_STREAM, client_generator, seeded
-from fedmeta.errors import UserError
-from fedmeta.flower.secagg import from_arrays, to_parameters
-from fedmeta.learners.base import Learner, Update
-from fedmeta.params import flatten_rows, owned, unflatten
-from fedmeta.privacy.encryption import decrypt, encrypt, load_context
-from fedmeta.server.aggregate import coefficients
-from fedmeta.server.chain import Round
+from fedmeta.flower.node_worker import forward
 
 app = ClientApp()
 
 
-@lru_cache(maxsize=4)
-def local_client(path: str) -> tuple[int, ClientData]:
-    return load_client(path)
-
-
-@lru_cache(maxsize=4)
-def learner_for(config_json: str, input_shape: tuple[int, ...], num_classes: int) -> Learner:
-    torch.set_num_threads(1)  # one client per process; SuperNodes may share a machine
-    return build_learner(Config.model_validate_json(config_json), input_shape, num_classes)
-
-
-@lru_cache(maxsize=2)
-def ckks_context(path: str):
-    return load_context(Path(path).read_bytes())
-
-
-@lru_cache(maxsize=1)
-def simulated_datasets(config_json: str) -> Datasets:
-    return build_datasets(Config.model_validate_json(config_json))
-
-
-def node_client(settings: Any, context: Context) -> tuple[int, ClientData, str]:
-    """(client id, its data, its role: "train", "val" or "test") of this node; `settings`: the
-    config record of the message (it carries the fedmeta config)."""
-    node = context.node_config
+def answer(kind: str, msg: Message, context: Context) -> Message:
+    """The reply of handler `kind` of `fedmeta.flower.node` to `msg`."""
+    node: dict[str, Any] = dict(context.node_config)
     if "data-path" in node:
-        client_id, client = local_client(str(node["data-path"]))
-        role = ("test" if node.get("held-out", False) else
-                "val" if node.get("validation", False) else "train")
-        return client_id, client, role
-    partition = int(node["partition-id"])
-    first = 0
-    for role, clients in zip(("train", "val", "test"),
-                             simulated_datasets(str(settings["fedmeta"]))):
-        if partition < first + clients.num_clients:
-            return partition, clients.client(partition - first), role
-        first += clients.num_clients
-    raise UserError(f"node partition-id {partition}: the config has only {first} clients")
-
-
-def input_shape(client: ClientData) -> tuple[int, ...]:
-    return float_input_shape(tuple(client.x.shape[1:]), client.x.dtype == torch.uint8)
-
-
-def node_learner(settings: Any, client: ClientData) -> tuple[Config, Learner]:
-    """The run's config and learner, from a message's config record (`settings`)."""
-    text = str(settings["fedmeta"])
-    learner = learner_for(text, input_shape(client), int(settings["num-classes"]))
-    return Config.model_validate_json(text), learner
+        content = forward(kind, msg.content, node)
+    else:
+        from fedmeta.flower.node import HANDLERS  # Flower's simulation: in this process
+        content = HANDLERS[kind](msg.content, node)
+    return Message(content, reply_to=msg)
 
 
 @app.query("describe")
 def describe(msg: Message, context: Context) -> Message:
-    client_id, client, role = node_client(msg.content["config"], context)
-    record = ConfigRecord({"client-id": client_id, "num-examples": len(client),
-                           "input-shape": list(input_shape(client)),
-                           "num-classes": int(client.y.max()) + 1, "role": role})
-    if "data-path" not in context.node_config:  # a partition of Flower's simulation
-        record["simulated-clients"] = [clients.num_clients for clients in simulated_datasets(
-            str(msg.content["config"]["fedmeta"]))]
-    if "ckks-key" in context.node_config:
-        key = ckks_context(str(context.node_config["ckks-key"]))
-        record["ckks-public"] = key.serialize(save_secret_key=False, save_relin_keys=False)
-    return Message(RecordDict({"node": record}), reply_to=msg)
-
-
-def local_update(settings: Any, context: Context,
-                 arrays: list[np.ndarray]) -> tuple[Config, Update | None]:
-    """The node's client update from the params the server sent it, as arrays in the order of
-    the learner's `client_model` (None: too little data)."""
-    client_id, client, _ = node_client(settings, context)
-    config, learner = node_learner(settings, client)
-    params = from_arrays(arrays, learner.client_model(learner.init_params()))
-    round_index = int(settings["round"])
-    try:
-        return config, learner_at_round(learner, config, round_index).client_update(
-            params, client, client_generator(config.seed, round_index, client_id))
-    except NotEnoughData:
-        return config, None
+    return answer("describe", msg, context)
 
 
 @app.train("update")
 def train(msg: Message, context: Context) -> Message:
-    config, update = local_update(msg.content["config"], context,
-                                  msg.content["arrays"].to_numpy_ndarrays())
-    if update is None:
-        return Message(RecordDict({"metrics": MetricRecord({"skipped": 1})}), reply_to=msg)
-    metrics = MetricRecord({"weight": update.weight, "loss": update.loss})
-    if config.aggregation.secure != "ckks":
-        return Message(RecordDict({"arrays": ArrayRecord(update.delta), "metrics": metrics}),
-                       reply_to=msg)
-    encrypted = encrypt(ckks_context(str(context.node_config["ckks-key"])),
-                        secure_contribution(config, update.delta, update.weight),
-                        config.aggregation.ckks_poly_modulus_degree // 2)
-    return Message(RecordDict({"encrypted": ConfigRecord({"ciphertexts": encrypted}),
-                               "metrics": metrics}), reply_to=msg)
-
-
-def secure_contribution(config: Config, delta: dict[str, torch.Tensor],
-                        weight: float) -> torch.Tensor:
-    """What a client adds to a secure sum: its delta after the pipeline's client stages (the
-    norm bound, user-level DP's clip), which run here since the server sees only the sum,
-    times its weight for a weighted mean (1 under DP's fixed-denominator mean)."""
-    stage = build_client_stage(config)
-    stacked, _ = stage.apply(Round({k: v[None] for k, v in delta.items()},
-                                   torch.tensor([weight])), stage.init(delta))
-    coefficient = coefficients(torch.tensor([weight]), fixed_denominator(config))
-    return flatten_rows(stacked.deltas)[0].double() * float(coefficient)
+    return answer("train", msg, context)
 
 
 @app.train(mods=[secaggplus_mod])
 def train_secagg_plus(msg: Message, context: Context) -> Message:
-    """A client update under Flower's SecAgg+ workflow (legacy FitIns in, FitRes out): the
-    delta after the client stages (`secure_contribution`), weighted by `num_examples` (its
-    coefficient: 1 under DP's fixed denominator), its weight and loss as metrics;
-    `secaggplus_mod` quantizes and masks the delta before it leaves the node."""
-    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    config, update = local_update(dict(fitins.config), context,
-                                  parameters_to_ndarrays(fitins.parameters))
-    if update is None:
-        raise ValueError("too little data for a local round")
-    coefficient = float(coefficients(torch.tensor([update.weight]), fixed_denominator(config)))
-    delta = unflatten(secure_contribution(config, update.delta, 1.0),
-                      {k: v[None] for k, v in update.delta.items()})
-    fitres = FitRes(Status(Code.OK, "ok"), to_parameters(delta), int(round(coefficient)),
-                    {"loss": update.loss, "weight": update.weight})
-    return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
+    """Under Flower's SecAgg+ workflow (legacy FitIns in, FitRes out)."""
+    return answer("train-secagg+", msg, context)
 
 
 @app.query("decrypt")
 def decrypt_sum(msg: Message, context: Context) -> Message:
-    """As a key holder: the plaintext of an encrypted sum (never of one client's update:
-    the server is trusted to send only sums, the honest-but-curious model)."""
-    ciphertexts = list(msg.content["encrypted"]["ciphertexts"])
-    plain = decrypt(ckks_context(str(context.node_config["ckks-key"])), ciphertexts)
-    return Message(RecordDict({"arrays": ArrayRecord({"sum": plain})}), reply_to=msg)
+    return answer("decrypt", msg, context)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Meta-test on the node's own classes: adapt on each episode's support set, score its
-    query set."""
-    client_id, client, _ = node_client(msg.content["config"], context)
-    config, learner = node_learner(msg.content["config"], client)
-    params = {k: owned(v) for k, v in msg.content["arrays"].to_torch_state_dict().items()}
-    ev = config.eval
-    try:
-        episodes = EpisodeSampler(ev.ways, ev.shots, ev.queries).sample(
-            client, config.flower.eval_episodes_per_client,
-            seeded(config.seed, EVAL_STREAM, client_id))
-    except NotEnoughData:
-        return Message(RecordDict({"metrics": MetricRecord({"accuracies": []})}), reply_to=msg)
-    accuracies = learner.accuracy(params, episodes).tolist()
-    return Message(RecordDict({"metrics": MetricRecord({"accuracies": accuracies})}),
-                   reply_to=msg)
+    return answer("evaluate", msg, context)
+
+
+@app.query("ping")
+def ping(msg: Message, context: Context) -> Message:
+    return Message(RecordDict(), reply_to=msg)

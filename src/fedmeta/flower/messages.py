@@ -6,6 +6,7 @@
   encrypted), its weight and mean local loss;
 - `query.decrypt` (an encrypted sum) -> its plaintext, from a key holder;
 - `evaluate` (params) -> accuracy over episodes of the node's own classes;
+- `query.ping` -> nothing: the round trip of a no-op ClientApp, Flower's own floor;
 - `train` (legacy FitIns, under Flower's SecAgg+ workflow) -> the client's delta as FitRes,
   which `secaggplus_mod` masks before it leaves the node.
 
@@ -23,7 +24,7 @@ from flwr.common.config import unflatten_dict  # noqa: E402
 
 from fedmeta.config import Config, apply_overrides, validate  # noqa: E402
 
-DESCRIBE, DECRYPT = "query.describe", "query.decrypt"
+DESCRIBE, DECRYPT, PING = "query.describe", "query.decrypt", "query.ping"
 TRAIN, EVALUATE = "train.update", "evaluate"
 
 

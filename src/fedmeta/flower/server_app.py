@@ -17,6 +17,7 @@ server adds the ciphertexts with the public context the clients described, and a
 server optimizer) runs on that mean.
 """
 
+import json
 import logging
 import time
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedmeta.atomic import write_atomic
 from fedmeta.build import Datasets, build_experiment
 from fedmeta.config import Config
 from fedmeta.data import ClientData, FederatedDataset
@@ -36,8 +38,8 @@ from fedmeta.engine.training import train_and_summarize
 from fedmeta.errors import UserError
 from fedmeta.evaluation import summarize
 from fedmeta.flower.secagg import secagg_plus_sum
-from fedmeta.flower.messages import (DECRYPT, DESCRIBE, EVALUATE, TRAIN, config_from_run_config,
-                                     config_message)
+from fedmeta.flower.messages import (DECRYPT, DESCRIBE, EVALUATE, PING, TRAIN,
+                                     config_from_run_config, config_message)
 from fedmeta.params import Params, tree_stack, unflatten
 from fedmeta.privacy.encryption import add_encrypted, load_context
 
@@ -133,6 +135,16 @@ class FlowerFederation(Simulation):
                             f"{sum(counts)} clients, one per SuperNode ({train} training, "
                             f"{validation} meta-validation, {test} meta-test): run it with "
                             f"--federation-config 'num-supernodes={sum(counts)}'")
+
+    def floor_seconds(self, probes: int) -> list[float]:
+        """Seconds each of `probes` rounds of no-op messages (`ping`) to every training node
+        took: Flower's own round trip, what no round can go below."""
+        seconds = []
+        for _ in range(probes):
+            start = time.perf_counter()
+            self.send(PING, self.train_nodes, RecordDict())
+            seconds.append(time.perf_counter() - start)
+        return seconds
 
     def send(self, message_type: str, nodes: list[int],
              content: RecordDict | list[RecordDict]) -> list[Message]:
@@ -257,4 +269,8 @@ def main(grid: Grid, context: Context) -> None:
     log.info("fedmeta on Flower: %d training nodes, %d meta-validation, %d meta-test; run "
              "directory %s", len(federation.train_nodes), len(federation.held_out_nodes["val"]),
              len(federation.held_out_nodes["test"]), run.path)
+    if config.flower.floor_probes:
+        seconds = federation.floor_seconds(config.flower.floor_probes)
+        write_atomic(run.path / "flower_floor.json", json.dumps({"seconds": seconds}))
+        log.info("Flower's floor: no-op rounds of %s s", ", ".join(f"{s:.2f}" for s in seconds))
     train_and_summarize(federation, run, progress=False)

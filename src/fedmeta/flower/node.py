@@ -1,0 +1,198 @@
+"""What a SuperNode's client computes, on its own data: each handler takes a message's
+content and the node's config (`--node-config`) and returns the reply's content.
+`fedmeta.flower.client_app` calls them, in a node's long-lived worker on a deployment
+(`fedmeta.flower.node_worker`) or in-process in Flower's simulation.
+
+A deployed node's config names its data file (`data-path`, see `fedmeta.data.client_files`),
+whether the client is held out for evaluation only, as a meta-test client (`held-out`) or a
+meta-validation one (`validation`), and, for CKKS aggregation, the shared secret-key context
+(`ckks-key`, written by `fedmeta ckks-keys`). The data never leaves the node, only params
+deltas (or their encryption) and metrics do. In Flower's simulation a node has only a
+`partition-id`: it is client `partition-id` of the config's training, then meta-validation,
+then meta-test clients (`build_datasets`), numbered on.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
+
+from fedmeta.build import (Datasets, build_client_stage, build_datasets, build_learner,
+                           fixed_denominator)
+from fedmeta.engine.experiment import learner_at_round
+from fedmeta.config import Config
+from fedmeta.data import ClientData, EpisodeSampler, NotEnoughData
+from fedmeta.data.client_files import load_client
+from fedmeta.data.federated import float_input_shape
+from fedmeta.seeding import EVAL_STREAM, client_generator, seeded
+from fedmeta.errors import UserError
+from fedmeta.flower.secagg import from_arrays, to_parameters
+from fedmeta.learners.base import Learner, Update
+from fedmeta.params import flatten_rows, owned, unflatten
+from fedmeta.privacy.encryption import decrypt, encrypt, load_context
+from fedmeta.server.aggregate import coefficients
+from fedmeta.server.chain import Round
+
+
+@lru_cache(maxsize=4)
+def local_client(path: str) -> tuple[int, ClientData]:
+    return load_client(path)
+
+
+@lru_cache(maxsize=4)
+def learner_for(config_json: str, input_shape: tuple[int, ...], num_classes: int) -> Learner:
+    torch.set_num_threads(1)  # one client per process; SuperNodes may share a machine
+    return build_learner(Config.model_validate_json(config_json), input_shape, num_classes)
+
+
+@lru_cache(maxsize=2)
+def ckks_context(path: str):
+    return load_context(Path(path).read_bytes())
+
+
+@lru_cache(maxsize=1)
+def simulated_datasets(config_json: str) -> Datasets:
+    return build_datasets(Config.model_validate_json(config_json))
+
+
+def node_client(settings: Any, node: dict[str, Any]) -> tuple[int, ClientData, str]:
+    """(client id, its data, its role: "train", "val" or "test") of this node; `settings`: the
+    config record of the message (it carries the fedmeta config)."""
+    if "data-path" in node:
+        client_id, client = local_client(str(node["data-path"]))
+        role = ("test" if node.get("held-out", False) else
+                "val" if node.get("validation", False) else "train")
+        return client_id, client, role
+    partition = int(node["partition-id"])
+    first = 0
+    for role, clients in zip(("train", "val", "test"),
+                             simulated_datasets(str(settings["fedmeta"]))):
+        if partition < first + clients.num_clients:
+            return partition, clients.client(partition - first), role
+        first += clients.num_clients
+    raise UserError(f"node partition-id {partition}: the config has only {first} clients")
+
+
+def input_shape(client: ClientData) -> tuple[int, ...]:
+    return float_input_shape(tuple(client.x.shape[1:]), client.x.dtype == torch.uint8)
+
+
+def node_learner(settings: Any, client: ClientData) -> tuple[Config, Learner]:
+    """The run's config and learner, from a message's config record (`settings`)."""
+    text = str(settings["fedmeta"])
+    learner = learner_for(text, input_shape(client), int(settings["num-classes"]))
+    return Config.model_validate_json(text), learner
+
+
+def describe(content: RecordDict, node: dict[str, Any]) -> RecordDict:
+    """The node's client as the server needs to know it: id, example count, input shape,
+    classes, role; the simulated clients' counts (in Flower's simulation); the public part
+    of its CKKS key, if it holds one."""
+    client_id, client, role = node_client(content["config"], node)
+    record = ConfigRecord({"client-id": client_id, "num-examples": len(client),
+                           "input-shape": list(input_shape(client)),
+                           "num-classes": int(client.y.max()) + 1, "role": role})
+    if "data-path" not in node:  # a partition of Flower's simulation
+        record["simulated-clients"] = [clients.num_clients for clients in simulated_datasets(
+            str(content["config"]["fedmeta"]))]
+    if "ckks-key" in node:
+        key = ckks_context(str(node["ckks-key"]))
+        record["ckks-public"] = key.serialize(save_secret_key=False, save_relin_keys=False)
+    return RecordDict({"node": record})
+
+
+def local_update(settings: Any, node: dict[str, Any],
+                 arrays: list[np.ndarray]) -> tuple[Config, Update | None]:
+    """The node's client update from the params the server sent it, as arrays in the order of
+    the learner's `client_model` (None: too little data)."""
+    client_id, client, _ = node_client(settings, node)
+    config, learner = node_learner(settings, client)
+    params = from_arrays(arrays, learner.client_model(learner.init_params()))
+    round_index = int(settings["round"])
+    try:
+        return config, learner_at_round(learner, config, round_index).client_update(
+            params, client, client_generator(config.seed, round_index, client_id))
+    except NotEnoughData:
+        return config, None
+
+
+def train(content: RecordDict, node: dict[str, Any]) -> RecordDict:
+    """The client's update of the params it was sent: its delta, or with CKKS its
+    `secure_contribution` encrypted; its weight and mean local loss."""
+    config, update = local_update(content["config"], node,
+                                  content["arrays"].to_numpy_ndarrays())
+    if update is None:
+        return RecordDict({"metrics": MetricRecord({"skipped": 1})})
+    metrics = MetricRecord({"weight": update.weight, "loss": update.loss})
+    if config.aggregation.secure != "ckks":
+        return RecordDict({"arrays": ArrayRecord(update.delta), "metrics": metrics})
+    encrypted = encrypt(ckks_context(str(node["ckks-key"])),
+                        secure_contribution(config, update.delta, update.weight),
+                        config.aggregation.ckks_poly_modulus_degree // 2)
+    return RecordDict({"encrypted": ConfigRecord({"ciphertexts": encrypted}),
+                       "metrics": metrics})
+
+
+def secure_contribution(config: Config, delta: dict[str, torch.Tensor],
+                        weight: float) -> torch.Tensor:
+    """What a client adds to a secure sum: its delta after the pipeline's client stages (the
+    norm bound, user-level DP's clip), which run here since the server sees only the sum,
+    times its weight for a weighted mean (1 under DP's fixed-denominator mean)."""
+    stage = build_client_stage(config)
+    stacked, _ = stage.apply(Round({k: v[None] for k, v in delta.items()},
+                                   torch.tensor([weight])), stage.init(delta))
+    coefficient = coefficients(torch.tensor([weight]), fixed_denominator(config))
+    return flatten_rows(stacked.deltas)[0].double() * float(coefficient)
+
+
+def train_secagg_plus(content: RecordDict, node: dict[str, Any]) -> RecordDict:
+    """A client update under Flower's SecAgg+ workflow (legacy FitIns in, FitRes out): the
+    delta after the client stages (`secure_contribution`), weighted by `num_examples` (its
+    coefficient: 1 under DP's fixed denominator), its weight and loss as metrics;
+    `secaggplus_mod` quantizes and masks the delta before it leaves the node."""
+    fitins = compat.recorddict_to_fitins(content, keep_input=True)
+    config, update = local_update(dict(fitins.config), node,
+                                  parameters_to_ndarrays(fitins.parameters))
+    if update is None:
+        raise ValueError("too little data for a local round")
+    coefficient = float(coefficients(torch.tensor([update.weight]), fixed_denominator(config)))
+    delta = unflatten(secure_contribution(config, update.delta, 1.0),
+                      {k: v[None] for k, v in update.delta.items()})
+    fitres = FitRes(Status(Code.OK, "ok"), to_parameters(delta), int(round(coefficient)),
+                    {"loss": update.loss, "weight": update.weight})
+    return compat.fitres_to_recorddict(fitres, keep_input=True)
+
+
+def decrypt_sum(content: RecordDict, node: dict[str, Any]) -> RecordDict:
+    """As a key holder: the plaintext of an encrypted sum (never of one client's update:
+    the server is trusted to send only sums, the honest-but-curious model)."""
+    ciphertexts = list(content["encrypted"]["ciphertexts"])
+    plain = decrypt(ckks_context(str(node["ckks-key"])), ciphertexts)
+    return RecordDict({"arrays": ArrayRecord({"sum": plain})})
+
+
+def evaluate(content: RecordDict, node: dict[str, Any]) -> RecordDict:
+    """Meta-test on the node's own classes: adapt on each episode's support set, score its
+    query set."""
+    client_id, client, _ = node_client(content["config"], node)
+    config, learner = node_learner(content["config"], client)
+    params = {k: owned(v) for k, v in content["arrays"].to_torch_state_dict().items()}
+    ev = config.eval
+    try:
+        episodes = EpisodeSampler(ev.ways, ev.shots, ev.queries).sample(
+            client, config.flower.eval_episodes_per_client,
+            seeded(config.seed, EVAL_STREAM, client_id))
+    except NotEnoughData:
+        return RecordDict({"metrics": MetricRecord({"accuracies": []})})
+    accuracies = learner.accuracy(params, episodes).tolist()
+    return RecordDict({"metrics": MetricRecord({"accuracies": accuracies})})
+
+
+HANDLERS: dict[str, Callable[[RecordDict, dict[str, Any]], RecordDict]] = {
+    "describe": describe, "train": train, "train-secagg+": train_secagg_plus,
+    "decrypt": decrypt_sum, "evaluate": evaluate}
