@@ -19,7 +19,6 @@ from fedmeta.engine.checkpoint import load_checkpoint
 from fedmeta.engine.simulation import Simulation
 from fedmeta.privacy.encryption import CkksKeys
 from flower_deployment import BIN, ENV, Deployment, make_node_key
-from test_cli import fedmeta
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -94,19 +93,6 @@ def simulation(files: list[Path], validation: list[Path], held_out: list[Path],
     config = validate(app_config(overrides))
     return Simulation(build_experiment(config, Datasets(
         clients_federated(files), clients_federated(validation), clients_federated(held_out))))
-
-
-@pytest.fixture(scope="module")
-def client_files(tmp_path_factory) -> tuple[list[Path], list[Path], list[Path]]:
-    """Files of 3 training clients, 1 meta-test client and 1 meta-validation client."""
-    out = tmp_path_factory.mktemp("clients")
-    config = tmp_path_factory.mktemp("config") / "config.toml"
-    config.write_text('[data]\ndataset = "omniglot"\npath = "bundled"\n')
-    result = fedmeta("export-clients", config, out, "--clients", 3, "--held-out", 1,
-                     "--validation", 1)
-    assert result.returncode == 0, result.stderr
-    return (sorted(out.glob("client_*.npz")), sorted(out.glob("heldout_*.npz")),
-            sorted(out.glob("validation_*.npz")))
 
 
 def start_nodes(deployment: Deployment, files: list[Path], held_out: list[Path],

@@ -12,7 +12,6 @@ from flwr.app import ConfigRecord, RecordDict
 from fedmeta.config import Config
 from fedmeta.flower.node import describe
 from fedmeta.flower.node_worker import forward, home
-from test_flower_deployment import client_files  # noqa: F401 (the module's fixture)
 
 
 def worker_pids(supernode: int) -> list[int]:
