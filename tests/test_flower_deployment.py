@@ -174,7 +174,7 @@ def test_maml_on_a_deployment_matches_the_simulation_and_survives_a_killed_node(
                    for k, v in final_params(tmp_path / "aborted", 1).items())
         # 3. a SuperNode killed while round 2 runs: the round completes with the others
         killed = OVERRIDES + [f"run.out_dir={tmp_path / 'killed'}",
-                              "flower.round_timeout=60.0", "server.min_clients=2"]
+                              "flower.round_timeout=30.0", "server.min_clients=2"]
         started = "Start `flwr-clientapp` process"  # a SuperNode's log line per message
         before = nodes[2].text().count(started)
         run_id = deployment.submit(APP, run_config(killed))
@@ -208,7 +208,7 @@ def test_secagg_plus_over_tls_with_authenticated_nodes_and_a_dropout(tmp_path, c
         # binds the clients' updates (norm 0.044), and clips them on the nodes
         secure = OVERRIDES + [f"run.out_dir={tmp_path / 'secagg'}", "server.rounds=3",
                               "aggregation.secure=secagg+", "server.min_clients=3",
-                              "flower.round_timeout=60.0", "privacy.noise_multiplier=1.0",
+                              "flower.round_timeout=30.0", "privacy.noise_multiplier=1.0",
                               "privacy.clip_norm=0.05", "privacy.accountant=rdp",
                               "privacy.target_epsilon=6.0", "aggregation.norm_bound=0.02"]
         received = "Receiving: train message"  # SecAgg+ stages: setup, keys, masked vector
