@@ -18,6 +18,7 @@ from fedmeta.errors import UserError, config_errors
 from fedmeta.learners.anil import ANIL
 from fedmeta.learners.base import Learner
 from fedmeta.learners.fedavg import FedAvg, FedAvgFT
+from fedmeta.learners.fedprox import FedProx
 from fedmeta.learners.fomaml import FOMAML
 from fedmeta.learners.hypernet import PFedHN
 from fedmeta.learners.maml import MAML
@@ -42,7 +43,7 @@ from fedmeta.server.robust import ROBUST_RULES, norm_bounding
 LEARNERS: dict[str, type[Learner]] = {
     "protonet": ProtoNet, "maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "anil": ANIL,
     "reptile": Reptile, "perfedavg-fo": PerFedAvg, "perfedavg-hf": PerFedAvgHF,
-    "fedavg": FedAvg, "fedavg-ft": FedAvgFT, "pfedhn": PFedHN,
+    "fedavg": FedAvg, "fedavg-ft": FedAvgFT, "fedprox": FedProx, "pfedhn": PFedHN,
 }
 SYNTHETIC_TEST_CLIENTS = 100
 

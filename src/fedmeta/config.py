@@ -76,7 +76,7 @@ class Scheduled(Section):
 
 class LearnerConfig(Scheduled):
     algorithm: Literal["protonet", "maml", "fomaml", "metasgd", "anil", "reptile",
-                       "perfedavg-fo", "perfedavg-hf", "fedavg", "fedavg-ft",
+                       "perfedavg-fo", "perfedavg-hf", "fedavg", "fedavg-ft", "fedprox",
                        "pfedhn"] = "protonet"
     local_steps: int = Field(1, ge=1, le=1000)
     tasks_per_step: int = Field(1, ge=1, le=1000)
@@ -87,8 +87,10 @@ class LearnerConfig(Scheduled):
     inner_steps: int = Field(1, ge=1, le=1000)  # perfedavg trains with one step whatever this says
     # meta-test steps; None = 2 * inner_steps
     eval_inner_steps: int | None = Field(None, ge=1, le=1000)
-    # fedavg, fedavg-ft
+    # fedavg, fedavg-ft, fedprox
     batch_size: int = Field(32, ge=1, le=10**5)  # examples per local step
+    # fedprox: the proximal term's weight, mu / 2 * ||w - w_global||^2 on the local loss
+    proximal_mu: float = Field(0.01, ge=0)
     # fedavg-ft meta-test: SGD steps on the support set
     finetune_steps: int = Field(50, ge=1, le=10**5)
     finetune_lr: float = Field(0.01, gt=0)

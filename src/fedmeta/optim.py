@@ -71,6 +71,23 @@ def yogi(lr: float, b1: float = 0.9, b2: float = 0.99, eps: float = 1e-3) -> Tra
                      lambda v, g: v - (1 - b2) * g * g * torch.sign(v - g * g), False)
 
 
+def proximal(mu: float, transform: Transform) -> Transform:
+    """`transform` on the gradient of the loss plus FedProx's proximal term
+    `mu / 2 * ||w - w0||^2` (Li et al. 2020), w0 the params it started from. The term's
+    gradient `mu * (w - w0)` is `mu` times the sum of the updates so far, which the state
+    keeps: so the local loop needs no copy of w0, and it runs under vmap like any optimizer."""
+
+    def init(params: Params) -> State:
+        return {"inner": transform.init(params), "moved": tree_map(torch.zeros_like, params)}
+
+    def update(grads: Params, state: State) -> tuple[Params, State]:
+        grads = tree_map(lambda g, moved: g + mu * moved, grads, state["moved"])
+        updates, inner = transform.update(grads, state["inner"])
+        return updates, {"inner": inner, "moved": tree_add(state["moved"], updates)}
+
+    return Transform(init, update)
+
+
 OPTIMIZERS: dict[str, Callable[..., Transform]] = {"sgd": sgd, "adam": adam, "yogi": yogi}
 
 Schedule = Callable[[int], float]  # step (0, 1, ...) -> the factor on the base learning rate

@@ -10,7 +10,7 @@ from fedmeta.config import Config, Scheduled
 from fedmeta.data import EpisodeSampler, FederatedDataset
 from fedmeta.engine.faults import Faults
 from fedmeta.learners.base import Learner
-from fedmeta.optim import Schedule, cosine_decay, scale_updates, step_decay
+from fedmeta.optim import Schedule, cosine_decay, step_decay
 from fedmeta.privacy.accountant import PrivacyBudget
 from fedmeta.privacy.audit import CanaryAudit
 from fedmeta.server.pipeline import Pipeline
@@ -52,5 +52,4 @@ def learner_at_round(learner: Learner, config: Config, round_index: int) -> Lear
     schedule = build_schedule(config.learner, config.server.rounds)
     if schedule is None:
         return learner
-    return learner.with_local_optimizer(scale_updates(learner.local_optimizer,
-                                                      schedule(round_index - 1)))
+    return learner.at_local_rate(schedule(round_index - 1))

@@ -39,7 +39,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value
 
 from fedmeta.data import ClientData, Episodes, EpisodeSampler
-from fedmeta.optim import Transform, apply_updates
+from fedmeta.optim import Transform, apply_updates, scale_updates
 from fedmeta.params import Params, broadcast, detached, tree_sub
 from fedmeta.server.chain import Round
 
@@ -73,11 +73,11 @@ class Learner(ABC):
     def init_params(self) -> Params:
         return detached(dict(self.model.named_parameters()))
 
-    def with_local_optimizer(self, local_optimizer: Transform) -> "Learner":
-        """This learner (sharing its model) training with `local_optimizer` instead: a round's
-        rate under a schedule."""
+    def at_local_rate(self, factor: float) -> "Learner":
+        """This learner (sharing its model) training at `factor` times its local rate: a
+        round's rate under a schedule."""
         learner = copy.copy(self)
-        learner.local_optimizer = local_optimizer
+        learner.local_optimizer = scale_updates(self.local_optimizer, factor)
         return learner
 
     def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
