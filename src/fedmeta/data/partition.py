@@ -80,6 +80,35 @@ def shard_partition(
     return _group(client_of, num_clients)
 
 
+def class_partition(labels: np.ndarray, num_clients: int, classes_per_client: int,
+                    seed: int) -> list[np.ndarray]:
+    """Pathological label skew as PFLlib builds it: each client holds `classes_per_client`
+    distinct classes, every class goes to as near the same number of clients as the counts
+    allow (client i takes classes i*k, i*k+1, ... modulo the classes, in a seeded order), and
+    a class's examples are dealt at random in near-equal parts to the clients that hold it."""
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    _check_clients(num_clients, labels.shape[0])
+    if not 1 <= classes_per_client <= classes.size:
+        raise ValueError(f"classes_per_client must be in [1, {classes.size}], got "
+                         f"{classes_per_client}")
+    if num_clients * classes_per_client < classes.size:
+        raise ValueError(f"{num_clients} clients of {classes_per_client} classes cannot hold "
+                         f"all {classes.size} classes")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(classes)
+    holders: dict[int, list[int]] = {int(c): [] for c in classes}
+    for client in range(num_clients):
+        for j in range(classes_per_client):
+            holders[int(order[(client * classes_per_client + j) % classes.size])].append(client)
+    client_of = np.empty(labels.shape[0], dtype=np.int64)
+    for label, clients in holders.items():
+        members = rng.permutation(np.flatnonzero(labels == label))
+        for client, part in zip(clients, np.array_split(members, len(clients))):
+            client_of[part] = client
+    return _group(client_of, num_clients)
+
+
 def key_partition(keys: np.ndarray) -> list[np.ndarray]:
     """One client per distinct key (writer, alphabet, ...), in sorted key order."""
     _, inverse = np.unique(np.asarray(keys), return_inverse=True)

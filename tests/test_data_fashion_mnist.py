@@ -1,0 +1,95 @@
+"""Fashion-MNIST: IDX files read and checked (a corrupt one is one line), and PFLlib's
+label-skew partitions: Dirichlet with its minimum size, pathological with exactly the
+classes each client is given, every example once, each client's own 75/25 train/test."""
+
+import gzip
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fedmeta.data.fashion_mnist import (DEBIAN, FILES, fashion_mnist_federated,
+                                        load_fashion_mnist, read_idx)
+from fedmeta.data.partition import class_partition
+from fedmeta.errors import UserError
+
+installed = pytest.mark.skipif(not (DEBIAN / "t10k-labels-idx1-ubyte.gz").is_file(),
+                               reason="Debian's dataset-fashion-mnist is not installed")
+
+
+def idx(array: np.ndarray) -> bytes:
+    return bytes([0, 0, 8, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape) \
+        + array.tobytes()
+
+
+def test_an_idx_file_reads_back_gzipped_or_not(tmp_path):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    (tmp_path / "raw").write_bytes(idx(array))
+    (tmp_path / "zipped").write_bytes(gzip.compress(idx(array)))
+    assert np.array_equal(read_idx(tmp_path / "raw"), array)
+    assert np.array_equal(read_idx(tmp_path / "zipped"), array)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"\x00\x00\x0d\x01" + (3).to_bytes(4, "big") + b"\x00" * 12, "not an IDX file of unsigned"),
+    (b"\x00\x00\x08\x01" + (5).to_bytes(4, "big") + b"\x00" * 4, "4 values for a shape (5,)"),
+    (b"\x1f\x8b\x08\x00broken", "cannot read"),
+    (gzip.compress(b"\x00\x00\x08\x01")[:-6], "cannot read"),  # cut short
+])
+def test_a_corrupt_idx_file_is_one_line(tmp_path, data, message):
+    (tmp_path / "bad").write_bytes(data)
+    with pytest.raises(UserError, match=re.escape(message)):
+        read_idx(tmp_path / "bad")
+
+
+def test_files_that_are_not_fashion_mnist_are_refused(tmp_path):
+    for name in FILES:
+        shape = (3, 28, 28) if "images" in name else (3,)
+        (tmp_path / name).write_bytes(idx(np.zeros(shape, dtype=np.uint8)))
+    with pytest.raises(UserError, match="differ from Fashion-MNIST's"):
+        load_fashion_mnist(tmp_path)
+
+
+@installed
+def test_debians_files_are_the_70000_images_of_10_classes():
+    images, labels = load_fashion_mnist()
+    assert images.shape == (70_000, 28, 28) and images.dtype == np.uint8
+    assert np.array_equal(np.bincount(labels), np.full(10, 7_000))
+
+
+@given(st.integers(2, 30), st.integers(1, 10), st.integers(0, 2 ** 16))
+@settings(max_examples=60, deadline=None)
+def test_a_pathological_client_holds_exactly_its_classes(clients, per_client, seed):
+    labels = np.repeat(np.arange(10), 37)
+    if clients * per_client < 10:
+        with pytest.raises(ValueError, match="cannot hold all 10 classes"):
+            class_partition(labels, clients, per_client, seed)
+        return
+    parts = class_partition(labels, clients, per_client, seed)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(labels)))
+    assert all(np.unique(labels[p]).size == per_client for p in parts)
+
+
+def synthetic(n_per_class: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.repeat(np.arange(10), n_per_class)
+    return np.zeros((len(labels), 28, 28), dtype=np.uint8), labels
+
+
+@pytest.mark.parametrize("partition, beta", [("dirichlet", 0.1), ("dirichlet", 5.0),
+                                             ("pathological", 0.0)])
+def test_clients_split_their_own_examples_75_25(partition, beta):
+    images, labels = synthetic()
+    clients = fashion_mnist_federated(images, labels, 20, partition, beta, seed=3)
+    sizes, queries = [], []
+    for i in range(20):
+        client = clients.client(i)
+        sizes.append(len(client))
+        queries.append(int(client.query_mask.sum()))
+        assert abs(queries[-1] - 0.25 * len(client)) <= 0.5
+    assert sum(sizes) == len(labels)
+    if partition == "dirichlet":
+        assert min(sizes) >= 40  # PFLlib's least_samples: batch size 10 / (1 - 0.75)
+    again = fashion_mnist_federated(images, labels, 20, partition, beta, seed=3)
+    assert all(np.array_equal(again.client_indices(i), clients.client_indices(i))
+               for i in range(20))
