@@ -7,8 +7,10 @@ import torch
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 from hypothesis import given, settings, strategies as st
 
-from fedmeta.build import build_summation
-from fedmeta.config import validate
+from fedmeta.build import build_experiment, build_summation
+from fedmeta.config import load_config, validate
+from fedmeta.engine.simulation import Simulation
+from fedmeta.errors import UserError
 from fedmeta.privacy.encryption import CkksKeys, ckks_sum
 from fedmeta.privacy.secure_aggregation import secagg_sum
 from fedmeta.server.aggregate import mean, plain_sum
@@ -100,3 +102,14 @@ def test_under_dp_noise_the_secagg_sum_keeps_the_precision_of_its_levels():
     level = 2 * agg.secagg_clipping_range / agg.secagg_quantization_range
     for key in d:
         assert (rnd.deltas[key] - d[key].sum(0) / 3).abs().max() < level
+
+
+def test_a_client_weight_secagg_cannot_sum_is_refused_before_round_1():
+    """Flower's SecAgg+ caps a client's weight at secagg_max_weight, so a larger client
+    would make the weighted sum wrong without a word; under DP every weight is 1."""
+    small = ["data.dataset=synthetic", "data.num_clients=10", "model.name=mlp",
+             "aggregation.secure=secagg+", "aggregation.secagg_max_weight=5"]
+    with pytest.raises(UserError, match="more than aggregation.secagg_max_weight"):
+        Simulation(build_experiment(load_config(None, small))).check_data()
+    dp = small + ["privacy.noise_multiplier=1.0", "privacy.clip_norm=1.0"]
+    Simulation(build_experiment(load_config(None, dp))).check_secagg_weights([10 ** 6])

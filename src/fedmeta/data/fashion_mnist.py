@@ -12,6 +12,7 @@ Debian's package (the official gzip files' own md5s change with recompression).
 
 import gzip
 import hashlib
+import math
 import os
 import zlib
 from pathlib import Path
@@ -86,6 +87,8 @@ def load_fashion_mnist(path: str | Path | None = None,
     for name, digest in FILES.items():
         array = read_idx(files[name])
         if sha256_of_idx(array) != digest:
+            if files[name].is_relative_to(cache_dir() / NAME):  # a bad download: fetch again
+                files[name].unlink()
             raise UserError(f"data error: {files[name]}: its contents differ from "
                             f"Fashion-MNIST's {name}")
         arrays[name] = array
@@ -112,7 +115,7 @@ def fashion_mnist_federated(images: np.ndarray, labels: np.ndarray, num_clients:
     test part, its query (`query_mask`)."""
     if partition == "dirichlet":
         clients = dirichlet_partition(labels, num_clients, beta, seed,
-                                      min_size=int(10 / (1 - train_fraction)))
+                                      min_size=math.ceil(round(10 / (1 - train_fraction), 9)))
     elif partition == "pathological":
         clients = class_partition(labels, num_clients, classes_per_client, seed)
     else:

@@ -104,6 +104,9 @@ def class_partition(labels: np.ndarray, num_clients: int, classes_per_client: in
     client_of = np.empty(labels.shape[0], dtype=np.int64)
     for label, clients in holders.items():
         members = rng.permutation(np.flatnonzero(labels == label))
+        if len(members) < len(clients):
+            raise ValueError(f"class {label} has {len(members)} examples for its "
+                             f"{len(clients)} clients")
         for client, part in zip(clients, np.array_split(members, len(clients))):
             client_of[part] = client
     return _group(client_of, num_clients)

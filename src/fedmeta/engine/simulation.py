@@ -232,6 +232,18 @@ class Simulation:
                             "and this run has none (data.validation_fraction, or nodes with "
                             "validation = true)")
 
+    def check_secagg_weights(self, sizes: list[int]) -> None:
+        """UserError if, under SecAgg+'s sample-weighted mean, a client's weight (its example
+        count, `sizes`) exceeds `aggregation.secagg_max_weight`: the protocol would cap it
+        and the sum would come out wrong."""
+        agg = self.config.aggregation
+        if agg.secure != "secagg+" or self.experiment.pipeline.denominator is not None:
+            return
+        if max(sizes, default=0) > agg.secagg_max_weight:
+            raise UserError(f"config error: a client holds {max(sizes)} examples, more than "
+                            f"aggregation.secagg_max_weight ({agg.secagg_max_weight:g}), the "
+                            "largest weight SecAgg+ sums correctly: raise it")
+
     def check_data(self) -> None:
         """UserError unless some training client can supply a local round's data and the
         held-out clients (meta-validation and meta-test) can be evaluated (and personalized)
@@ -239,6 +251,7 @@ class Simulation:
         evaluation. The scan stops at the first able training client (usually the first)."""
         self.check_validation()
         train, learner = self.experiment.train, self.experiment.learner
+        self.check_secagg_weights([train.client_size(i) for i in range(train.num_clients)])
         for i in range(train.num_clients):
             try:
                 learner.local_batches(train.client(i), client_generator(self.config.seed, 0, i))

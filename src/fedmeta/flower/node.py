@@ -39,9 +39,23 @@ from fedmeta.server.aggregate import coefficients
 from fedmeta.server.chain import Round
 
 
+def version(path: str) -> tuple[str, int, int]:
+    """`path` with its file's modification time and size: a cache key that a file written
+    again (new client data, new CKKS keys) does not match."""
+    try:
+        stat = Path(path).stat()
+    except OSError:  # the loader says what is wrong with it
+        return path, 0, 0
+    return path, stat.st_mtime_ns, stat.st_size
+
+
 @lru_cache(maxsize=4)
-def local_client(path: str) -> tuple[int, ClientData]:
+def loaded_client(path: str, mtime_ns: int, size: int) -> tuple[int, ClientData]:
     return load_client(path)
+
+
+def local_client(path: str) -> tuple[int, ClientData]:
+    return loaded_client(*version(path))
 
 
 @lru_cache(maxsize=4)
@@ -51,8 +65,12 @@ def learner_for(config_json: str, input_shape: tuple[int, ...], num_classes: int
 
 
 @lru_cache(maxsize=2)
-def ckks_context(path: str):
+def loaded_context(path: str, mtime_ns: int, size: int):
     return load_context(Path(path).read_bytes())
+
+
+def ckks_context(path: str):
+    return loaded_context(*version(path))
 
 
 @lru_cache(maxsize=1)

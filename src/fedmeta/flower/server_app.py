@@ -107,6 +107,7 @@ class FlowerFederation(Simulation):
         super().__init__(build_experiment(config, Datasets(
             RemoteClients(train), RemoteClients(validation), RemoteClients(test))))
         self.check_validation()
+        self.check_secagg_weights([int(n["num-examples"]) for n in train])
 
     def describe_nodes(self) -> list[dict[str, Any]]:
         """Every connected node's description, waiting up to `flower.round_timeout` for at

@@ -49,6 +49,9 @@ class ChainState(dict):
 def named_chain(*stages: tuple[str, Stage]) -> Stage:
     """Compose stages left to right (optax's `named_chain`); the state holds each stage's
     under its name, so a checkpoint says which stage a tensor belongs to."""
+    names = [name for name, _ in stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a chain's stages need names of their own, got {names}")
 
     def init(params: Params) -> dict[str, Any]:
         return ChainState({name: stage.init(params) for name, stage in stages})
