@@ -6,6 +6,7 @@ one line naming the key.
 """
 
 import importlib.util
+import re
 import reprlib
 import sys
 from pathlib import Path
@@ -304,6 +305,23 @@ def _describe(error: ValidationError) -> str:
     if not key or first["type"] == "value_error":  # a validator's message names its keys
         return f"config error: {message}"
     return f"config error: {key}: {message} (got {reprlib.repr(first.get('input'))})"
+
+
+OVERRIDE = re.compile(r"""(?:[^\s'"]|'[^']*'|"(?:[^"\\]|\\.)*")+""")
+
+
+def split_overrides(text: str) -> list[str]:
+    """`KEY=VALUE` overrides separated by spaces, as one string: a value with spaces quoted
+    as TOML quotes it (`data.path='/my data'`). UserError on an unclosed quote."""
+    overrides, end = [], 0
+    for match in OVERRIDE.finditer(text):
+        if text[end:match.start()].strip():
+            break
+        overrides.append(match.group())
+        end = match.end()
+    if text[end:].strip():
+        raise UserError(f"config error: an unclosed quote in {text!r}")
+    return overrides
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

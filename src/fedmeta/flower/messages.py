@@ -22,7 +22,7 @@ os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 from flwr.common.config import unflatten_dict  # noqa: E402
 
-from fedmeta.config import Config, apply_overrides, validate  # noqa: E402
+from fedmeta.config import Config, apply_overrides, split_overrides, validate  # noqa: E402
 
 DESCRIBE, DECRYPT, PING = "query.describe", "query.decrypt", "query.ping"
 TRAIN, EVALUATE = "train.update", "evaluate"
@@ -32,9 +32,10 @@ def config_from_run_config(run_config: dict) -> Config:
     """The fedmeta config of a Flower run: `[tool.flwr.app.config]` holds fedmeta's keys as
     tables (`[tool.flwr.app.config.learner]`), which Flower flattens to dotted keys. Flower
     overrides only the keys the table lists; its `set` key takes any others, as `fedmeta run
-    --set` does: space-separated `KEY=VALUE` (`set="privacy.clip_norm=0.5 ..."`)."""
+    --set` does: space-separated `KEY=VALUE`, a value with spaces quoted as TOML quotes it
+    (`set="privacy.clip_norm=0.5 data.path='/my data/omniglot.npz'"`)."""
     settings = dict(run_config)
-    overrides = str(settings.pop("set", "")).split()
+    overrides = split_overrides(str(settings.pop("set", "")))
     return validate(apply_overrides(unflatten_dict(settings), overrides))
 
 
