@@ -41,11 +41,20 @@ def read_idx(path: Path) -> np.ndarray:
     """An IDX file of unsigned bytes (LeCun's MNIST format: magic 0x0000 08 `dims`, the
     dimensions as big-endian int32, then the values), gzipped or not; UserError if it is not
     one."""
+    return parse_idx(idx_bytes(path), path)
+
+
+def idx_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed if it is gzipped."""
     try:
         raw = path.read_bytes()
-        data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
     except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
         raise UserError(f"data error: {path}: cannot read ({error})") from None
+
+
+def parse_idx(data: bytes, path: Path) -> np.ndarray:
+    """The array an IDX file's bytes `data` (read from `path`) hold, without a copy."""
     if len(data) < 4 or data[:3] != b"\x00\x00\x08" or not 1 <= data[3] <= 3:
         raise UserError(f"data error: {path}: not an IDX file of unsigned bytes")
     dims = data[3]
@@ -85,22 +94,16 @@ def load_fashion_mnist(path: str | Path | None = None,
     files = locate(path, download)
     arrays = {}
     for name, digest in FILES.items():
-        array = read_idx(files[name])
-        if sha256_of_idx(array) != digest:
+        data = idx_bytes(files[name])
+        if hashlib.sha256(data).hexdigest() != digest:
             if files[name].is_relative_to(cache_dir() / NAME):  # a bad download: fetch again
                 files[name].unlink()
             raise UserError(f"data error: {files[name]}: its contents differ from "
                             f"Fashion-MNIST's {name}")
-        arrays[name] = array
+        arrays[name] = parse_idx(data, files[name])
     images = np.concatenate([arrays["train-images-idx3-ubyte"], arrays["t10k-images-idx3-ubyte"]])
     labels = np.concatenate([arrays["train-labels-idx1-ubyte"], arrays["t10k-labels-idx1-ubyte"]])
     return images, labels.astype(np.int64)
-
-
-def sha256_of_idx(array: np.ndarray) -> str:
-    """The SHA-256 of `array` written back as its IDX file."""
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
-    return hashlib.sha256(header + array.tobytes()).hexdigest()
 
 
 def fashion_mnist_federated(images: np.ndarray, labels: np.ndarray, num_clients: int = 20,

@@ -99,7 +99,7 @@ class Simulation:
         start = time.perf_counter()
         gathered = self.gather(round_index, params)
         metrics, pipeline = gathered.metrics, self.experiment.pipeline
-        rows = self.server_rows(round_index, params, gathered, metrics)
+        rows = self.server_rows(round_index, params, gathered)
         if self.releases(gathered.num_clients):
             if rows is None:  # a secure sum: the stages after the aggregator
                 rnd, server_state = pipeline.apply_to_sum(
@@ -128,16 +128,15 @@ class Simulation:
         return Gathered(updates.weights, updates.losses, metrics,
                         rows=Round(updates.deltas, updates.weights, clients=clients))
 
-    def server_rows(self, round_index: int, params: Params, gathered: Gathered,
-                    metrics: dict[str, Any]) -> Round | None:
+    def server_rows(self, round_index: int, params: Params, gathered: Gathered) -> Round | None:
         """What the server pipeline takes from gathered rows: each client's update as a delta
         of the server's `params` (`Learner.server_round`), with the audit's canaries sampled
-        this round (their count in `metrics`); None for a secure sum."""
+        this round (their count in the round's metrics); None for a secure sum."""
         if gathered.rows is None:
             return None
         rows = self.experiment.learner.server_round(params, gathered.rows)
         if self.experiment.audit is not None:
-            rows, metrics["canaries"] = self.with_canaries(round_index, rows)
+            rows, gathered.metrics["canaries"] = self.with_canaries(round_index, rows)
         return rows
 
     def reports(self, round_index: int,

@@ -59,9 +59,15 @@ def local_client(path: str) -> tuple[int, ClientData]:
 
 
 @lru_cache(maxsize=4)
+def parsed(config_json: str) -> Config:
+    """The run's config, from the JSON every message carries (parsed once per run)."""
+    return Config.model_validate_json(config_json)
+
+
+@lru_cache(maxsize=4)
 def learner_for(config_json: str, input_shape: tuple[int, ...], num_classes: int) -> Learner:
     torch.set_num_threads(1)  # one client per process; SuperNodes may share a machine
-    return build_learner(Config.model_validate_json(config_json), input_shape, num_classes)
+    return build_learner(parsed(config_json), input_shape, num_classes)
 
 
 @lru_cache(maxsize=2)
@@ -75,7 +81,7 @@ def ckks_context(path: str):
 
 @lru_cache(maxsize=1)
 def simulated_datasets(config_json: str) -> Datasets:
-    return build_datasets(Config.model_validate_json(config_json))
+    return build_datasets(parsed(config_json))
 
 
 def node_client(settings: Any, node: dict[str, Any]) -> tuple[int, ClientData, str]:
@@ -104,7 +110,7 @@ def node_learner(settings: Any, client: ClientData) -> tuple[Config, Learner]:
     """The run's config and learner, from a message's config record (`settings`)."""
     text = str(settings["fedmeta"])
     learner = learner_for(text, input_shape(client), int(settings["num-classes"]))
-    return Config.model_validate_json(text), learner
+    return parsed(text), learner
 
 
 def describe(content: RecordDict, node: dict[str, Any]) -> RecordDict:
@@ -141,7 +147,8 @@ def local_update(settings: Any, node: dict[str, Any],
 
 def train(content: RecordDict, node: dict[str, Any]) -> RecordDict:
     """The client's update of the params it was sent: its delta, or with CKKS its
-    `secure_contribution` encrypted; its weight and mean local loss."""
+    `client_staged` delta times its `coefficient`, encrypted; its weight and mean local
+    loss."""
     config, update = local_update(content["config"], node,
                                   content["arrays"].to_numpy_ndarrays())
     if update is None:
@@ -150,38 +157,41 @@ def train(content: RecordDict, node: dict[str, Any]) -> RecordDict:
     if config.aggregation.secure != "ckks":
         return RecordDict({"arrays": ArrayRecord(update.delta), "metrics": metrics})
     encrypted = encrypt(ckks_context(str(node["ckks-key"])),
-                        secure_contribution(config, update.delta, update.weight),
+                        client_staged(config, update.delta) * coefficient(config, update.weight),
                         config.aggregation.ckks_poly_modulus_degree // 2)
     return RecordDict({"encrypted": ConfigRecord({"ciphertexts": encrypted}),
                        "metrics": metrics})
 
 
-def secure_contribution(config: Config, delta: dict[str, torch.Tensor],
-                        weight: float) -> torch.Tensor:
-    """What a client adds to a secure sum: its delta after the pipeline's client stages (the
-    norm bound, user-level DP's clip), which run here since the server sees only the sum,
-    times its weight for a weighted mean (1 under DP's fixed-denominator mean)."""
+def client_staged(config: Config, delta: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The client's delta, flat (float64), after the pipeline's client stages (the norm bound,
+    user-level DP's clip), which run here since the server sees only the secure sum."""
     stage = build_client_stage(config)
-    stacked, _ = stage.apply(Round({k: v[None] for k, v in delta.items()},
-                                   torch.tensor([weight])), stage.init(delta))
-    coefficient = coefficients(torch.tensor([weight]), fixed_denominator(config))
-    return flatten_rows(stacked.deltas)[0].double() * float(coefficient)
+    stacked, _ = stage.apply(Round({k: v[None] for k, v in delta.items()}, torch.ones(1)),
+                             stage.init(delta))
+    return flatten_rows(stacked.deltas)[0].double()
+
+
+def coefficient(config: Config, weight: float) -> float:
+    """The client's coefficient in the secure sum (`aggregate.coefficients`): its weight for
+    a weighted mean, 1 under DP's fixed-denominator mean."""
+    return float(coefficients(torch.tensor([weight]), fixed_denominator(config)))
 
 
 def train_secagg_plus(content: RecordDict, node: dict[str, Any]) -> RecordDict:
     """A client update under Flower's SecAgg+ workflow (legacy FitIns in, FitRes out): the
-    delta after the client stages (`secure_contribution`), weighted by `num_examples` (its
-    coefficient: 1 under DP's fixed denominator), its weight and loss as metrics;
+    delta after the client stages (`client_staged`), weighted by `num_examples` (its
+    `coefficient`: 1 under DP's fixed denominator), its weight and loss as metrics;
     `secaggplus_mod` quantizes and masks the delta before it leaves the node."""
     fitins = compat.recorddict_to_fitins(content, keep_input=True)
     config, update = local_update(dict(fitins.config), node,
                                   parameters_to_ndarrays(fitins.parameters))
     if update is None:
         raise ValueError("too little data for a local round")
-    coefficient = float(coefficients(torch.tensor([update.weight]), fixed_denominator(config)))
-    delta = unflatten(secure_contribution(config, update.delta, 1.0),
+    delta = unflatten(client_staged(config, update.delta),
                       {k: v[None] for k, v in update.delta.items()})
-    fitres = FitRes(Status(Code.OK, "ok"), to_parameters(delta), int(round(coefficient)),
+    fitres = FitRes(Status(Code.OK, "ok"), to_parameters(delta),
+                    int(round(coefficient(config, update.weight))),
                     {"loss": update.loss, "weight": update.weight})
     return compat.fitres_to_recorddict(fitres, keep_input=True)
 

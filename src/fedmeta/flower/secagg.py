@@ -76,13 +76,13 @@ def secagg_plus_sum(grid: Grid, context: Context, config: Config, round_index: i
     """One SecAgg+ round over `nodes` from `params` (`settings`: the fit config): the
     weights and losses of the clients whose masked updates were unmasked, and the sum of their
     contributions (None if the protocol halted, e.g. too few nodes left to unmask)."""
-    agg = config.aggregation
-    strategy = CohortFit(grid, context.run_id, nodes, FitIns(to_parameters(params), settings))
+    agg, parameters = config.aggregation, to_parameters(params)
+    strategy = CohortFit(grid, context.run_id, nodes, FitIns(parameters, settings))
     legacy = LegacyContext(context, ServerConfig(num_rounds=config.server.rounds,
                                                  round_timeout=config.flower.round_timeout),
                            strategy)
     legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-        to_parameters(params), keep_input=True)
+        parameters, keep_input=True)
     legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
         {Key.CURRENT_ROUND: round_index, Key.START_TIME: time.time()})
     SecAggPlusWorkflow(
