@@ -19,11 +19,17 @@ def learner_of(algorithm: str, model_name: str = "conv4", optimizer=sgd(0.05)):
     torch.manual_seed(0)
     heads = {"none": None, "ways": WAYS, "global": GLOBAL_CLASSES}
     shape = (1, 16, 16) if model_name == "conv4" else (16, 16)
-    model = build_model(model_name, shape, heads[cls.head], hidden=4)
-    defaults = LearnerConfig(inner_lr=0.1, batch_size=40)
+    model = build_model(model_name, shape, heads[cls.head], hidden=4,
+                        batch_norm=algorithm == "fedbn")
+    defaults = LearnerConfig(inner_lr=0.1, batch_size=40, lr=0.05)
     return cls(model, EpisodeSampler(WAYS, 1, 2), optimizer, local_steps=2, tasks_per_step=2,
                **{key: getattr(defaults, key) for key in cls.hyperparameters},
-               **({"num_clients": 3} if cls.personalized else {}))
+               **({"num_clients": 3} if cls.takes_num_clients else {}))
+
+
+def initial_states(learner, sent, count):
+    """Each client's personal state before its first round (the learners that keep one)."""
+    return [learner.initial_state({k: v[i] for k, v in sent.items()}) for i in range(count)]
 
 
 def cohort(sizes=(48, 30, 36)) -> list[ClientData]:
@@ -42,15 +48,19 @@ def test_vmap_matches_the_per_client_loop(algorithm, model_name):
     learner = learner_of(algorithm, model_name)
     clients = cohort()
     sent = learner.client_params(learner.init_params(), torch.arange(3))  # pfedhn's differ
-    loop = run_cohort(learner, sent, clients, generators(3), "loop", per_client=True)
+    states = initial_states(learner, sent, 3)  # learners that keep them run the loop
+    loop = run_cohort(learner, sent, clients, generators(3), "loop", per_client=True,
+                      states=states)
     vmapped = run_cohort(learner, sent, clients, generators(3), "vmap", chunk_size=2,
-                         per_client=True)
+                         per_client=True, states=states)
     assert loop.num_clients == vmapped.num_clients == 3
     for key in sent:
         torch.testing.assert_close(vmapped.deltas[key], loop.deltas[key], atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(vmapped.losses, loop.losses, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(vmapped.weights, loop.weights)
-    assert loop.deltas[next(iter(sent))].abs().sum() > 0
+    moved = loop.deltas if algorithm != "local" else {  # local-only sends nothing
+        k: loop.states[k] - sent[k] for k in sent}
+    assert moved[next(iter(sent))].abs().sum() > 0
 
 
 def test_vmap_steps_adam_per_client_like_the_loop():

@@ -75,10 +75,11 @@ def test_client_epsilon_is_dp_accountings_sampling_without_replacement():
 def test_dp_sgd_is_refused_for_meta_learners_and_needs_a_clip_norm():
     """A learner says whether it takes DP-SGD (`Learner.sample_level_dp`): the meta-learners'
     local losses are no mean over examples, so per-example clipping bounds nothing."""
-    assert sorted(k for k, cls in LEARNERS.items() if cls.sample_level_dp) == [
-        "fedavg", "fedavg-ft", "fedprox"]
+    supported = ["ditto", "fedavg", "fedavg-ft", "fedbn", "fedper", "fedprox", "local",
+                 "scaffold"]
+    assert sorted(k for k, cls in LEARNERS.items() if cls.sample_level_dp) == supported
     config = load_config(None, ["privacy.sample_clip_norm=1.0", "learner.algorithm='maml'"])
-    with pytest.raises(UserError, match=r"mean over examples \(fedavg, fedavg-ft, fedprox\)"):
+    with pytest.raises(UserError, match=rf"mean over examples \({', '.join(supported)}\)"):
         build_experiment(config)
     with pytest.raises(UserError, match="needs privacy.sample_clip_norm"):
         load_config(None, ["privacy.sample_noise_multiplier=1.0", "learner.algorithm='fedavg'"])

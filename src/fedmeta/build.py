@@ -9,23 +9,29 @@ import torch
 
 from fedmeta.attacks import Attack
 from fedmeta.config import Config
-from fedmeta.data import (EpisodeSampler, FederatedDataset, femnist_federated,
-                          hold_out_validation, omniglot_federated, synthetic_federated,
-                          validation_count)
+from fedmeta.data import (EpisodeSampler, FederatedDataset, fashion_mnist_federated,
+                          femnist_federated, hold_out_validation, load_fashion_mnist,
+                          omniglot_federated, own_splits, synthetic_federated, validation_count)
 from fedmeta.engine.experiment import Experiment, build_schedule, client_sample_rate
 from fedmeta.engine.faults import Faults
 from fedmeta.errors import UserError, config_errors
 from fedmeta.learners.anil import ANIL
 from fedmeta.learners.base import Learner
 from fedmeta.learners.fedavg import FedAvg, FedAvgFT
+from fedmeta.learners.ditto import Ditto
+from fedmeta.learners.fedbn import FedBN
+from fedmeta.learners.fedper import FedPer
 from fedmeta.learners.fedprox import FedProx
+from fedmeta.learners.fedrep import FedRep
 from fedmeta.learners.fomaml import FOMAML
 from fedmeta.learners.hypernet import PFedHN
+from fedmeta.learners.local import Local
 from fedmeta.learners.maml import MAML
 from fedmeta.learners.metasgd import MetaSGD
 from fedmeta.learners.perfedavg import PerFedAvg, PerFedAvgHF
 from fedmeta.learners.protonet import ProtoNet
 from fedmeta.learners.reptile import Reptile
+from fedmeta.learners.scaffold import Scaffold
 from fedmeta.models import build_model
 from fedmeta.optim import OPTIMIZERS, scheduled
 from fedmeta.privacy.accountant import PrivacyBudget
@@ -44,6 +50,8 @@ LEARNERS: dict[str, type[Learner]] = {
     "protonet": ProtoNet, "maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "anil": ANIL,
     "reptile": Reptile, "perfedavg-fo": PerFedAvg, "perfedavg-hf": PerFedAvgHF,
     "fedavg": FedAvg, "fedavg-ft": FedAvgFT, "fedprox": FedProx, "pfedhn": PFedHN,
+    "scaffold": Scaffold, "ditto": Ditto, "fedper": FedPer, "fedrep": FedRep, "fedbn": FedBN,
+    "local": Local,
 }
 SYNTHETIC_TEST_CLIENTS = 100
 
@@ -64,8 +72,14 @@ class Datasets(NamedTuple):
 def build_datasets(config: Config) -> Datasets:
     """The config's clients. Omniglot and FEMNIST hold `data.validation_fraction` of the
     training side's clients (background alphabets, training writers) out for meta-validation;
-    Synthetic generates as many more clients of a seed of their own."""
+    Synthetic generates as many more clients of a seed of their own; Fashion-MNIST's held-out
+    data are its training clients' own (`own_splits`)."""
     data = config.data
+    if data.dataset in OWN_SPLITS:
+        clients = fashion_mnist_federated(
+            *load_fashion_mnist(data.path, data.download), data.num_clients, data.partition,
+            data.dirichlet_beta, data.classes_per_client, seed=config.seed)
+        return Datasets(*own_splits(clients, data.validation_fraction, config.seed))
     path = bundled_omniglot() if data.path == "bundled" else data.path
     if data.dataset == "synthetic":
         clients = partial(synthetic_federated, alpha=data.synthetic_alpha,
@@ -212,10 +226,32 @@ def check_supported(config: Config, cls: type[Learner]) -> None:
         raise UserError(f"config error: sample-level DP-SGD (privacy.sample_clip_norm) needs a "
                         f"local loss that is a mean over examples ({', '.join(supported)}); "
                         f"learner.algorithm is {name!r}")
+    if cls.plain_sgd and (config.learner.optimizer, config.server.optimizer, config.server.lr,
+                          config.server.lr_schedule) != ("sgd", "sgd", 1.0, "constant"):
+        raise UserError(f"config error: {name}'s control variates assume plain SGD on the "
+                        "clients and the server's step x += mean delta: it needs "
+                        "learner.optimizer = 'sgd', server.optimizer = 'sgd', server.lr = 1 "
+                        "and server.lr_schedule = 'constant'")
     if cls.personalized and (agg.rule, agg.secure, agg.compression) != ("mean", "none", "none"):
         raise UserError(f"config error: {name} turns each client's update into its own update "
                         "on the server: it needs aggregation.rule = 'mean', secure = 'none' "
                         "and compression = 'none'")
+
+
+OWN_SPLITS = ("fashion-mnist",)  # datasets whose held-out data are the training clients' own
+
+
+def check_deployable(config: Config) -> None:
+    """UserError for what fedmeta's Flower nodes do not do yet: keep a client's personal state
+    across rounds, or hold a client's own held-out split beside its training data."""
+    if LEARNERS[config.learner.algorithm].keeps_state:
+        raise UserError(f"{config.learner.algorithm}'s clients keep personal state across "
+                        "rounds, which fedmeta's Flower nodes do not hold yet: run it with "
+                        "`fedmeta run`")
+    if config.data.dataset in OWN_SPLITS:
+        raise UserError(f"{config.data.dataset}'s held-out data are each training client's own "
+                        "splits, which fedmeta's Flower nodes do not hold yet: run it with "
+                        "`fedmeta run`")
 
 
 def sample_privacy(config: Config) -> dict[str, float]:
@@ -238,13 +274,15 @@ def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int
     check_supported(config, cls)
     with config_errors():
         model = build_model(config.model.name, tuple(input_shape),
-                            head_size(config, cls.head, num_classes), config.model.hidden)
-    return cls(
-        model, EpisodeSampler(task.ways, task.shots, task.queries),
-        OPTIMIZERS[learner_config.optimizer](learner_config.lr),
-        local_steps=learner_config.local_steps, tasks_per_step=learner_config.tasks_per_step,
-        **{key: getattr(learner_config, key) for key in cls.hyperparameters},
-        **sample_privacy(config), **({"num_clients": num_clients} if cls.personalized else {}))
+                            head_size(config, cls.head, num_classes), config.model.hidden,
+                            config.model.batch_norm)
+        return cls(
+            model, EpisodeSampler(task.ways, task.shots, task.queries),
+            OPTIMIZERS[learner_config.optimizer](learner_config.lr),
+            local_steps=learner_config.local_steps, tasks_per_step=learner_config.tasks_per_step,
+            **{key: getattr(learner_config, key) for key in cls.hyperparameters},
+            **sample_privacy(config),
+            **({"num_clients": num_clients} if cls.takes_num_clients else {}))
 
 
 def build_experiment(config: Config, datasets: Datasets | None = None) -> Experiment:
@@ -262,4 +300,5 @@ def build_experiment(config: Config, datasets: Datasets | None = None) -> Experi
                       build_pipeline(config, train.num_clients),
                       EpisodeSampler(ev.ways, ev.shots, ev.queries),
                       build_privacy_budget(config, train.num_clients), audit,
-                      Attack.from_config(config, train.num_clients), Faults.from_config(config))
+                      Attack.from_config(config, train.num_clients), Faults.from_config(config),
+                      "splits" if config.data.dataset in OWN_SPLITS else "clients")

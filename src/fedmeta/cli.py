@@ -14,11 +14,12 @@ from rich.console import Console
 
 from fedmeta.bench.measure import run_benchmarks
 from fedmeta.bench.workloads import WORKLOADS
-from fedmeta.build import build_datasets, build_experiment
+from fedmeta.build import OWN_SPLITS, build_datasets, build_experiment
 from fedmeta.config import Config, load_config
 from fedmeta.data.client_files import save_client
 from fedmeta.resume import restore_run, resume
 from fedmeta.atomic import write_atomic_bytes
+from fedmeta.engine.client_state import CLIENTS
 from fedmeta.engine.rundir import RunDirectory, make_directory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize
@@ -42,9 +43,11 @@ def train(config: Config, out: Path | None, quiet: bool) -> dict:
     simulation = Simulation(experiment)
     simulation.check_data()
     run = RunDirectory.create(config, out)
+    held_out = ("each with its own validation and test split" if experiment.held_out == "splits"
+                else f"{experiment.validation.num_clients} meta-validation, "
+                     f"{experiment.test.num_clients} meta-test")
     console.print(f"run directory: {run.path}  ({experiment.train.num_clients} training clients"
-                  f", {experiment.validation.num_clients} meta-validation, "
-                  f"{experiment.test.num_clients} meta-test)")
+                  f", {held_out})")
     return train_and_summarize(simulation, run, progress=not quiet)
 
 
@@ -71,10 +74,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.num_episodes is not None and args.num_episodes < 1:
         raise UserError(f"--num-episodes must be at least 1, got {args.num_episodes}")
     run = RunDirectory.open(args.run_dir)
-    experiment, params, _, round_index, selected = restore_run(run, args.checkpoint
-                                                               or run.latest_checkpoint())
+    experiment, params, state, round_index, selected = restore_run(
+        run, args.checkpoint or run.latest_checkpoint())
+    states = state.get(CLIENTS)
     if selected is not None:  # the model the run kept, as its summary meta-tested it
-        round_index, params = selected
+        round_index, params, states = selected
     config = experiment.config
     if args.episodes is not None:
         episodes = load_episodes(args.episodes)
@@ -91,7 +95,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
                   else "none"}
     else:
         result = Simulation(experiment).evaluate(params, args.num_episodes
-                                                 or config.eval.final_episodes)
+                                                 or config.eval.final_episodes, states=states)
         result = {k.removeprefix("test_"): v for k, v in result.items()}
         result["source"] = "held-out clients"
     result["round"] = round_index
@@ -161,6 +165,9 @@ def cmd_privacy(args: argparse.Namespace) -> None:
 def cmd_export_clients(args: argparse.Namespace) -> None:
     """One file per client, for the machines of a deployment (`fedmeta.data.client_files`)."""
     config = load_config(args.config, args.set)
+    if config.data.dataset in OWN_SPLITS:
+        raise UserError(f"{config.data.dataset}'s held-out data are each client's own splits; "
+                        "export-clients writes whole clients (omniglot, femnist, synthetic)")
     train, validation, test = build_datasets(config)
     if args.clients is not None and not 1 <= args.clients <= train.num_clients:
         raise UserError(f"--clients must be in [1, {train.num_clients}], got {args.clients}")

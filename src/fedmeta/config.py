@@ -27,12 +27,17 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    dataset: Literal["omniglot", "femnist", "synthetic"] = "omniglot"
+    # fashion-mnist: PFLlib's personalized-FL benchmark, held-out data the training clients'
+    # own (75/25 train/test each; validation_fraction of each train part for validation)
+    dataset: Literal["omniglot", "femnist", "synthetic", "fashion-mnist"] = "omniglot"
     # a local file; "bundled" = the compact Omniglot inside the package
     path: str | None = Field(None, min_length=1)
     download: bool = False
-    partition: Literal["alphabet", "drawer", "random"] = "alphabet"
-    num_clients: int | None = Field(None, ge=1, le=10**7)
+    # omniglot: alphabet, drawer, random; fashion-mnist: dirichlet (its default), pathological
+    partition: Literal["alphabet", "drawer", "random", "dirichlet", "pathological"] = "alphabet"
+    num_clients: int | None = Field(None, ge=1, le=10**7)  # fashion-mnist: 20 by default
+    dirichlet_beta: float = Field(0.1, gt=0, le=1000)  # label skew of "dirichlet"
+    classes_per_client: int = Field(2, ge=1, le=10)  # of "pathological"
     rotations: bool = False
     test_fraction: float = Field(0.2, gt=0, lt=1)
     # of the training side's clients, held out for meta-validation (rounded up); 0 = none, and
@@ -52,6 +57,17 @@ class DataConfig(Section):
                              f"data.dataset is {self.dataset!r}")
         if self.dataset == "synthetic" and self.num_clients is None:
             raise ValueError("data.num_clients is required with data.dataset = 'synthetic'")
+        if self.dataset == "fashion-mnist":
+            if "partition" not in self.model_fields_set:
+                self.partition = "dirichlet"
+            if self.partition not in ("dirichlet", "pathological"):
+                raise ValueError("data.partition of fashion-mnist is 'dirichlet' or "
+                                 f"'pathological', got {self.partition!r}")
+            if self.num_clients is None:
+                self.num_clients = 20
+        elif self.partition in ("dirichlet", "pathological"):
+            raise ValueError(f"data.partition = {self.partition!r} partitions fashion-mnist; "
+                             f"data.dataset is {self.dataset!r}")
         return self
 
 
@@ -64,6 +80,7 @@ class TaskConfig(Section):
 class ModelConfig(Section):
     name: Literal["conv4", "mlp"] = "conv4"
     hidden: int = Field(64, ge=1, le=4096)
+    batch_norm: bool = False  # mlp: batch norm after each hidden layer (conv4 always has it)
 
 
 class Scheduled(Section):
@@ -78,7 +95,8 @@ class Scheduled(Section):
 class LearnerConfig(Scheduled):
     algorithm: Literal["protonet", "maml", "fomaml", "metasgd", "anil", "reptile",
                        "perfedavg-fo", "perfedavg-hf", "fedavg", "fedavg-ft", "fedprox",
-                       "pfedhn"] = "protonet"
+                       "pfedhn", "scaffold", "ditto", "fedper", "fedrep", "fedbn",
+                       "local"] = "protonet"
     local_steps: int = Field(1, ge=1, le=1000)
     tasks_per_step: int = Field(1, ge=1, le=1000)
     optimizer: Literal["sgd", "adam"] = "adam"  # local (outer) optimizer; unused by reptile
@@ -88,10 +106,12 @@ class LearnerConfig(Scheduled):
     inner_steps: int = Field(1, ge=1, le=1000)  # perfedavg trains with one step whatever this says
     # meta-test steps; None = 2 * inner_steps
     eval_inner_steps: int | None = Field(None, ge=1, le=1000)
-    # fedavg, fedavg-ft, fedprox
+    # fedavg, fedavg-ft and the personalized-FL baselines (fedprox ... local)
     batch_size: int = Field(32, ge=1, le=10**5)  # examples per local step
-    # fedprox: the proximal term's weight, mu / 2 * ||w - w_global||^2 on the local loss
+    # fedprox: the proximal term's weight, mu / 2 * ||w - w_global||^2 on the local loss;
+    # ditto: its lambda, the personal model's pull to the global one
     proximal_mu: float = Field(0.01, ge=0)
+    head_steps: int = Field(10, ge=1, le=10**4)  # fedrep: steps on the head before the body's
     # fedavg-ft meta-test: SGD steps on the support set
     finetune_steps: int = Field(50, ge=1, le=10**5)
     finetune_lr: float = Field(0.01, gt=0)

@@ -16,7 +16,7 @@ from fedmeta.data import (ClientData, Episodes, EpisodeSampler, FederatedDataset
 from fedmeta.data.npz import data_error, load_npz
 from fedmeta.errors import UserError
 from fedmeta.learners.base import Learner
-from fedmeta.params import Params
+from fedmeta.params import Params, table_rows
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,30 @@ def summarize(per_episode: list[torch.Tensor], per_client: list[float]) -> MetaT
     return MetaTestResult(accuracy, ci95, sum(len(a) for a in per_episode), len(per_client),
                           float(np.mean(per_client)), float(np.percentile(per_client, 10)),
                           tuple(per_client))
+
+
+def own_split_test(learner: Learner, params: Params, states: Params | None,
+                   train: FederatedDataset, held: FederatedDataset, shots: int,
+                   generator: torch.Generator) -> tuple[MetaTestResult, float]:
+    """PFLlib's personalized-FL metric: each training client scores its own held-out examples
+    (client i of `held`) with what it learned, from its personal state in `states` (the
+    table of `fedmeta.engine.client_state`) and its own training examples (client i of
+    `train`, up to `shots` a class where it adapts: `Learner.personal_correct`). Returns the
+    mean over clients of each one's accuracy, with a 95% CI over clients (`episodes`: the
+    examples scored), and the pooled accuracy (all clients' examples together, the number
+    PFLlib's code prints)."""
+    clients = [i for i in range(held.num_clients) if held.client_size(i)]
+    correct = [learner.personal_correct(params, state, train.client(i), held.client(i), shots,
+                                        generator)
+               for i, state in zip(clients, table_rows(states, clients))]
+    if not correct:
+        raise UserError("no training client holds held-out examples to score")
+    per_client = torch.stack([c.float().mean() for c in correct])
+    accuracy, ci95 = mean_ci95(per_client)
+    result = MetaTestResult(accuracy, ci95, sum(len(c) for c in correct), len(correct),
+                            accuracy, float(np.percentile(per_client.numpy(), 10)),
+                            tuple(per_client.tolist()))
+    return result, float(torch.cat(correct).float().mean())
 
 
 def one_bit_images(dataset: FederatedDataset) -> bool:

@@ -26,6 +26,12 @@ def tree_stack(trees: Iterable[Params]) -> Params:
     return {k: torch.stack([t[k] for t in trees]) for k in trees[0]}
 
 
+def table_rows(table: Params | None, rows: list[int]) -> list[Params]:
+    """Rows `rows` of stacked params `table` ([N, ...]), one dict each (empty without a
+    table)."""
+    return [{k: v[r] for k, v in (table or {}).items()} for r in rows]
+
+
 def broadcast(params: Params, count: int) -> Params:
     """`params` as `count` stacked rows [count, ...]: views of the same tensors, no copies."""
     return {k: v.expand(count, *v.shape) for k, v in params.items()}

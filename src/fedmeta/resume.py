@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fedmeta.build import Experiment, build_experiment
 from fedmeta.config import load_config
-from fedmeta.engine.checkpoint import read_checkpoint, restore_read, restore_selected
+from fedmeta.engine.checkpoint import Selected, read_checkpoint, restore_read, restore_selected
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.training import Start, restored_selection
 from fedmeta.errors import UserError
@@ -14,16 +14,16 @@ from fedmeta.params import Params
 
 
 def restore_run(run: RunDirectory, checkpoint: Path) -> tuple[
-        Experiment, Params, dict, int, tuple[int, Params] | None]:
+        Experiment, Params, dict, int, Selected | None]:
     """What the config of `run` builds, with `checkpoint` restored into it: (experiment,
-    params, server state, the checkpoint's round, the round selected by then and its params,
-    if any)."""
+    params, run state, the checkpoint's round, the round selected by then with its params and
+    clients' personal states, if any)."""
     experiment = build_experiment(load_config(run.config_path))
     initial = experiment.learner.init_params()
+    state = experiment.initial_state(initial)
     read = read_checkpoint(checkpoint)  # once: params, state and selection
-    return (experiment, *restore_read(read, checkpoint, initial,
-                                      experiment.pipeline.init(initial)),
-            restore_selected(read, checkpoint, initial))
+    return (experiment, *restore_read(read, checkpoint, initial, state),
+            restore_selected(read, checkpoint, initial, state))
 
 
 def resume(path: Path) -> tuple[Experiment, RunDirectory, Start]:

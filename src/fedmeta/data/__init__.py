@@ -12,7 +12,8 @@ from fedmeta.data.omniglot import load_omniglot_arrays, omniglot_federated
 from fedmeta.data.partition import dirichlet_partition, key_partition, random_partition, shard_partition
 from fedmeta.data.sources import ChecksumError, DatasetNotFound, resolve_dataset
 from fedmeta.data.synthetic import SyntheticFederatedDataset, synthetic_federated
-from fedmeta.data.validation import hold_out_validation, validation_count
+from fedmeta.data.fashion_mnist import fashion_mnist_federated, load_fashion_mnist
+from fedmeta.data.validation import hold_out_validation, own_splits, validation_count
 
 __all__ = [
     "ArrayFederatedDataset",
@@ -27,11 +28,14 @@ __all__ = [
     "as_float_input",
     "dirichlet_partition",
     "episodes_from_arrays",
+    "fashion_mnist_federated",
     "femnist_federated",
     "hold_out_validation",
     "key_partition",
+    "load_fashion_mnist",
     "load_omniglot_arrays",
     "omniglot_federated",
+    "own_splits",
     "random_partition",
     "resolve_dataset",
     "shard_partition",

@@ -146,6 +146,16 @@ class ArrayFederatedDataset(FederatedDataset):
                                      self._mask, self._transform, self._expansion,
                                      self._num_classes)
 
+    def regrouped(self, name: str, client_indices: Sequence[np.ndarray]) -> ArrayFederatedDataset:
+        """Clients holding `client_indices` of the same arrays, without a query mask (their
+        examples split elsewhere); the label space stays this dataset's."""
+        return ArrayFederatedDataset(name, self._x, self._y, client_indices, None,
+                                     self._transform, self._expansion, self._num_classes)
+
+    def query_mask_of(self, i: int) -> np.ndarray | None:
+        """Which of client ``i``'s examples are its query (None: no such split)."""
+        return None if self._mask is None else self._mask[self.client_indices(i)]
+
     @property
     def num_classes(self) -> int:
         return self._num_classes

@@ -2,7 +2,10 @@
 from both, so that everything decided during training (intermediate evaluations, early
 stopping, the round whose model is kept) reads them, never the meta-test clients (Vinyals et
 al. 2016 and Snell et al. 2017 keep validation classes out of Omniglot's background set the
-same way; here whole clients: alphabets, writers)."""
+same way; here whole clients: alphabets, writers).
+
+Where held-out data are the training clients' own (PFLlib's personalized-FL benchmarks), the
+validation examples are instead a part of each client's training split (`own_splits`)."""
 from __future__ import annotations
 
 import math
@@ -31,3 +34,22 @@ def hold_out_validation(dataset: ArrayFederatedDataset, fraction: float,
     validation, train = np.sort(order[:count]), np.sort(order[count:])
     return (dataset.subset(f"{dataset.name}-train", train.tolist()),
             dataset.subset(f"{dataset.name}-validation", validation.tolist()))
+
+
+def own_splits(dataset: ArrayFederatedDataset, fraction: float, seed: int
+               ) -> tuple[ArrayFederatedDataset, ArrayFederatedDataset, ArrayFederatedDataset]:
+    """(training, validation, test) parts of every client of `dataset`, client i of each
+    holding client i's: its query examples (`query_mask`) are its test part; `fraction` of
+    the others (rounded, drawn by `seed`) its validation part; the rest it trains on."""
+    train, validation, test = [], [], []
+    rng = np.random.default_rng([seed, 2])
+    for i in range(dataset.num_clients):
+        indices, query = dataset.client_indices(i), dataset.query_mask_of(i)
+        own = rng.permutation(indices[~query])
+        count = int(round(fraction * len(own)))
+        train.append(np.sort(own[count:]))
+        validation.append(np.sort(own[:count]))
+        test.append(indices[query])
+    return (dataset.regrouped(f"{dataset.name}-train", train),
+            dataset.regrouped(f"{dataset.name}-validation", validation),
+            dataset.regrouped(f"{dataset.name}-test", test))

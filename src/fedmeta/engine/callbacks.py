@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from fedmeta.engine.client_state import CLIENTS
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import StopTraining
 from fedmeta.params import Params
@@ -48,19 +49,22 @@ class TensorBoardLogger:
 
 class BestRound:
     """Model selection on the meta-validation clients: the round whose `metric` was the best
-    so far (the first of equals), its params and its metrics. The round a run keeps is this
-    one, so it is chosen by what the meta-validation clients scored, never the meta-test's."""
+    so far (the first of equals), its params, its clients' personal states (None: the learner
+    keeps none) and its metrics. The round a run keeps is this one, so it is chosen by what
+    the meta-validation clients scored, never the meta-test's."""
 
     def __init__(self, metric: str = "val_accuracy") -> None:
         self.metric = metric
         self.round, self.best = 0, -math.inf
         self.params: Params | None = None
+        self.states: Params | None = None
         self.metrics: dict[str, Any] = {}
 
     def __call__(self, round_index: int, params: Params, server_state: dict[str, Any],
                  metrics: dict[str, Any]) -> None:
         if metrics.get(self.metric, -math.inf) > self.best:
             self.round, self.best, self.params = round_index, metrics[self.metric], params
+            self.states = server_state.get(CLIENTS)
             self.metrics = {k: v for k, v in metrics.items() if k.startswith("val_")}
 
 
@@ -84,7 +88,7 @@ class Checkpointer:
     def save(self) -> None:
         selected = None
         if self.selection is not None and self.selection.params is not None:
-            selected = (self.selection.round, self.selection.params)
+            selected = (self.selection.round, self.selection.params, self.selection.states)
         self.run.checkpoint(*self.last, self.round, selected)
         self.saved_round = self.round
 

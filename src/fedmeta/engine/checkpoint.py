@@ -1,7 +1,8 @@
 """Checkpoints as safetensors (no pickle): the global params and the server pipeline's state,
-flattened to `params/<name>` and `server/<stage>/<...>` keys, and the params of the round model
-selection has chosen so far (`selected/<name>`, its round in the metadata), written
-atomically. Holding the selection in every checkpoint makes a resumed run choose as the
+flattened to `params/<name>` and `server/<stage>/<...>` keys (the clients' personal states, if
+the learner keeps them, under `server/clients/`), and the params of the round model selection
+has chosen so far (`selected/<name>`, its round in the metadata; its personal states under
+`selected_clients/`), written atomically. Holding the selection in every checkpoint makes a resumed run choose as the
 uninterrupted one would have."""
 
 from pathlib import Path
@@ -12,6 +13,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from fedmeta.atomic import atomic_path
+from fedmeta.engine.client_state import CLIENTS
 from fedmeta.errors import UserError
 from fedmeta.params import Params, owned
 from fedmeta.server.chain import positional
@@ -41,15 +43,20 @@ def unflatten(flat: dict[str, torch.Tensor]) -> dict[str, Any]:
     return tree
 
 
+Selected = tuple[int, Params, Params | None]  # round, params, the clients' personal states
+
+
 def save_checkpoint(path: Path, params: Params, server_state: dict[str, Any],
-                    round_index: int, selected: tuple[int, Params] | None = None) -> None:
-    """Write params, server state and the `selected` (round, params) to `path` (temporary
-    file, then rename)."""
+                    round_index: int, selected: Selected | None = None) -> None:
+    """Write params, server state and the `selected` (round, params, personal states) to
+    `path` (temporary file, then rename)."""
     tree, metadata = {"params": params, "server": server_state}, {"round": str(round_index)}
     if selected is not None:
         metadata["selected_round"] = str(selected[0])
         # copies: the selected round may be this one, and safetensors refuses shared memory
         tree["selected"] = {k: v.clone() for k, v in selected[1].items()}
+        if selected[2] is not None:
+            tree["selected_clients"] = {k: v.clone() for k, v in selected[2].items()}
     with atomic_path(path) as tmp:
         save_file(flatten(tree), str(tmp), metadata=metadata)
 
@@ -100,7 +107,7 @@ def restore_read(read: tuple[dict[str, torch.Tensor], int, int], path: Path, par
     # a checkpoint written before chains named their stages holds them by position
     named = dict(zip(flatten(positional(tree)), like))
     tensors = {name if name in like else named.get(name, name): value
-               for name, value in tensors.items() if not name.startswith("selected/")}
+               for name, value in tensors.items() if not name.startswith("selected")}
     grows = {name for name, value in like.items() if value.dim() and not len(value)}
     expected = {name: describe(value, name in grows) for name, value in like.items()}
     found = {name: describe(value, name in grows) for name, value in tensors.items()}
@@ -114,20 +121,22 @@ def restore_read(read: tuple[dict[str, torch.Tensor], int, int], path: Path, par
 
 
 def restore_selected(read: tuple[dict[str, torch.Tensor], int, int], path: Path,
-                     params: Params) -> tuple[int, Params] | None:
-    """The round model selection had chosen when the checkpoint at `path` was written, and its
-    params in the structure of `params` (None: nothing chosen yet), from what
-    `read_checkpoint(path)` returned (`read`). UserError if they differ from `params` in
-    names, shapes or dtypes."""
+                     params: Params, server_state: dict[str, Any]) -> Selected | None:
+    """The round model selection had chosen when the checkpoint at `path` was written, its
+    params in the structure of `params` and its clients' personal states in that of
+    `server_state`'s (None: nothing chosen yet), from what `read_checkpoint(path)` returned
+    (`read`). UserError if they differ from those in names, shapes or dtypes."""
     tensors, _, selected_round = read
     if not selected_round:
         return None
-    selected = {k.removeprefix("selected/"): v for k, v in tensors.items()
-                if k.startswith("selected/")}
-    if {k: describe(v) for k, v in selected.items()} != {k: describe(v) for k, v in params.items()}:
-        raise UserError(f"checkpoint {path} does not match its run's config: its selected/ "
-                        f"tensors are not the model's params")
-    return selected_round, selected
+    found = [{k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+             for prefix in ("selected/", "selected_clients/")]
+    for (group, like), tree in zip((("selected", params),
+                                    ("selected_clients", server_state.get(CLIENTS, {}))), found):
+        if {k: describe(v) for k, v in tree.items()} != {k: describe(v) for k, v in like.items()}:
+            raise UserError(f"checkpoint {path} does not match its run's config: its {group}/ "
+                            f"tensors are not the run's")
+    return selected_round, found[0], found[1] if CLIENTS in server_state else None
 
 
 def describe(tensor: torch.Tensor, grows: bool = False) -> str:

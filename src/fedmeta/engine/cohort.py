@@ -16,6 +16,8 @@ model and the device, measured by `fedmeta bench` (BENCHMARKS.md):
 
 `auto` applies that rule: `vmap` unless the model has convolutions and runs on the CPU.
 `chunk_size` bounds memory: at most that many clients' activations are alive at once.
+A learner whose clients keep personal state (`Learner.keeps_state`) runs the loop: each
+client's round reads and returns its own state.
 """
 
 import dataclasses
@@ -40,7 +42,8 @@ class CohortUpdates:
     """The cohort's updates: deltas [C, ...] per param, weights [C], mean local losses [C];
     `positions`: each row's client, as its position in the cohort; how many sampled clients
     could not take part (too little data for a batch), and why others failed (position ->
-    reason: the exception a client's local round raised)."""
+    reason: the exception a client's local round raised); `states`: each row's client's
+    personal state after its round [C, ...] (empty unless the learner `keeps_state`)."""
 
     deltas: Params
     weights: torch.Tensor
@@ -48,6 +51,7 @@ class CohortUpdates:
     skipped: int
     positions: list[int] = field(default_factory=list)
     failures: dict[int, str] = field(default_factory=dict)
+    states: Params = field(default_factory=dict)
 
     @property
     def num_clients(self) -> int:
@@ -57,7 +61,7 @@ class CohortUpdates:
         """The rows where `keep` (bool [C]) is set."""
         return dataclasses.replace(
             self, deltas={k: v[keep] for k, v in self.deltas.items()}, weights=self.weights[keep],
-            losses=self.losses[keep],
+            losses=self.losses[keep], states={k: v[keep] for k, v in self.states.items()},
             positions=[p for p, kept in zip(self.positions, keep.tolist()) if kept])
 
 
@@ -69,6 +73,7 @@ class Prepared:
     learner: Learner
     batches: list[Any]
     weight: float
+    state: Params
 
 
 def failure(error: Exception) -> str:
@@ -96,14 +101,16 @@ def stack_batches(batches: Sequence[Any]) -> Any:
 
 
 def prepare(learners: Sequence[Learner], clients: Sequence[ClientData],
-            generators: Sequence[torch.Generator]) -> tuple[list[Prepared], int, dict[int, str]]:
-    """Each client's batches from its own generator: (prepared clients, how many had too
-    little data, failures)."""
+            generators: Sequence[torch.Generator],
+            states: Sequence[Params]) -> tuple[list[Prepared], int, dict[int, str]]:
+    """Each client's batches from its own generator, with its personal state: (prepared
+    clients, how many had too little data, failures)."""
     prepared, skipped, failures = [], 0, {}
-    for position, (learner, client, generator) in enumerate(zip(learners, clients, generators)):
+    for position, (learner, client, generator, state) in enumerate(
+            zip(learners, clients, generators, states)):
         try:
             prepared.append(Prepared(position, learner, learner.local_batches(client, generator),
-                                     float(len(client))))
+                                     float(len(client)), state))
         except NotEnoughData:
             skipped += 1
         except Exception as error:  # a broken client must not end the round
@@ -119,7 +126,8 @@ def run_loop(sent: Params, prepared: Sequence[Prepared],
     for client in prepared:
         try:
             start = {k: v[client.position] for k, v in sent.items()}
-            updates.append(client.learner.train_local(start, client.batches, client.weight))
+            updates.append(client.learner.train_local(start, client.batches, client.weight,
+                                                      client.state))
             positions.append(client.position)
         except Exception as error:  # a broken client must not end the round
             failures[client.position] = failure(error)
@@ -127,7 +135,8 @@ def run_loop(sent: Params, prepared: Sequence[Prepared],
         return []
     return [CohortUpdates(tree_stack(u.delta for u in updates),
                           torch.tensor([u.weight for u in updates]),
-                          torch.tensor([u.loss for u in updates]), 0, positions)]
+                          torch.tensor([u.loss for u in updates]), 0, positions,
+                          states=tree_stack(u.state for u in updates))]
 
 
 def run_vmap(sent: Params, prepared: Sequence[Prepared], chunk_size: int,
@@ -171,23 +180,28 @@ def concatenated(chunks: Sequence[CohortUpdates], sent: Params, skipped: int,
     return CohortUpdates({k: torch.cat([c.deltas[k] for c in chunks]) for k in sent},
                          torch.cat([c.weights for c in chunks]),
                          torch.cat([c.losses for c in chunks]), skipped,
-                         [p for c in chunks for p in c.positions], failures)
+                         [p for c in chunks for p in c.positions], failures,
+                         {k: torch.cat([c.states[k] for c in chunks]) for k in chunks[0].states})
 
 
 def run_cohort(learner: Learner | Sequence[Learner], params: Params,
                clients: Sequence[ClientData], generators: Sequence[torch.Generator],
                execution: Execution = "auto", chunk_size: int = 64,
-               per_client: bool = False) -> CohortUpdates:
+               per_client: bool = False, states: Sequence[Params] | None = None) -> CohortUpdates:
     """The cohort's local rounds by `execution` ("auto": `choose_execution`), from `params`,
     or with `per_client`, from each client's own row of `params` (stacked [C, ...], as
     `Learner.client_params` makes them). `learner`: one for every client, or one per client
-    (copies sharing one model, e.g. a malicious client's poisoned one). A client whose round
-    raises is left out and its error recorded."""
+    (copies sharing one model, e.g. a malicious client's poisoned one); `states`: each
+    client's personal state (a learner that `keeps_state` needs them; it runs the loop). A
+    client whose round raises is left out and its error recorded."""
     learners = [learner] * len(clients) if isinstance(learner, Learner) else list(learner)
     sent = params if per_client else broadcast(params, len(clients))
-    if execution == "auto" and learners:
+    if learners and learners[0].keeps_state:
+        execution = "loop"
+    elif execution == "auto" and learners:
         execution = choose_execution(learners[0].model, next(iter(sent.values())).device)
-    prepared, skipped, failures = prepare(learners, clients, generators)
+    prepared, skipped, failures = prepare(learners, clients, generators,
+                                          states or [{}] * len(clients))
     if execution == "loop":
         chunks = run_loop(sent, prepared, failures)
     else:

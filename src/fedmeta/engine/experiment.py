@@ -4,13 +4,16 @@ accountant, audit, attack, faults); and the rules the config sets for every roun
 sample rate, the learning-rate schedules). `fedmeta.build` makes one from a config."""
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from fedmeta.attacks import Attack
 from fedmeta.config import Config, Scheduled
 from fedmeta.data import EpisodeSampler, FederatedDataset
+from fedmeta.engine.client_state import CLIENTS, initial_states
 from fedmeta.engine.faults import Faults
 from fedmeta.learners.base import Learner
 from fedmeta.optim import Schedule, cosine_decay, step_decay
+from fedmeta.params import Params
 from fedmeta.privacy.accountant import PrivacyBudget
 from fedmeta.privacy.audit import CanaryAudit
 from fedmeta.server.pipeline import Pipeline
@@ -29,6 +32,18 @@ class Experiment:
     audit: CanaryAudit | None = None
     attack: Attack | None = None
     faults: Faults | None = None
+    # what held-out data are: other clients ("clients": meta-validation and meta-test
+    # clients), or the training clients' own splits ("splits": client i of `validation` and
+    # `test` holds client i of `train`'s held-out examples, as PFLlib's benchmarks split them)
+    held_out: Literal["clients", "splits"] = "clients"
+
+    def initial_state(self, params: Params) -> dict[str, Any]:
+        """The run's state before its first round: the server pipeline's and, for a learner
+        whose clients keep personal state, theirs (`fedmeta.engine.client_state`)."""
+        state = self.pipeline.init(params)
+        if self.learner.keeps_state:
+            state[CLIENTS] = initial_states(self.learner, params, self.train.num_clients)
+        return state
 
 
 def client_sample_rate(config: Config, num_clients: int) -> float:

@@ -11,7 +11,7 @@ import tomli_w
 
 from fedmeta.atomic import write_atomic, write_atomic_bytes
 from fedmeta.config import Config
-from fedmeta.engine.checkpoint import save_checkpoint
+from fedmeta.engine.checkpoint import Selected, save_checkpoint
 from fedmeta.errors import UserError
 from fedmeta.params import Params
 
@@ -89,7 +89,7 @@ class RunDirectory:
         write_atomic_bytes(self.metrics_path, b"".join(line + b"\n" for line in lines))
 
     def checkpoint(self, params: Params, server_state: dict[str, Any], round_index: int,
-                   selected: tuple[int, Params] | None = None) -> Path:
+                   selected: Selected | None = None) -> Path:
         path = self.checkpoints / f"round_{round_index:05d}.safetensors"
         save_checkpoint(path, params, server_state, round_index, selected)
         return path

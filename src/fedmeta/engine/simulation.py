@@ -9,23 +9,26 @@ from a checkpoint continues exactly as if never stopped.
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Callable, Literal
 
 import torch
 
 from fedmeta.data import ClientData, NotEnoughData
+from fedmeta.engine.client_state import CLIENTS, written
 from fedmeta.engine.cohort import CohortUpdates, run_cohort
 from fedmeta.engine.experiment import Experiment, client_sample_rate, learner_at_round
 from fedmeta.engine.communication import round_bytes
 from fedmeta.engine.sampling import poisson_cohort, uniform_cohort
 from fedmeta.seeding import EVAL_STREAM, client_generator, seeded
 from fedmeta.errors import UserError
-from fedmeta.evaluation import eligible_clients, meta_test, personal_splits, personalize
+from fedmeta.evaluation import (eligible_clients, meta_test, own_split_test, personal_splits,
+                                 personalize)
 from fedmeta.optim import apply_updates
-from fedmeta.params import Params
+from fedmeta.params import Params, table_rows
 from fedmeta.server import Round
+from fedmeta.server.chain import ChainState
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +58,17 @@ class Gathered:
     """A round's contributions as the server receives them, from whichever backend ran the
     clients: each client's update (`rows`), or only the sum a secure aggregation computed
     (`total`: the clients' updates after their `Pipeline.client` stages, each times its
-    `coefficients` weight); the contributing clients' weights and mean local losses [C]; and
-    the round's metrics on who took part (`clients`, `skipped`, bytes, ...)."""
+    `coefficients` weight); the contributing clients' weights and mean local losses [C]; the
+    round's metrics on who took part (`clients`, `skipped`, bytes, ...); and the personal
+    states the rows' clients ended their rounds with (empty unless the learner
+    `keeps_state`)."""
 
     weights: torch.Tensor
     losses: torch.Tensor
     metrics: dict[str, Any]
     rows: Round | None = None
     total: Params | None = None
+    states: Params = field(default_factory=dict)
 
     @property
     def num_clients(self) -> int:
@@ -95,9 +101,11 @@ class Simulation:
         (the one seam between backends), then the server's step. The round goes on with the
         clients that contributed; with fewer than `server.min_clients` the model stays as it
         was, unless DP noise is added: a DP round is released whatever the clients did, so
-        that whether it runs does not depend on their data."""
+        that whether it runs does not depend on their data. Clients that keep personal
+        state keep what their round left them, released or not."""
         start = time.perf_counter()
-        gathered = self.gather(round_index, params)
+        personal = server_state.get(CLIENTS)
+        gathered = self.gather(round_index, params, personal)
         metrics, pipeline = gathered.metrics, self.experiment.pipeline
         rows = self.server_rows(round_index, params, gathered)
         if self.releases(gathered.num_clients):
@@ -111,6 +119,9 @@ class Simulation:
             metrics["aborted"] = (f"{gathered.num_clients} clients reported, fewer than "
                                   f"server.min_clients ({self.config.server.min_clients}): "
                                   "model unchanged")
+        if personal is not None:
+            server_state = ChainState({**server_state, CLIENTS: written(
+                personal, gathered.rows.clients, gathered.states)})
         if gathered.num_clients:
             metrics["loss"] = weighted_loss(gathered.losses, gathered.weights)
         metrics["seconds"] = time.perf_counter() - start
@@ -122,11 +133,15 @@ class Simulation:
         return (num_clients >= self.config.server.min_clients
                 or self.experiment.privacy is not None)
 
-    def gather(self, round_index: int, params: Params) -> Gathered:
-        """The round's contributions, computed here: each client's update (`reports`)."""
-        updates, clients, metrics = self.reports(round_index, params)
+    def gather(self, round_index: int, params: Params,
+               states: Params | None = None) -> Gathered:
+        """The round's contributions, computed here: each client's update (`reports`), from
+        its personal state in `states` (the table of `fedmeta.engine.client_state`, if the
+        learner keeps one)."""
+        updates, clients, metrics = self.reports(round_index, params, states)
         return Gathered(updates.weights, updates.losses, metrics,
-                        rows=Round(updates.deltas, updates.weights, clients=clients))
+                        rows=Round(updates.deltas, updates.weights, clients=clients),
+                        states=updates.states)
 
     def server_rows(self, round_index: int, params: Params, gathered: Gathered) -> Round | None:
         """What the server pipeline takes from gathered rows: each client's update as a delta
@@ -139,8 +154,8 @@ class Simulation:
             rows, gathered.metrics["canaries"] = self.with_canaries(round_index, rows)
         return rows
 
-    def reports(self, round_index: int,
-                params: Params) -> tuple[CohortUpdates, torch.Tensor, dict[str, Any]]:
+    def reports(self, round_index: int, params: Params, states: Params | None = None
+                ) -> tuple[CohortUpdates, torch.Tensor, dict[str, Any]]:
         """The round's cohort, less the clients that drop out or miss the deadline; their
         updates, as malicious clients send them, less any that failed or are not finite, and
         the ids of the clients that sent them (int64 [C]); and the round's metrics on who took
@@ -149,7 +164,7 @@ class Simulation:
         faults, attack = self.experiment.faults, self.experiment.attack
         absent = faults.absent(round_index, cohort) if faults is not None else {}
         present = [c for c in cohort if c not in absent]
-        updates = self.client_updates(round_index, params, present)
+        updates = self.client_updates(round_index, params, present, states)
         model = self.experiment.learner.client_model(params)
         failed = {present[p]: reason for p, reason in updates.failures.items()}
         ids = torch.tensor(present, dtype=torch.int64)[updates.positions]
@@ -172,11 +187,12 @@ class Simulation:
             metrics["excluded"] = {str(c): reason for c, reason in {**absent, **failed}.items()}
         return updates, ids, metrics
 
-    def client_updates(self, round_index: int, params: Params,
-                       cohort: list[int]) -> CohortUpdates:
+    def client_updates(self, round_index: int, params: Params, cohort: list[int],
+                       states: Params | None = None) -> CohortUpdates:
         """The cohort's local rounds, computed here (`fedmeta.engine.cohort`) from what the
-        learner sends each client (`Learner.client_params`); a malicious client trains with
-        its poisoned learner and data; all at the round's local rate (`learner_at_round`)."""
+        learner sends each client (`Learner.client_params`) and their personal `states`; a
+        malicious client trains with its poisoned learner and data; all at the round's local
+        rate (`learner_at_round`)."""
         train, run, attack = self.experiment.train, self.config.run, self.experiment.attack
         learner = learner_at_round(self.experiment.learner, self.config, round_index)
         learners = [learner] * len(cohort)
@@ -189,7 +205,8 @@ class Simulation:
         sent = learner.client_params(params, torch.tensor(cohort, dtype=torch.int64))
         return run_cohort(learners, sent, clients,
                           [client_generator(self.config.seed, round_index, c) for c in cohort],
-                          run.execution, run.chunk_size, per_client=True)
+                          run.execution, run.chunk_size, per_client=True,
+                          states=table_rows(states, cohort))
 
     def with_canaries(self, round_index: int, rnd: Round) -> tuple[Round, int]:
         """The round's updates with those of the audit's canaries sampled this round, each
@@ -220,8 +237,10 @@ class Simulation:
 
     @property
     def validates(self) -> bool:
-        """Whether the run has meta-validation clients to evaluate on during training."""
-        return self.experiment.validation.num_clients > 0
+        """Whether the run has meta-validation clients (or validation examples of its own
+        clients) to evaluate on during training."""
+        validation = self.experiment.validation
+        return any(validation.client_size(i) for i in range(validation.num_clients))
 
     def check_validation(self) -> None:
         """UserError if early stopping is configured without meta-validation clients: it may
@@ -260,6 +279,8 @@ class Simulation:
         else:
             raise UserError(f"no training client can supply a local round: {reason}")
         ev = self.config.eval
+        if self.experiment.held_out == "splits":  # every client is scored, as it can
+            return
         held_out = [self.test_clients] + ([self.validation_clients] if self.validates else [])
         for clients in held_out:
             eligible_clients(clients, self.experiment.eval_sampler)
@@ -267,15 +288,24 @@ class Simulation:
                 personal_splits(clients, ev.ways, ev.shots)
 
     def evaluate(self, params: Params, episodes: int, per_client: bool = False,
-                 on: Held = "test") -> dict[str, Any]:
+                 on: Held = "test", states: Params | None = None) -> dict[str, Any]:
         """Meta-test on the held-out clients `on` ("test": the meta-test clients, keys
         `test_*`; "val": the meta-validation clients, `val_*`) and, when configured, their
         personalization on their own support/query splits (`personal_*`, `val_personal_*`);
         with `per_client`, each client's accuracy too (`*_per_client_accuracy`). Each side
-        draws its episodes from a stream of its own, the same at every evaluation."""
+        draws its episodes from a stream of its own, the same at every evaluation. When the
+        held-out data are the training clients' own splits, each client's held-out examples
+        `on` are scored by `own_split_test`, from its personal state in `states`."""
         ev, learner = self.config.eval, self.experiment.learner
-        clients = self.test_clients if on == "test" else self.validation_clients
         episode_keys, personal_keys = EVAL_KEYS[on]
+        if self.experiment.held_out == "splits":
+            held = self.experiment.test if on == "test" else self.experiment.validation
+            result, pooled = own_split_test(learner, params, states, self.experiment.train, held,
+                                            ev.shots, seeded(self.config.seed, EVAL_STREAM,
+                                                             *episode_keys))
+            return {f"{on}_{key}": value for key, value in
+                    {**result.as_dict(per_client), "pooled_accuracy": pooled}.items()}
+        clients = self.test_clients if on == "test" else self.validation_clients
         result = meta_test(learner, params, clients, self.experiment.eval_sampler, episodes,
                            seeded(self.config.seed, EVAL_STREAM, *episode_keys))
         metrics = {f"{on}_{key}": value for key, value in result.as_dict(per_client).items()}
@@ -288,15 +318,17 @@ class Simulation:
                             for key, value in result.as_dict(per_client).items()})
         return metrics
 
-    def after_round(self, round_index: int, params: Params, metrics: dict[str, Any]) -> None:
+    def after_round(self, round_index: int, params: Params, metrics: dict[str, Any],
+                    states: Params | None = None) -> None:
         """What the loop adds to a round's `metrics`, whoever ran the round: the privacy spent
         (`epsilon`, with user-level DP) and every `eval.every` rounds the meta-validation
-        clients' scores (never the meta-test clients')."""
+        clients' scores (never the meta-test clients'), with their personal `states`."""
         if self.experiment.privacy is not None:
             metrics["epsilon"] = self.experiment.privacy.epsilon_after(round_index)
         every = self.config.eval.every
         if every and round_index % every == 0 and self.validates:
-            metrics.update(self.evaluate(params, self.config.eval.episodes, on="val"))
+            metrics.update(self.evaluate(params, self.config.eval.episodes, on="val",
+                                         states=states))
 
     def run(self, callbacks: list[Callback] = (), params: Params | None = None,
             server_state: dict[str, Any] | None = None, start_round: int = 1) -> Params:
@@ -307,13 +339,13 @@ class Simulation:
         if params is None:
             params = self.experiment.learner.init_params()
         if server_state is None:
-            server_state = self.experiment.pipeline.init(params)
+            server_state = self.experiment.initial_state(params)
         budget = self.experiment.privacy
         for round_index in range(start_round, self.config.server.rounds + 1):
             if budget is not None and not budget.allows(round_index):
                 break  # the round would spend more than privacy.target_epsilon
             params, server_state, metrics = self.round(round_index, params, server_state)
-            self.after_round(round_index, params, metrics)
+            self.after_round(round_index, params, metrics, server_state.get(CLIENTS))
             try:
                 for callback in callbacks:
                     callback(round_index, params, server_state, metrics)

@@ -10,6 +10,8 @@ from typing import Any
 from fedmeta.config import Config
 from fedmeta.engine.callbacks import (BestRound, Checkpointer, EarlyStopping, MetricsLogger,
                                       ProgressBar, TensorBoardLogger, TimeBudget)
+from fedmeta.engine.checkpoint import Selected
+from fedmeta.engine.client_state import CLIENTS
 from fedmeta.engine.privacy_summary import privacy_summary
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Callback, Simulation, StopTraining
@@ -21,13 +23,14 @@ from fedmeta.params import Params
 class Start:
     """Where training starts: after round `round` (0: a new run) from `params` and
     `server_state` (None: initialized), `history` the metrics of the rounds before, `selected`
-    the round model selection had chosen by then and its params (None: none yet)."""
+    the round model selection had chosen by then, its params and its clients' personal
+    states (None: none yet)."""
 
     round: int = 0
     params: Params | None = None
     server_state: dict[str, Any] | None = None
     history: tuple[dict[str, Any], ...] = ()
-    selected: tuple[int, Params] | None = None
+    selected: Selected | None = None
 
 
 def restored_selection(start: Start) -> BestRound:
@@ -41,7 +44,7 @@ def restored_selection(start: Start) -> BestRound:
         raise UserError(f"the logged metrics select round {selection.round}, the checkpoint "
                         f"holds round {chosen}'s params as selected")
     if start.selected:
-        selection.params = start.selected[1]
+        selection.params, selection.states = start.selected[1:]
     return selection
 
 
@@ -79,9 +82,10 @@ def training_callbacks(config: Config, run: RunDirectory, start: Start,
 
 
 def train(simulation: Simulation, run: RunDirectory, start: Start,
-          progress: bool) -> tuple[Params, int, BestRound]:
-    """The rounds after `start.round`, logged and checkpointed into `run`: the final params,
-    the last round and the model selection."""
+          progress: bool) -> tuple[Params, Params | None, int, BestRound]:
+    """The rounds after `start.round`, logged and checkpointed into `run`: the final params
+    and clients' personal states (None: the learner keeps none), the last round and the model
+    selection."""
     config = simulation.config
     checkpointer = Checkpointer(run, config.run.checkpoint_every, start.round,
                                 restored_selection(start))
@@ -89,10 +93,12 @@ def train(simulation: Simulation, run: RunDirectory, start: Start,
         try:
             callbacks = training_callbacks(config, run, start, checkpointer, progress, stack)
         except StopTraining:  # stopped early, then killed before its summary
-            return start.params, start.round, checkpointer.selection
+            return (start.params, (start.server_state or {}).get(CLIENTS), start.round,
+                    checkpointer.selection)
         params = simulation.run(callbacks, start.params, start.server_state, start.round + 1)
     checkpointer.finish()
-    return params, checkpointer.round, checkpointer.selection
+    states = checkpointer.last[1].get(CLIENTS) if checkpointer.last else None
+    return params, states, checkpointer.round, checkpointer.selection
 
 
 def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: bool,
@@ -103,21 +109,24 @@ def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: boo
     experiment = simulation.experiment
     config = experiment.config
     begin = time.perf_counter()
-    params, rounds, selection = train(simulation, run, start, progress)
+    params, states, rounds, selection = train(simulation, run, start, progress)
     train_seconds = time.perf_counter() - begin
     if selection.params is not None:
-        params, selected = selection.params, {
+        params, states, selected = selection.params, selection.states, {
             "round": selection.round, "rule": f"best {selection.metric}",
             **{k.removeprefix("val_"): v for k, v in selection.metrics.items()}}
     else:
         selected = {"round": rounds, "rule": "last round (no meta-validation evaluation)"}
     result = {k.removeprefix("test_"): v
               for k, v in simulation.evaluate(params, config.eval.final_episodes,
-                                              per_client=True).items()}
+                                              per_client=True, states=states).items()}
     ev = config.eval
+    splits = experiment.held_out == "splits"
+    task = ("each training client's own test split" if splits
+            else f"{ev.ways}-way {ev.shots}-shot")
     summary = {
         "name": config.name, "rounds": rounds, "train_seconds": train_seconds,
-        "task": f"{ev.ways}-way {ev.shots}-shot", "test_clients": experiment.test.num_clients,
+        "task": task, "test_clients": experiment.test.num_clients,
         "validation_clients": experiment.validation.num_clients, "selected": selected,
         "meta_test": result, "privacy": privacy_summary(experiment, rounds, params),
     }
@@ -125,8 +134,12 @@ def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: boo
     if not result:
         print(f"no held-out clients to meta-test; run directory {run.path}")
         return summary
-    print(f"meta-test accuracy on {summary['test_clients']} unseen clients, {summary['task']}: "
-          f"{100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI over "
-          f"{result['episodes']} episodes) of round {selected['round']}'s model, selected by "
-          f"{selected['rule']}; run directory {run.path}")
+    scored = (f"accuracy on {result['clients']} training clients' own test splits (mean over "
+              f"clients; pooled {100 * result['pooled_accuracy']:.2f}%): " if splits else
+              f"meta-test accuracy on {summary['test_clients']} unseen clients, {task}: ")
+    spread = (f"clients, {result['episodes']} examples" if splits
+              else f"{result['episodes']} episodes")
+    print(f"{scored}{100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI over "
+          f"{spread}) of round {selected['round']}'s model, selected by {selected['rule']}; "
+          f"run directory {run.path}")
     return summary

@@ -27,7 +27,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedmeta.atomic import write_atomic
-from fedmeta.build import Datasets, build_experiment
+from fedmeta.build import Datasets, build_experiment, check_deployable
 from fedmeta.config import Config
 from fedmeta.data import ClientData, FederatedDataset
 from fedmeta.engine.cohort import CohortUpdates, concatenated
@@ -81,6 +81,7 @@ class FlowerFederation(Simulation):
 
     def __init__(self, grid: Grid, config: Config, context: Context | None = None) -> None:
         self.grid, self.config, self.context = grid, config, context
+        check_deployable(config)
         described = self.describe_nodes()
         self.check_simulated_nodes(described)
         train, validation, test = ([n for n in described if n["role"] == role]
@@ -199,13 +200,14 @@ class FlowerFederation(Simulation):
             torch.tensor([float(m["loss"]) for m in metrics]), skipped,
             [position[r.metadata.src_node_id] for r in replies])
 
-    def gather(self, round_index: int, params: Params) -> Gathered:
+    def gather(self, round_index: int, params: Params,
+               states: Params | None = None) -> Gathered:
         """The round's contributions from the cohort's nodes: each one's update (the
         simulation's `reports`, with `client_updates` from the nodes), or with secure
         aggregation only their sum, from CKKS ciphertexts or SecAgg+'s masked vectors."""
         secure = self.config.aggregation.secure
         if secure == "none":
-            return super().gather(round_index, params)
+            return super().gather(round_index, params, states)
         cohort = self.cohort(round_index).tolist()
         if secure == "ckks":
             reported, total = self.encrypted_sum(round_index, params, cohort)
@@ -244,9 +246,10 @@ class FlowerFederation(Simulation):
                                    {k: v[None] for k, v in params.items()})
 
     def evaluate(self, params: Params, episodes: int, per_client: bool = False,
-                 on: Held = "test") -> dict[str, Any]:
+                 on: Held = "test", states: Params | None = None) -> dict[str, Any]:
         """Federated evaluation: every held-out node `on` ("test": meta-test, "val":
-        meta-validation) adapts to episodes of its own classes."""
+        meta-validation) adapts to episodes of its own classes (no node keeps personal
+        `states`)."""
         nodes = self.held_out_nodes[on]
         if not nodes:
             return {}

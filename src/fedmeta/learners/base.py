@@ -19,18 +19,30 @@ one (`personalized`: pFedHN, `fedmeta.learners.hypernet`), which overrides three
 each client is sent), `client_model` (their shapes: bytes counted, arrays a Flower node reads)
 and `server_round` (the clients' deltas as deltas of the server's params).
 
+A learner that `keeps_state` gives each client a personal state (Ditto's personal model, the
+local heads of FedPer and FedRep, FedBN's norms, SCAFFOLD's control variate): `initial_state`
+before its first round, passed to and returned by `train_local` (`Update.state`), never sent;
+`personal_model` is the model the client predicts with. The simulation keeps every client's
+(`fedmeta.engine.client_state`).
+
+On a federation whose held-out data are the training clients' own splits (PFLlib's
+personalized-FL protocol), `personal_correct` scores a client's held-out examples: adapted to
+its own training examples (episodic learners) or by its personal model (those with a global
+head).
+
 Class attributes tell `fedmeta.build` what a learner needs: `head` is the model's linear
 classifier ("none": an embedding only, "ways": one output per episode class, "global": one
 output per global class of the training data) and `hyperparameters` names the `LearnerConfig`
-keys passed to the constructor beyond the common ones; a `personalized` learner also takes
-`num_clients`, the number of training clients, and needs each client's update on the server
-(`server_round`); `sample_level_dp` says its local loss is a mean over examples, so DP-SGD's
+keys passed to the constructor beyond the common ones; a `personalized` learner needs each
+client's update on the server (`server_round`); one that `takes_num_clients` gets the number
+of training clients (pFedHN's embeddings, SCAFFOLD's control update); `sample_level_dp` says its local loss is a mean over examples, so DP-SGD's
 per-example clipping bounds an example's influence.
 """
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -38,7 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value
 
-from fedmeta.data import ClientData, Episodes, EpisodeSampler
+from fedmeta.data import ClientData, Episodes, EpisodeSampler, as_float_input
+from fedmeta.errors import UserError
 from fedmeta.optim import Transform, apply_updates, scale_updates
 from fedmeta.params import Params, broadcast, detached, tree_sub
 from fedmeta.server.chain import Round
@@ -51,6 +64,7 @@ class Update:
     delta: Params
     weight: float
     loss: float
+    state: Params = field(default_factory=dict)  # the client's personal state after the round
 
 
 class Learner(ABC):
@@ -61,6 +75,9 @@ class Learner(ABC):
     hyperparameters: ClassVar[tuple[str, ...]] = ()
     personalized: ClassVar[bool] = False  # a model per client: sends each client its own
     sample_level_dp: ClassVar[bool] = False  # takes sample_clip_norm, sample_noise_multiplier
+    keeps_state: ClassVar[bool] = False  # each client keeps a personal state across rounds
+    takes_num_clients: ClassVar[bool] = False  # takes num_clients, the training clients' count
+    plain_sgd: ClassVar[bool] = False  # needs plain SGD on the clients and x += mean on the server
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
                  local_steps: int = 1, tasks_per_step: int = 1) -> None:
@@ -130,20 +147,40 @@ class Learner(ABC):
         """(gradient of the local objective, its value) on one local batch: the meta-loss."""
         return grad_and_value(self.meta_loss)(params, batch)
 
-    def client_update(self, params: Params, client: ClientData,
-                      generator: torch.Generator) -> Update:
-        """Local meta-training on the client's own episodes (FedMeta: Chen et al. 2018)."""
-        return self.train_local(params, self.local_batches(client, generator), float(len(client)))
+    def client_update(self, params: Params, client: ClientData, generator: torch.Generator,
+                      state: Params | None = None) -> Update:
+        """Local meta-training on the client's own episodes (FedMeta: Chen et al. 2018), from
+        its personal `state` (None: its `initial_state`)."""
+        return self.train_local(params, self.local_batches(client, generator), float(len(client)),
+                                self.initial_state(params) if state is None else state)
 
-    def train_local(self, params: Params, batches: list[Any], weight: float) -> Update:
-        """The local optimizer's steps on `batches` (from `local_batches`), one per batch."""
-        local, state, losses = params, self.local_optimizer.init(params), []
+    def initial_state(self, params: Params) -> Params:
+        """A client's personal state before its first round (none unless `keeps_state`)."""
+        return {}
+
+    def personal_model(self, params: Params, state: Params) -> Params:
+        """The model a client of personal `state` predicts with: the global one by default."""
+        return params
+
+    def train_local(self, params: Params, batches: list[Any], weight: float,
+                    state: Params | None = None) -> Update:
+        """The local optimizer's steps on `batches` (from `local_batches`), one per batch;
+        `state`: the client's personal state (a learner that `keeps_state` uses it)."""
+        local, loss = self.optimizer_steps(params, batches, self.local_gradient)
+        return Update(tree_sub(local, params), weight, loss)
+
+    def optimizer_steps(self, params: Params, batches: list[Any],
+                        gradient: Callable[[Params, Any], tuple[Params, torch.Tensor]]
+                        ) -> tuple[Params, float]:
+        """A fresh local optimizer's steps from `params` on `gradient(params, batch)`, one per
+        batch: (the params after, the mean loss)."""
+        state, losses = self.local_optimizer.init(params), []
         for batch in batches:
-            grads, loss = self.local_gradient(local, batch)
+            grads, loss = gradient(params, batch)
             steps, state = self.local_optimizer.update(grads, state)
-            local = apply_updates(local, steps)
+            params = apply_updates(params, steps)
             losses.append(loss.item())
-        return Update(tree_sub(local, params), weight, sum(losses) / len(losses))
+        return params, sum(losses) / len(losses)
 
     def client_params(self, params: Params, clients: torch.Tensor) -> Params:
         """What the server sends each of `clients` (int64 [C]), stacked [C, ...]: the global
@@ -170,9 +207,38 @@ class Learner(ABC):
             logits = self.query_logits(params, state, query_x)
         return (logits.argmax(-1) == query_y).float().mean()
 
+    def personal_correct(self, params: Params, state: Params, support: ClientData,
+                         query: ClientData, shots: int,
+                         generator: torch.Generator) -> torch.Tensor:
+        """Which of a client's held-out examples `query` (global labels) it gets right, bool
+        [Q]: adapted, as at meta-test, to up to `shots` of its own examples `support` of each
+        of their classes (relabelled 0..c-1); a query class missing there is never right.
+        UserError if the model's head has fewer outputs than the client has classes."""
+        shot_x, shot_y, classes = own_shots(support, shots, generator)
+        if self.head == "ways" and len(classes) > self.model.head.out_features:
+            raise UserError(f"{type(self).__name__} meta-learns a {self.model.head.out_features}"
+                            f"-way head; a client's own data hold {len(classes)} classes")
+        state = self.eval_adapt(params, shot_x, shot_y)
+        with torch.no_grad():
+            logits = self.query_logits(params, state, as_float_input(query.x))
+        return classes[logits[:, :len(classes)].argmax(-1)] == query.y
+
     def accuracy(self, params: Params, episodes: Episodes) -> torch.Tensor:
         """Query accuracy of each episode after adapting to its support set: shape [E]."""
         return torch.stack([
             self.episode_accuracy(params, episodes.support_x[e], episodes.support_y[e],
                                   episodes.query_x[e], episodes.query_y[e])
             for e in range(episodes.num_episodes)])
+
+
+def own_shots(client: ClientData, shots: int, generator: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Up to `shots` random examples of each of `client`'s classes, class by class: (inputs,
+    labels relabelled 0..c-1 in class order, the classes [c])."""
+    classes = client.classes
+    picks = [torch.nonzero(client.y == c).flatten() for c in classes.tolist()]
+    picks = [p[torch.randperm(len(p), generator=generator)[:shots]] for p in picks]
+    index = torch.cat(picks)
+    labels = torch.repeat_interleave(torch.arange(len(classes)),
+                                     torch.tensor([len(p) for p in picks]))
+    return as_float_input(client.x[index]), labels, classes

@@ -13,6 +13,10 @@ Meta-test clients hold classes never seen in training, so the global head cannot
   support set (no weight adaptation; the prototype rule of Snell et al. 2017);
 - `fedavg-ft` fine-tunes a fresh, zero-initialised N-way head together with the body for
   `finetune_steps` full-batch SGD steps of `finetune_lr` on the support set.
+
+Scored on the training clients' own held-out examples (PFLlib's protocol), the global head
+predicts them as it is (`fedavg`, and every learner built on it through its `personal_model`),
+or after `fedavg-ft`'s steps on the client's own training examples.
 """
 
 from typing import Any
@@ -23,11 +27,11 @@ from torch import nn
 from torch.func import grad_and_value
 
 from fedmeta.data import ClientData, EpisodeSampler, as_float_input
-from fedmeta.learners.base import Learner
+from fedmeta.learners.base import Learner, own_shots
 from fedmeta.learners.inner import sgd_steps
 from fedmeta.learners.protonet import prototype_logits, prototypes
 from fedmeta.optim import Transform
-from fedmeta.params import Params
+from fedmeta.params import Params, detached
 from fedmeta.privacy.sample_level import private_gradient
 
 
@@ -46,29 +50,34 @@ class FedAvg(Learner):
 
     def local_batches(self, client: ClientData, generator: torch.Generator
                       ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """One minibatch of `batch_size` of the client's examples per local step, each drawn
-        without replacement (all steps' draws in one call), and its mask: a client with fewer
+        """One minibatch (`minibatches`) per local step."""
+        return self.minibatches(client, self.local_steps, generator)
+
+    def minibatches(self, client: ClientData, steps: int, generator: torch.Generator
+                    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """`steps` minibatches of `batch_size` of the client's examples, each drawn without
+        replacement (all steps' draws in one call), and their mask: a client with fewer
         examples is padded with masked-out zeros, so every client's batches have the same shape
-        (cohorts stack)."""
+        (cohorts stack); with sample-level DP, each with its noise."""
         num_classes = self.model.head.out_features
         if int(client.y.max()) >= num_classes:
             raise ValueError(f"fedavg needs global labels in 0..{num_classes - 1}, "
                              f"got label {int(client.y.max())}")
         n, size = len(client), self.batch_size
-        picks = torch.rand(self.local_steps, n, generator=generator).argsort(1)[:, :size]
+        picks = torch.rand(steps, n, generator=generator).argsort(1)[:, :size]
         x, y = as_float_input(client.x[picks]), client.y[picks]  # [steps, min(n, size), ...]
         mask = torch.ones(size, dtype=x.dtype)
         if n < size:
-            x = torch.cat([x, x.new_zeros(self.local_steps, size - n, *x.shape[2:])], 1)
-            y = torch.cat([y, y.new_zeros(self.local_steps, size - n)], 1)
+            x = torch.cat([x, x.new_zeros(steps, size - n, *x.shape[2:])], 1)
+            y = torch.cat([y, y.new_zeros(steps, size - n)], 1)
             mask[n:] = 0
         if self.sample_clip_norm is None:
-            return [(x[step], y[step], mask) for step in range(self.local_steps)]
+            return [(x[step], y[step], mask) for step in range(steps)]
         shapes = [(k, v.shape, v.dtype) for k, v in self.model.named_parameters()]
         return [(x[step], y[step], mask,
                  {k: torch.randn(shape, generator=generator, dtype=dtype)
                   for k, shape, dtype in shapes})
-                for step in range(self.local_steps)]
+                for step in range(steps)]
 
     def masked_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor,
                     mask: torch.Tensor) -> torch.Tensor:
@@ -89,6 +98,19 @@ class FedAvg(Learner):
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
         return prototypes(self.features(params, support_x), support_y)
+
+    def personal_correct(self, params: Params, state: Params, support: ClientData,
+                         query: ClientData, shots: int,
+                         generator: torch.Generator) -> torch.Tensor:
+        """The client's personal model's prediction of each of its held-out examples."""
+        model = self.tuned(self.personal_model(params, state), support, shots, generator)
+        with torch.no_grad():
+            return self.forward(model, as_float_input(query.x)).argmax(-1) == query.y
+
+    def tuned(self, model: Params, support: ClientData, shots: int,
+              generator: torch.Generator) -> Params:
+        """The model a client predicts its held-out examples with: `model` as it is."""
+        return model
 
     def query_logits(self, params: Params, state: Any, query_x: torch.Tensor) -> torch.Tensor:
         return prototype_logits(self.features(params, query_x), state)
@@ -119,3 +141,12 @@ class FedAvgFT(FedAvg):
 
     def query_logits(self, params: Params, state: Any, query_x: torch.Tensor) -> torch.Tensor:
         return self.forward(state, query_x)
+
+    def tuned(self, model: Params, support: ClientData, shots: int,
+              generator: torch.Generator) -> Params:
+        """`model`, head included, after the fine-tuning steps on up to `shots` of the client's
+        own examples of each class (global labels)."""
+        x, labels, classes = own_shots(support, shots, generator)
+        tuned, _ = sgd_steps(lambda p: self.loss(p, x, classes[labels]), model,
+                             self.finetune_lr, self.finetune_steps)
+        return detached(tuned)

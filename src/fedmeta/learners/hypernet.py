@@ -77,6 +77,7 @@ class PFedHN(ProtoNet):
     hypernetwork's (with the clients' embeddings), the clients' are the generated model's."""
 
     personalized = True
+    takes_num_clients = True
     hyperparameters = ("embedding_dim", "hypernet_hidden", "embedding_steps", "embedding_lr")
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,

@@ -7,15 +7,20 @@ from torch import nn
 
 
 class MLP(nn.Module):
-    """`in_shape` -> hidden ReLU layers -> `num_classes` logits (or the last hidden layer)."""
+    """`in_shape` -> hidden ReLU layers -> `num_classes` logits (or the last hidden layer);
+    with `batch_norm`, each hidden layer normalized before its ReLU by its batch's statistics
+    (no running ones, as Conv-4's, so the model stays a function of its params)."""
 
     def __init__(self, in_shape: tuple[int, ...], hidden: tuple[int, ...] = (64,),
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, batch_norm: bool = False) -> None:
         super().__init__()
         widths = (math.prod(in_shape), *hidden)
         layers: list[nn.Module] = [nn.Flatten()]
         for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU()]
+            layers.append(nn.Linear(a, b))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(b, track_running_stats=False))
+            layers.append(nn.ReLU())
         self.features = nn.Sequential(*layers)
         self.embedding_dim = widths[-1]
         self.head = nn.Linear(self.embedding_dim, num_classes) if num_classes else None

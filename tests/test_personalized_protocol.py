@@ -1,0 +1,114 @@
+"""PFLlib's personalized-FL protocol: each training client's own examples split into what it
+trains on, its validation part and its test part; each scored with what it learned (its
+personal state, kept across rounds and through a resume); training reads the validation
+parts only."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, strategies as st
+from safetensors.torch import load_file
+
+from fedmeta.build import build_experiment
+from fedmeta.cli import main
+from fedmeta.config import load_config
+from fedmeta.data import ArrayFederatedDataset, ClientData, own_splits
+from fedmeta.data.fashion_mnist import DEBIAN
+from fedmeta.engine.simulation import Simulation
+from fedmeta.errors import UserError
+from fedmeta.flower.server_app import FlowerFederation
+from fedmeta.learners.fedavg import FedAvg
+from test_resume import assert_same_run
+from test_validation import Spy
+from tiny import feature_client, mlp_learner
+
+installed = pytest.mark.skipif(not (DEBIAN / "t10k-labels-idx1-ubyte.gz").is_file(),
+                               reason="Debian's dataset-fashion-mnist is not installed")
+SMALL = ["data.dataset='fashion-mnist'", "model.name='mlp'", "model.hidden=16",
+         "learner.optimizer='sgd'", "learner.lr=0.05", "learner.local_steps=2",
+         "learner.batch_size=16", "server.clients_per_round=5", "server.rounds=4",
+         "eval.every=1", "eval.shots=5", "run.checkpoint_every=1"]
+
+
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=6), st.floats(0, 0.9),
+       st.integers(0, 2**32 - 1))
+def test_own_splits_part_each_client_s_examples(sizes, fraction, seed):
+    n = sum(sizes)
+    starts = np.cumsum([0, *sizes])
+    clients = [np.arange(a, b) for a, b in zip(starts[:-1], starts[1:])]
+    query = np.random.default_rng(seed).random(n) < 0.25
+    dataset = ArrayFederatedDataset("toy", np.zeros((n, 2), np.float32), np.zeros(n, np.int64),
+                                    clients, query)
+    train, validation, test = own_splits(dataset, fraction, seed)
+    for i, own in enumerate(clients):
+        parts = [d.client_indices(i) for d in (train, validation, test)]
+        assert sorted(np.concatenate(parts).tolist()) == own.tolist()
+        assert set(parts[2].tolist()) == set(own[query[own]].tolist())
+        assert len(parts[1]) == round(fraction * (~query[own]).sum())
+
+
+def test_a_global_head_scores_each_held_out_example_as_it_predicts_it():
+    learner = mlp_learner(FedAvg, hidden=(6,), ways=4, dtype=torch.float32)
+    params, client = learner.init_params(), feature_client()
+    held = ClientData(client.x[::3], client.y[::3])
+    correct = learner.personal_correct(params, {}, client, held, 5, torch.Generator())
+    with torch.no_grad():
+        expected = learner.forward(params, held.x).argmax(-1) == held.y
+    assert torch.equal(correct, expected)
+
+
+@pytest.mark.parametrize("setting,message", [("learner.algorithm='ditto'", "personal state"),
+                                             ("data.dataset='fashion-mnist'", "own splits")])
+def test_flower_refuses_what_its_nodes_do_not_hold_yet(setting, message):
+    with pytest.raises(UserError, match=message):
+        FlowerFederation(None, load_config(None, [setting]))
+
+
+def test_export_clients_refuses_a_dataset_of_own_splits(tmp_path, capsys):
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    assert main(["export-clients", str(config), str(tmp_path / "files"),
+                 "--set", "data.dataset='fashion-mnist'"]) == 2
+    assert "own splits" in capsys.readouterr().err
+
+
+@installed
+def test_training_reads_only_the_validation_parts_and_the_test_parts_once(tmp_path):
+    config = load_config(None, SMALL + ["learner.algorithm='fedper'"])
+    experiment = build_experiment(config)
+    experiment.validation, experiment.test = Spy(experiment.validation), Spy(experiment.test)
+    logged = []
+    Simulation(experiment).run([lambda r, p, s, metrics: logged.append(metrics)])
+    assert experiment.test.reads == [] and experiment.validation.reads
+    assert all("val_accuracy" in m and "val_pooled_accuracy" in m for m in logged)
+    assert not any(k.startswith("test_") for m in logged for k in m)
+
+
+@installed
+@pytest.mark.parametrize("algorithm", ["fedrep", "scaffold"])
+def test_personal_states_are_checkpointed_and_a_resumed_run_ends_as_if_never_stopped(
+        tmp_path, algorithm):
+    """Run 4 rounds; cut a copy back to its round-2 checkpoint and resume it: the same metrics,
+    summary and final checkpoint, personal states (one row per client) included."""
+    settings = SMALL + [f"learner.algorithm='{algorithm}'", "server.optimizer='sgd'"]
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    whole = tmp_path / "whole"
+    args = [a for s in settings for a in ("--set", s)]
+    assert main(["run", str(config), *args, "--out", str(whole), "--quiet"]) == 0
+    final = load_file(str(whole / "checkpoints" / "round_00004.safetensors"))
+    states = {k: v for k, v in final.items() if k.startswith("server/clients/")}
+    assert states and all(v.shape[0] == 20 for v in states.values())
+    summary = json.loads((whole / "summary.json").read_text())
+    assert summary["meta_test"]["clients"] == 20 and "pooled_accuracy" in summary["meta_test"]
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole, resumed)
+    (resumed / "summary.json").unlink()
+    for later in (3, 4):
+        (resumed / "checkpoints" / f"round_{later:05d}.safetensors").unlink()
+    assert main(["run", "--resume", str(resumed), "--quiet"]) == 0
+    assert_same_run(resumed, whole)
