@@ -19,7 +19,9 @@ from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize
 from fedmeta.errors import UserError
-from fedmeta.evaluation import eligible_clients
+from fedmeta.evaluation import eligible_clients, meta_test
+from fedmeta.learners.protonet import ProtoNet
+from tiny import mlp_learner
 
 TINY = ["model.hidden=8", "server.clients_per_round=2", "learner.local_steps=1",
         "eval.episodes=10", "eval.final_episodes=20"]
@@ -154,3 +156,14 @@ def test_a_minority_of_evaluable_held_out_clients_is_a_warning(caplog):
     assert not caplog.records
     assert eligible_clients([rich, poor, poor], sampler) == [rich]
     assert "only 1 of 3 held-out clients have enough data for 5-way 1-shot" in caplog.text
+
+
+def test_the_meta_test_says_how_many_held_out_clients_it_could_evaluate():
+    rich = ClientData(torch.randn(10, 2), torch.arange(10) % 5)
+    poor = ClientData(torch.zeros(2, 2), torch.tensor([0, 1]))
+    learner = mlp_learner(ProtoNet, hidden=(), ways=None, dtype=torch.float32)
+    result = meta_test(learner, {k: v for k, v in learner.init_params().items()},
+                       [rich, poor, rich, poor, poor], EpisodeSampler(5, 1, 1), 4,
+                       torch.Generator().manual_seed(0))
+    assert (result.held_out_clients, result.eligible_clients) == (5, 2)
+    assert {"held_out_clients": 5, "eligible_clients": 2}.items() <= result.as_dict().items()

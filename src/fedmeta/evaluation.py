@@ -4,7 +4,7 @@ distribution of per-client accuracy (each client's, their mean and 10th percenti
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,14 @@ class MetaTestResult:
     client_mean: float
     client_p10: float
     per_client_accuracy: tuple[float, ...]  # each evaluated client's mean over its episodes
+    # of how many held-out clients, how many could supply the episodes (None: not counted)
+    held_out_clients: int | None = None
+    eligible_clients: int | None = None
 
     def as_dict(self, per_client: bool = False) -> dict[str, Any]:
-        """The result's fields; `per_client_accuracy` (one float per client) only if asked."""
-        fields = asdict(self)
+        """The result's fields (those not counted left out); `per_client_accuracy` (one float
+        per client) only if asked."""
+        fields = {k: v for k, v in asdict(self).items() if v is not None}
         if not per_client:
             del fields["per_client_accuracy"]
         return fields
@@ -186,7 +190,8 @@ def eligible_clients(clients: Sequence[ClientData],
 def meta_test(learner: Learner, params: Params, clients: Sequence[ClientData],
               sampler: EpisodeSampler, episodes: int,
               generator: torch.Generator) -> MetaTestResult:
-    """Accuracy over `episodes` episodes drawn from uniformly chosen eligible clients."""
+    """Accuracy over `episodes` episodes drawn from uniformly chosen eligible clients, with how
+    many of the held-out `clients` were eligible."""
     eligible = eligible_clients(clients, sampler)
     choice = torch.randint(len(eligible), (episodes,), generator=generator)
     per_episode, per_client = [], []
@@ -195,4 +200,5 @@ def meta_test(learner: Learner, params: Params, clients: Sequence[ClientData],
         accuracy = learner.accuracy(params, batch)
         per_episode.append(accuracy)
         per_client.append(float(accuracy.mean()))
-    return summarize(per_episode, per_client)
+    return replace(summarize(per_episode, per_client), held_out_clients=len(clients),
+                   eligible_clients=len(eligible))

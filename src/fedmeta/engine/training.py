@@ -134,9 +134,13 @@ def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: boo
     if not result:
         print(f"no held-out clients to meta-test; run directory {run.path}")
         return summary
+    eligible = result.get("eligible_clients", summary["test_clients"])
+    unseen = (f"{eligible} unseen clients" if eligible == summary["test_clients"] else
+              f"{eligible} of {summary['test_clients']} unseen clients (those with data for "
+              "its episodes)")
     scored = (f"accuracy on {result['clients']} training clients' own test splits (mean over "
               f"clients; pooled {100 * result['pooled_accuracy']:.2f}%): " if splits else
-              f"meta-test accuracy on {summary['test_clients']} unseen clients, {task}: ")
+              f"meta-test accuracy on {unseen}, {task}: ")
     spread = (f"clients, {result['episodes']} examples" if splits
               else f"{result['episodes']} episodes")
     print(f"{scored}{100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI over "
