@@ -146,6 +146,18 @@ def test_maml_on_a_deployment_matches_the_simulation_and_survives_a_killed_node(
         assert "embeddings.weight" in got
         for key in expected:
             torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
+        # 1c. FedRep: each node keeps its client's head from round to round, as the
+        # simulation keeps it for the client: the same shared params (local SGD: Adam's
+        # steps of +-lr on near-zero gradients would amplify float differences)
+        heads = OVERRIDES + [f"run.out_dir={tmp_path / 'fedrep'}", "learner.algorithm=fedrep",
+                             "learner.head_steps=2", "learner.optimizer=sgd", "learner.lr=0.05"]
+        status = deployment.run(APP, run_config(heads))
+        assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
+        expected = simulation(files, validation, held_out, heads).run()
+        got = final_params(tmp_path / "fedrep", 2)
+        assert got.keys() == expected.keys() and "head.weight" not in got
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
         # 2. CKKS: clients encrypt their updates after the client stages (here a norm bound of
         # 0.02, which binds: their updates' norm is 0.044), the server adds ciphertexts, a
         # key holder decrypts the sum: round 1 as the simulation's to 1e-4 relative (later

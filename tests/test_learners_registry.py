@@ -40,7 +40,7 @@ def test_every_algorithm_runs_a_round_and_a_meta_test(algorithm):
     update = learner.client_update(params, client, torch.Generator().manual_seed(1))
     assert set(update.delta) == set(params)
     assert all(torch.isfinite(d).all() for d in update.delta.values())
-    trained = {**update.delta, **{k: v - learner.initial_state(params)[k]
+    trained = {**update.delta, **{k: v - learner.initial_state()[k]
                                   for k, v in update.state.items()}}
     assert any(d.abs().sum() > 0 for d in trained.values())  # local-only sends zeros
     assert math.isfinite(update.loss) and update.weight == len(client)

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from hypothesis import given, strategies as st
 from safetensors.torch import load_file
 
@@ -19,6 +20,9 @@ from fedmeta.data import ArrayFederatedDataset, ClientData, own_splits
 from fedmeta.data.fashion_mnist import DEBIAN
 from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
+from fedmeta.engine.client_state import CLIENTS
+from fedmeta.flower import node
+from fedmeta.flower.messages import config_message
 from fedmeta.flower.server_app import FlowerFederation
 from fedmeta.learners.fedavg import FedAvg
 from test_resume import assert_same_run
@@ -60,11 +64,50 @@ def test_a_global_head_scores_each_held_out_example_as_it_predicts_it():
     assert torch.equal(correct, expected)
 
 
-@pytest.mark.parametrize("setting,message", [("learner.algorithm='ditto'", "personal state"),
-                                             ("data.dataset='fashion-mnist'", "own splits")])
-def test_flower_refuses_what_its_nodes_do_not_hold_yet(setting, message):
+@pytest.mark.parametrize("settings,message", [
+    (["learner.algorithm='local'"], "nothing to deploy"),
+    (["learner.algorithm='scaffold'", "learner.optimizer='sgd'", "aggregation.secure='ckks'"],
+     "secure aggregation hides"),
+    (["data.dataset='fashion-mnist'"], "own splits")])
+def test_flower_refuses_what_a_deployment_cannot_do(settings, message):
     with pytest.raises(UserError, match=message):
-        FlowerFederation(None, load_config(None, [setting]))
+        FlowerFederation(None, load_config(None, settings))
+
+
+@pytest.mark.parametrize("algorithm", ["ditto", "fedper", "fedrep", "scaffold"])
+def test_a_flower_node_keeps_its_client_s_state_as_the_simulation_keeps_it(algorithm):
+    """Three rounds of six Synthetic clients, half of them a round: each node's reply to the
+    train message (in Flower's simulation mode: client `partition-id`) equals the update the
+    simulation computes for that client from the state it keeps for it."""
+    config = load_config(None, ["data.dataset='synthetic'", "data.num_clients=6",
+                                "model.name='mlp'", "model.hidden=8", "learner.optimizer='sgd'",
+                                "learner.lr=0.05", "learner.local_steps=2",
+                                "learner.batch_size=8", "server.clients_per_round=3",
+                                "eval.every=0", f"learner.algorithm='{algorithm}'"])
+    experiment = build_experiment(config)
+    simulation = Simulation(experiment)
+    params = experiment.learner.init_params()
+    state = experiment.initial_state(params)
+    for round_index in (1, 2, 3):
+        expected = simulation.gather(round_index, params, state[CLIENTS]).rows
+        content = RecordDict({"arrays": ArrayRecord(params), "config": ConfigRecord(
+            config_message(config, round=round_index,
+                           **{"num-classes": experiment.train.num_classes}))})
+        for row, client in enumerate(expected.clients.tolist()):
+            reply = node.train(content, {"partition-id": client})
+            delta = reply["arrays"].to_torch_state_dict()
+            for k, v in expected.deltas.items():
+                torch.testing.assert_close(delta[k], v[row], rtol=0, atol=1e-6)
+        params, state, _ = simulation.round(round_index, params, state)
+
+
+@pytest.mark.parametrize("settings,message", [
+    (["data.dataset='fashion-mnist'", "learner.algorithm='pfedhn'"], "generates each"),
+    (["model.name='mlp'", "model.batch_norm=true", "learner.algorithm='fedavg'",
+      "privacy.sample_clip_norm=1.0"], "batch_norm")])
+def test_what_the_protocol_or_the_model_cannot_do_is_one_line(settings, message):
+    with pytest.raises(UserError, match=message):
+        build_experiment(load_config(None, settings))
 
 
 def test_export_clients_refuses_a_dataset_of_own_splits(tmp_path, capsys):
@@ -73,6 +116,14 @@ def test_export_clients_refuses_a_dataset_of_own_splits(tmp_path, capsys):
     assert main(["export-clients", str(config), str(tmp_path / "files"),
                  "--set", "data.dataset='fashion-mnist'"]) == 2
     assert "own splits" in capsys.readouterr().err
+
+
+@installed
+def test_a_head_smaller_than_a_client_s_classes_is_refused_before_training():
+    config = load_config(None, SMALL + ["learner.algorithm='maml'", "task.ways=2",
+                                        "eval.ways=2"])
+    with pytest.raises(UserError, match="classes, more than the 2-way head"):
+        Simulation(build_experiment(config)).check_data()
 
 
 @installed

@@ -54,6 +54,7 @@ LEARNERS: dict[str, type[Learner]] = {
     "local": Local,
 }
 SYNTHETIC_TEST_CLIENTS = 100
+OWN_SPLITS = ("fashion-mnist",)  # datasets whose held-out data are the training clients' own
 
 
 def bundled_omniglot() -> Path:
@@ -232,22 +233,37 @@ def check_supported(config: Config, cls: type[Learner]) -> None:
                         "clients and the server's step x += mean delta: it needs "
                         "learner.optimizer = 'sgd', server.optimizer = 'sgd', server.lr = 1 "
                         "and server.lr_schedule = 'constant'")
+    if cls.plain_sgd and (agg.rule != "mean" or agg.compression != "none" or agg.norm_bound
+                          or config.privacy.clip_norm or config.privacy.noise_multiplier):
+        raise UserError(f"config error: {name}'s server keeps its control variate the mean of "
+                        "the clients' only from their updates as sent: aggregation.rule = "
+                        "'mean', no compression, norm_bound or user-level DP")
+    if cls.personalized and config.data.dataset in OWN_SPLITS:
+        raise UserError(f"config error: {name} generates each training client's model on the "
+                        f"server; scoring {config.data.dataset}'s clients on their own splits "
+                        "with it is not supported yet")
+    if config.model.batch_norm and config.privacy.sample_clip_norm:
+        raise UserError("config error: sample-level DP-SGD runs each example on its own, which "
+                        "model.batch_norm cannot normalize: set model.batch_norm = false")
     if cls.personalized and (agg.rule, agg.secure, agg.compression) != ("mean", "none", "none"):
         raise UserError(f"config error: {name} turns each client's update into its own update "
                         "on the server: it needs aggregation.rule = 'mean', secure = 'none' "
                         "and compression = 'none'")
 
 
-OWN_SPLITS = ("fashion-mnist",)  # datasets whose held-out data are the training clients' own
-
-
 def check_deployable(config: Config) -> None:
-    """UserError for what fedmeta's Flower nodes do not do yet: keep a client's personal state
-    across rounds, or hold a client's own held-out split beside its training data."""
-    if LEARNERS[config.learner.algorithm].keeps_state:
-        raise UserError(f"{config.learner.algorithm}'s clients keep personal state across "
-                        "rounds, which fedmeta's Flower nodes do not hold yet: run it with "
-                        "`fedmeta run`")
+    """UserError for what a deployment cannot do: local-only training (nothing to deploy),
+    SCAFFOLD's control update under secure aggregation (the server scales each client's
+    control rows, which it would not see), or a client's own held-out split beside its
+    training data (fedmeta's nodes do not hold one yet)."""
+    algorithm = config.learner.algorithm
+    if algorithm == "local":
+        raise UserError("local-only clients send nothing: there is nothing to deploy "
+                        "(`fedmeta run` gives the local-only reference)")
+    if algorithm == "scaffold" and config.aggregation.secure != "none":
+        raise UserError("scaffold's server scales each client's control-variate update by "
+                        "its share of the federation, which secure aggregation hides: "
+                        "aggregation.secure = 'none'")
     if config.data.dataset in OWN_SPLITS:
         raise UserError(f"{config.data.dataset}'s held-out data are each training client's own "
                         "splits, which fedmeta's Flower nodes do not hold yet: run it with "

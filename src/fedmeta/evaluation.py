@@ -131,6 +131,8 @@ def own_split_test(learner: Learner, params: Params, states: Params | None,
     mean over clients of each one's accuracy, with a 95% CI over clients (`episodes`: the
     examples scored), and the pooled accuracy (all clients' examples together, the number
     PFLlib's code prints)."""
+    if learner.keeps_state and states is None:
+        raise ValueError("own_split_test needs the personal states of a learner that keeps them")
     clients = [i for i in range(held.num_clients) if held.client_size(i)]
     correct = [learner.personal_correct(params, state, train.client(i), held.client(i), shots,
                                         generator)

@@ -51,13 +51,15 @@ def load_client(path: str | Path) -> tuple[int, ClientData]:
 
 def clients_federated(paths: list[Path]) -> FederatedDataset:
     """Client files as a federation, client `i` the file whose `client_id` is `i`-th smallest
-    (so seeded draws match a deployment over the same files)."""
+    (so seeded draws match a deployment over the same files), its label space the files'
+    labels 0..max, as a deployment's server counts it (a global head fits either)."""
     loaded = sorted((load_client(path) for path in paths), key=lambda pair: pair[0])
     clients = [client for _, client in loaded]
     sizes = np.cumsum([0] + [len(c) for c in clients])
     masks = [c.query_mask for c in clients]
     query_mask = None if any(m is None for m in masks) else torch.cat(masks).numpy()
+    labels = torch.cat([c.y for c in clients]).numpy()
     return ArrayFederatedDataset(
-        "clients", torch.cat([c.x for c in clients]).numpy(),
-        torch.cat([c.y for c in clients]).numpy(),
-        [np.arange(a, b) for a, b in zip(sizes[:-1], sizes[1:])], query_mask)
+        "clients", torch.cat([c.x for c in clients]).numpy(), labels,
+        [np.arange(a, b) for a, b in zip(sizes[:-1], sizes[1:])], query_mask,
+        num_classes=int(labels.max()) + 1 if len(labels) else 0)

@@ -12,9 +12,9 @@ from fedmeta.params import Params
 CLIENTS = "clients"  # the run state's key of the table
 
 
-def initial_states(learner: Learner, params: Params, num_clients: int) -> Params:
+def initial_states(learner: Learner, num_clients: int) -> Params:
     """Every client's `Learner.initial_state`, stacked [N, ...] (empty: the learner keeps none)."""
-    one = learner.initial_state(params)
+    one = learner.initial_state()
     return {k: v.expand(num_clients, *v.shape).clone() for k, v in one.items()}
 
 

@@ -36,13 +36,17 @@ class Experiment:
     # clients), or the training clients' own splits ("splits": client i of `validation` and
     # `test` holds client i of `train`'s held-out examples, as PFLlib's benchmarks split them)
     held_out: Literal["clients", "splits"] = "clients"
+    # whether the run keeps its clients' personal states (a simulation; a deployment's nodes
+    # keep their own)
+    holds_client_states: bool = True
 
     def initial_state(self, params: Params) -> dict[str, Any]:
         """The run's state before its first round: the server pipeline's and, for a learner
-        whose clients keep personal state, theirs (`fedmeta.engine.client_state`)."""
+        whose clients keep personal state, theirs (`fedmeta.engine.client_state`) where the
+        run holds them."""
         state = self.pipeline.init(params)
-        if self.learner.keeps_state:
-            state[CLIENTS] = initial_states(self.learner, params, self.train.num_clients)
+        if self.learner.keeps_state and self.holds_client_states:
+            state[CLIENTS] = initial_states(self.learner, self.train.num_clients)
         return state
 
 

@@ -34,9 +34,10 @@ log = logging.getLogger(__name__)
 
 
 def finite_rows(updates: CohortUpdates) -> torch.Tensor:
-    """Which clients sent a finite update, weight and loss: bool [C]."""
+    """Which clients sent a finite update, weight and loss, and kept a finite personal state:
+    bool [C]."""
     finite = torch.isfinite(updates.weights) & torch.isfinite(updates.losses)
-    for v in updates.deltas.values():
+    for v in [*updates.deltas.values(), *updates.states.values()]:
         finite &= torch.isfinite(v.flatten(1)).all(1)
     return finite
 
@@ -102,7 +103,8 @@ class Simulation:
         clients that contributed; with fewer than `server.min_clients` the model stays as it
         was, unless DP noise is added: a DP round is released whatever the clients did, so
         that whether it runs does not depend on their data. Clients that keep personal
-        state keep what their round left them, released or not."""
+        state keep what their round left them if the round is released; a round that is not
+        leaves their states as it leaves the model."""
         start = time.perf_counter()
         personal = server_state.get(CLIENTS)
         gathered = self.gather(round_index, params, personal)
@@ -115,13 +117,13 @@ class Simulation:
             else:
                 rnd, server_state = pipeline.apply(rows, server_state)
             params = apply_updates(params, rnd.deltas)
+            if personal is not None:
+                server_state = ChainState({**server_state, CLIENTS: written(
+                    personal, gathered.rows.clients, gathered.states)})
         else:
             metrics["aborted"] = (f"{gathered.num_clients} clients reported, fewer than "
                                   f"server.min_clients ({self.config.server.min_clients}): "
                                   "model unchanged")
-        if personal is not None:
-            server_state = ChainState({**server_state, CLIENTS: written(
-                personal, gathered.rows.clients, gathered.states)})
         if gathered.num_clients:
             metrics["loss"] = weighted_loss(gathered.losses, gathered.weights)
         metrics["seconds"] = time.perf_counter() - start
@@ -279,7 +281,13 @@ class Simulation:
         else:
             raise UserError(f"no training client can supply a local round: {reason}")
         ev = self.config.eval
-        if self.experiment.held_out == "splits":  # every client is scored, as it can
+        if self.experiment.held_out == "splits":  # every client is scored on its own classes
+            if learner.head == "ways":
+                classes = max(len(train.client(i).classes) for i in range(train.num_clients))
+                if classes > learner.model.head.out_features:
+                    raise UserError(f"a client holds {classes} classes, more than the "
+                                    f"{learner.model.head.out_features}-way head "
+                                    f"{self.config.learner.algorithm} meta-learns (task.ways)")
             return
         held_out = [self.test_clients] + ([self.validation_clients] if self.validates else [])
         for clients in held_out:

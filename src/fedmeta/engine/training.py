@@ -97,7 +97,8 @@ def train(simulation: Simulation, run: RunDirectory, start: Start,
                     checkpointer.selection)
         params = simulation.run(callbacks, start.params, start.server_state, start.round + 1)
     checkpointer.finish()
-    states = checkpointer.last[1].get(CLIENTS) if checkpointer.last else None
+    last_state = checkpointer.last[1] if checkpointer.last else start.server_state or {}
+    states = last_state.get(CLIENTS)
     return params, states, checkpointer.round, checkpointer.selection
 
 

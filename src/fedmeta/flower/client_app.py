@@ -21,8 +21,9 @@ app = ClientApp()
 
 
 def answer(kind: str, msg: Message, context: Context) -> Message:
-    """The reply of handler `kind` of `fedmeta.flower.node` to `msg`."""
-    node: dict[str, Any] = dict(context.node_config)
+    """The reply of handler `kind` of `fedmeta.flower.node` to `msg`, given the node's config
+    and the message's run (a client's personal state is the run's)."""
+    node: dict[str, Any] = {**context.node_config, "run-id": int(msg.metadata.run_id)}
     if "data-path" in node:
         content = forward(kind, msg.content, node)
     else:

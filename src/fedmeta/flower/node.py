@@ -10,6 +10,11 @@ meta-validation one (`validation`), and, for CKKS aggregation, the shared secret
 deltas (or their encryption) and metrics do. In Flower's simulation a node has only a
 `partition-id`: it is client `partition-id` of the config's training, then meta-validation,
 then meta-test clients (`build_datasets`), numbered on.
+
+A client of a learner that keeps personal state (`Learner.keeps_state`: Ditto's personal model,
+FedPer's head, SCAFFOLD's control variate) keeps it in the node's process, for the run of the
+message (`personal_states`): a deployed node's long-lived worker holds it from round to round;
+a node restarted starts it afresh, as a client that never took part.
 """
 
 from functools import lru_cache
@@ -33,7 +38,7 @@ from fedmeta.seeding import EVAL_STREAM, client_generator, seeded
 from fedmeta.errors import UserError
 from fedmeta.flower.secagg import from_arrays, to_parameters
 from fedmeta.learners.base import Learner, Update
-from fedmeta.params import flatten_rows, owned, unflatten
+from fedmeta.params import Params, flatten_rows, owned, unflatten
 from fedmeta.privacy.encryption import decrypt, encrypt, load_context
 from fedmeta.server.aggregate import coefficients
 from fedmeta.server.chain import Round
@@ -77,6 +82,19 @@ def loaded_context(path: str, mtime_ns: int, size: int):
 
 def ckks_context(path: str):
     return loaded_context(*version(path))
+
+
+PERSONAL: dict[str, dict[int, Params]] = {}  # the run -> client id -> its state
+
+
+def personal_states(run: str) -> dict[int, Params]:
+    """The personal states this process keeps for `run` (its id and config), by client id
+    (one client on a deployed node; every client in Flower's simulation); a new run's
+    messages drop the previous run's."""
+    if run not in PERSONAL:
+        PERSONAL.clear()
+        PERSONAL[run] = {}
+    return PERSONAL[run]
 
 
 @lru_cache(maxsize=1)
@@ -133,16 +151,22 @@ def describe(content: RecordDict, node: dict[str, Any]) -> RecordDict:
 def local_update(settings: Any, node: dict[str, Any],
                  arrays: list[np.ndarray]) -> tuple[Config, Update | None]:
     """The node's client update from the params the server sent it, as arrays in the order of
-    the learner's `client_model` (None: too little data)."""
+    the learner's `client_model`, and its personal state, which it keeps (None: too little
+    data)."""
     client_id, client, _ = node_client(settings, node)
     config, learner = node_learner(settings, client)
     params = from_arrays(arrays, learner.client_model(learner.init_params()))
     round_index = int(settings["round"])
+    states = personal_states(f"{node.get('run-id')}:{settings['fedmeta']}")
     try:
-        return config, learner_at_round(learner, config, round_index).client_update(
-            params, client, client_generator(config.seed, round_index, client_id))
+        update = learner_at_round(learner, config, round_index).client_update(
+            params, client, client_generator(config.seed, round_index, client_id),
+            states.get(client_id))
     except NotEnoughData:
         return config, None
+    if learner.keeps_state:
+        states[client_id] = update.state
+    return config, update
 
 
 def train(content: RecordDict, node: dict[str, Any]) -> RecordDict:

@@ -104,9 +104,12 @@ class FlowerFederation(Simulation):
             raise UserError("aggregation.secure = 'ckks' but no node holds a CKKS key "
                             "(node config ckks-key)")
         self.public_context = None if public_key is None else load_context(public_key)
-        self.num_classes = RemoteClients(described).num_classes
-        super().__init__(build_experiment(config, Datasets(
-            RemoteClients(train), RemoteClients(validation), RemoteClients(test))))
+        # the training nodes' label space, the server's learner's too (a global head's size)
+        self.num_classes = RemoteClients(train).num_classes
+        experiment = build_experiment(config, Datasets(
+            RemoteClients(train), RemoteClients(validation), RemoteClients(test)))
+        experiment.holds_client_states = False  # each node keeps its client's
+        super().__init__(experiment)
         self.check_validation()
         self.check_secagg_weights([int(n["num-examples"]) for n in train])
 
@@ -185,8 +188,9 @@ class FlowerFederation(Simulation):
         replies = self.send(TRAIN, nodes, content)
         return [r for r in replies if "skipped" not in r.content["metrics"]]
 
-    def client_updates(self, round_index: int, params: Params,
-                       cohort: list[int]) -> CohortUpdates:
+    def client_updates(self, round_index: int, params: Params, cohort: list[int],
+                       states: Params | None = None) -> CohortUpdates:
+        """The cohort nodes' updates (each node keeps its client's personal state)."""
         replies = self.train_replies(round_index, params, cohort)
         skipped = len(cohort) - len(replies)
         if not replies:

@@ -152,10 +152,11 @@ class Learner(ABC):
         """Local meta-training on the client's own episodes (FedMeta: Chen et al. 2018), from
         its personal `state` (None: its `initial_state`)."""
         return self.train_local(params, self.local_batches(client, generator), float(len(client)),
-                                self.initial_state(params) if state is None else state)
+                                self.initial_state() if state is None else state)
 
-    def initial_state(self, params: Params) -> Params:
-        """A client's personal state before its first round (none unless `keeps_state`)."""
+    def initial_state(self) -> Params:
+        """A client's personal state before its first round (none unless `keeps_state`), the
+        same for every client whenever it first takes part."""
         return {}
 
     def personal_model(self, params: Params, state: Params) -> Params:

@@ -31,8 +31,9 @@ class Ditto(FedAvg):
                          batch_size=batch_size, **sample_privacy)
         self.proximal_mu = proximal_mu
 
-    def initial_state(self, params: Params) -> Params:
-        return detached(params)
+    def initial_state(self) -> Params:
+        """The initial global model."""
+        return self.init_params()
 
     def personal_model(self, params: Params, state: Params) -> Params:
         return state

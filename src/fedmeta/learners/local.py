@@ -14,8 +14,8 @@ from fedmeta.params import Params, detached, tree_map
 class Local(FedAvg):
     keeps_state = True
 
-    def initial_state(self, params: Params) -> Params:
-        return detached(params)
+    def initial_state(self) -> Params:
+        return self.init_params()
 
     def personal_model(self, params: Params, state: Params) -> Params:
         return state

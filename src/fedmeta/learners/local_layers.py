@@ -27,7 +27,7 @@ class LocalLayers(FedAvg):
     def init_params(self) -> Params:
         return {k: v for k, v in super().init_params().items() if not self.is_local(k)}
 
-    def initial_state(self, params: Params) -> Params:
+    def initial_state(self) -> Params:
         """The local layers as the model initializes them."""
         return {k: v for k, v in super().init_params().items() if self.is_local(k)}
 

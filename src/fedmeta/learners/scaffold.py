@@ -9,13 +9,16 @@ K steps of local SGD on its loss corrected by `c - c_i`,
     y <- y - lr (grad f_i(y) + c - c_i),
 
 then sets `c_i+ = c_i - c + (x - y) / (K lr)` and sends `(y - x, c_i+ - c_i)`. The server
-adds the mean of the first to x and (|S| / N) times the mean of the second to c
-(`server_round` scales the control rows by the cohort's share of the N training clients).
+adds the mean of the first to x (fedmeta's sample-weighted mean, as for FedAvg) and
+`(1/N) sum_S (c_i+ - c_i)` to c, so that c stays the mean of the N clients' c_i
+(`server_round` rescales each control row so that the weighted mean makes that sum).
 
 The correction assumes plain local SGD (the local optimizer must be "sgd") and the server
-step `x += mean delta`, `c += (|S|/N) mean delta_c`: the server optimizer must be SGD at rate 1
-without a schedule (PFLlib's default global rate); other settings are refused. The mean is
-fedmeta's sample-weighted one, as for FedAvg.
+step `x += mean delta`, `c += ...` as above: the server optimizer must be SGD at rate 1 without
+a schedule (PFLlib's default global rate), and nothing may change a client's update between it
+and the mean (robust rules, compression, norm bounds, user-level DP's clip and noise); other
+settings are refused. A round the server does not release (fewer than `server.min_clients`)
+leaves the clients' control variates as they were, in simulation.
 """
 
 import copy
@@ -67,9 +70,9 @@ class Scaffold(FedAvg):
         learner.lr = factor * self.lr
         return learner
 
-    def initial_state(self, params: Params) -> Params:
+    def initial_state(self) -> Params:
         """c_i = 0."""
-        return {k: torch.zeros_like(v) for k, v in model_part(params).items()}
+        return {k: torch.zeros_like(v) for k, v in super().init_params().items()}
 
     def personal_model(self, params: Params, state: Params) -> Params:
         return model_part(params)
@@ -91,7 +94,9 @@ class Scaffold(FedAvg):
                       loss, new_state)
 
     def server_round(self, params: Params, rnd: Round) -> Round:
-        """The control rows times |S| / N, so the mean adds (1/N) sum of delta c_i to c."""
-        share = len(rnd.weights) / self.num_clients
-        return rnd.with_deltas({k: v * share if k.startswith(CONTROL) else v
-                                for k, v in rnd.deltas.items()})
+        """Control row i times `sum_S w / (N w_i)`, so the weighted mean of the rows is
+        `(1/N) sum_S delta c_i`."""
+        scale = rnd.weights.sum() / (self.num_clients * rnd.weights)
+        return rnd.with_deltas({
+            k: v * scale.to(v.dtype).view(-1, *[1] * (v.dim() - 1)) if k.startswith(CONTROL)
+            else v for k, v in rnd.deltas.items()})
