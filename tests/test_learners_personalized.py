@@ -208,7 +208,8 @@ def test_scaffold_refuses_what_its_control_variates_do_not_model():
 
 
 @pytest.mark.parametrize("setting", ["aggregation.rule='median'", "aggregation.norm_bound=1.0",
-                                     "aggregation.compression='topk'", "privacy.clip_norm=1.0"])
+                                     "aggregation.compression='topk'", "privacy.clip_norm=1.0",
+                                     "aggregation.secure='secagg+'", "privacy.canaries=2"])
 def test_scaffold_refuses_what_changes_an_update_before_the_mean(setting):
     assert "control variate the mean" in config_error(
         "learner.algorithm='scaffold'", "learner.optimizer='sgd'", setting)

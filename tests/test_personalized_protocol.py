@@ -66,24 +66,24 @@ def test_a_global_head_scores_each_held_out_example_as_it_predicts_it():
 
 @pytest.mark.parametrize("settings,message", [
     (["learner.algorithm='local'"], "nothing to deploy"),
-    (["learner.algorithm='scaffold'", "learner.optimizer='sgd'", "aggregation.secure='ckks'"],
-     "secure aggregation hides"),
+    (["learner.algorithm='scaffold'", "learner.optimizer='sgd'"], "dropped"),
     (["data.dataset='fashion-mnist'"], "own splits")])
 def test_flower_refuses_what_a_deployment_cannot_do(settings, message):
     with pytest.raises(UserError, match=message):
         FlowerFederation(None, load_config(None, settings))
 
 
-@pytest.mark.parametrize("algorithm", ["ditto", "fedper", "fedrep", "scaffold"])
+@pytest.mark.parametrize("algorithm", ["ditto", "fedper", "fedrep", "fedbn"])
 def test_a_flower_node_keeps_its_client_s_state_as_the_simulation_keeps_it(algorithm):
     """Three rounds of six Synthetic clients, half of them a round: each node's reply to the
     train message (in Flower's simulation mode: client `partition-id`) equals the update the
     simulation computes for that client from the state it keeps for it."""
     config = load_config(None, ["data.dataset='synthetic'", "data.num_clients=6",
-                                "model.name='mlp'", "model.hidden=8", "learner.optimizer='sgd'",
-                                "learner.lr=0.05", "learner.local_steps=2",
-                                "learner.batch_size=8", "server.clients_per_round=3",
-                                "eval.every=0", f"learner.algorithm='{algorithm}'"])
+                                "model.name='mlp'", "model.hidden=8", "model.batch_norm=true",
+                                "learner.optimizer='sgd'", "learner.lr=0.05",
+                                "learner.local_steps=2", "learner.batch_size=8",
+                                "server.clients_per_round=3", "eval.every=0",
+                                f"learner.algorithm='{algorithm}'"])
     experiment = build_experiment(config)
     simulation = Simulation(experiment)
     params = experiment.learner.init_params()

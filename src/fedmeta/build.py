@@ -234,10 +234,12 @@ def check_supported(config: Config, cls: type[Learner]) -> None:
                         "learner.optimizer = 'sgd', server.optimizer = 'sgd', server.lr = 1 "
                         "and server.lr_schedule = 'constant'")
     if cls.plain_sgd and (agg.rule != "mean" or agg.compression != "none" or agg.norm_bound
-                          or config.privacy.clip_norm or config.privacy.noise_multiplier):
+                          or agg.secure != "none" or config.privacy.clip_norm
+                          or config.privacy.noise_multiplier or config.privacy.canaries):
         raise UserError(f"config error: {name}'s server keeps its control variate the mean of "
                         "the clients' only from their updates as sent: aggregation.rule = "
-                        "'mean', no compression, norm_bound or user-level DP")
+                        "'mean', no compression, norm_bound, secure aggregation, user-level DP "
+                        "or canaries")
     if cls.personalized and config.data.dataset in OWN_SPLITS:
         raise UserError(f"config error: {name} generates each training client's model on the "
                         f"server; scoring {config.data.dataset}'s clients on their own splits "
@@ -253,17 +255,17 @@ def check_supported(config: Config, cls: type[Learner]) -> None:
 
 def check_deployable(config: Config) -> None:
     """UserError for what a deployment cannot do: local-only training (nothing to deploy),
-    SCAFFOLD's control update under secure aggregation (the server scales each client's
-    control rows, which it would not see), or a client's own held-out split beside its
-    training data (fedmeta's nodes do not hold one yet)."""
+    SCAFFOLD (a node keeps its new control variate even when the server drops its late reply
+    or aborts the round, and the server's c would stop being the clients' mean), or a
+    client's own held-out split beside its training data (fedmeta's nodes do not hold one
+    yet)."""
     algorithm = config.learner.algorithm
     if algorithm == "local":
         raise UserError("local-only clients send nothing: there is nothing to deploy "
                         "(`fedmeta run` gives the local-only reference)")
-    if algorithm == "scaffold" and config.aggregation.secure != "none":
-        raise UserError("scaffold's server scales each client's control-variate update by "
-                        "its share of the federation, which secure aggregation hides: "
-                        "aggregation.secure = 'none'")
+    if algorithm == "scaffold":
+        raise UserError("scaffold on Flower: a node would keep a control variate the server "
+                        "dropped (a late reply, an aborted round): run it with `fedmeta run`")
     if config.data.dataset in OWN_SPLITS:
         raise UserError(f"{config.data.dataset}'s held-out data are each training client's own "
                         "splits, which fedmeta's Flower nodes do not hold yet: run it with "

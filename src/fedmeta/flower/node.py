@@ -12,11 +12,14 @@ deltas (or their encryption) and metrics do. In Flower's simulation a node has o
 then meta-test clients (`build_datasets`), numbered on.
 
 A client of a learner that keeps personal state (`Learner.keeps_state`: Ditto's personal model,
-FedPer's head, SCAFFOLD's control variate) keeps it in the node's process, for the run of the
-message (`personal_states`): a deployed node's long-lived worker holds it from round to round;
-a node restarted starts it afresh, as a client that never took part.
+FedPer's head, FedBN's norms) keeps it in the node's process, for the run of the message
+(`personal_states`): a deployed node's long-lived worker holds it from round to round, what
+each round left it (a finite state), whether or not the server used the round's reply; a node
+restarted starts it afresh. Flower's simulation spreads its clients over processes, so it
+refuses such learners.
 """
 
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -84,16 +87,17 @@ def ckks_context(path: str):
     return loaded_context(*version(path))
 
 
-PERSONAL: dict[str, dict[int, Params]] = {}  # the run -> client id -> its state
+PERSONAL: OrderedDict[str, dict[int, Params]] = OrderedDict()  # run -> client id -> state
+RUNS_KEPT = 4  # a SuperLink may run several at once
 
 
 def personal_states(run: str) -> dict[int, Params]:
-    """The personal states this process keeps for `run` (its id and config), by client id
-    (one client on a deployed node; every client in Flower's simulation); a new run's
-    messages drop the previous run's."""
-    if run not in PERSONAL:
-        PERSONAL.clear()
-        PERSONAL[run] = {}
+    """The personal states this process keeps for `run` (its id and config), by client id:
+    those of the `RUNS_KEPT` runs messaged last."""
+    PERSONAL.setdefault(run, {})
+    PERSONAL.move_to_end(run)
+    while len(PERSONAL) > RUNS_KEPT:
+        PERSONAL.popitem(last=False)
     return PERSONAL[run]
 
 
@@ -164,7 +168,7 @@ def local_update(settings: Any, node: dict[str, Any],
             states.get(client_id))
     except NotEnoughData:
         return config, None
-    if learner.keeps_state:
+    if learner.keeps_state and all(v.isfinite().all() for v in update.state.values()):
         states[client_id] = update.state
     return config, update
 

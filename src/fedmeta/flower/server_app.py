@@ -27,7 +27,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedmeta.atomic import write_atomic
-from fedmeta.build import Datasets, build_experiment, check_deployable
+from fedmeta.build import LEARNERS, Datasets, build_experiment, check_deployable
 from fedmeta.config import Config
 from fedmeta.data import ClientData, FederatedDataset
 from fedmeta.engine.cohort import CohortUpdates, concatenated
@@ -84,6 +84,11 @@ class FlowerFederation(Simulation):
         check_deployable(config)
         described = self.describe_nodes()
         self.check_simulated_nodes(described)
+        if (any("simulated-clients" in n for n in described)
+                and LEARNERS[config.learner.algorithm].keeps_state):
+            raise UserError(f"{config.learner.algorithm}'s clients keep personal state, which "
+                            "Flower's simulation would lose (it moves clients between "
+                            "processes): run it with `fedmeta run`, or deploy it")
         train, validation, test = ([n for n in described if n["role"] == role]
                                    for role in ("train", "val", "test"))
         train.sort(key=lambda n: n["client-id"])
