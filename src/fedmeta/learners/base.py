@@ -23,7 +23,7 @@ A learner that `keeps_state` gives each client a personal state (Ditto's persona
 local heads of FedPer and FedRep, FedBN's norms, SCAFFOLD's control variate): `initial_state`
 before its first round, passed to and returned by `train_local` (`Update.state`), never sent;
 `personal_model` is the model the client predicts with. The simulation keeps every client's
-(`fedmeta.engine.client_state`).
+(`fedmeta.engine.client_state`); on Flower each node keeps its own (`fedmeta.flower.node`).
 
 On a federation whose held-out data are the training clients' own splits (PFLlib's
 personalized-FL protocol), `personal_correct` scores a client's held-out examples: adapted to
