@@ -2,8 +2,8 @@
 flattened to `params/<name>` and `server/<stage>/<...>` keys (the clients' personal states, if
 the learner keeps them, under `server/clients/`), and the params of the round model selection
 has chosen so far (`selected/<name>`, its round in the metadata; its personal states under
-`selected_clients/`), written atomically. Holding the selection in every checkpoint makes a resumed run choose as the
-uninterrupted one would have."""
+`selected_clients/`), written atomically. Holding the selection in every checkpoint makes a
+resumed run choose as the uninterrupted one would have."""
 
 from pathlib import Path
 from typing import Any

@@ -282,12 +282,9 @@ class Simulation:
             raise UserError(f"no training client can supply a local round: {reason}")
         ev = self.config.eval
         if self.experiment.held_out == "splits":  # every client is scored on its own classes
-            if learner.head == "ways":
-                classes = max(len(train.client(i).classes) for i in range(train.num_clients))
-                if classes > learner.model.head.out_features:
-                    raise UserError(f"a client holds {classes} classes, more than the "
-                                    f"{learner.model.head.out_features}-way head "
-                                    f"{self.config.learner.algorithm} meta-learns (task.ways)")
+            if learner.head == "ways":  # before training, not at the first evaluation
+                learner.check_own_classes(max(len(train.client(i).classes)
+                                              for i in range(train.num_clients)))
             return
         held_out = [self.test_clients] + ([self.validation_clients] if self.validates else [])
         for clients in held_out:

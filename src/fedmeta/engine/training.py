@@ -93,13 +93,18 @@ def train(simulation: Simulation, run: RunDirectory, start: Start,
         try:
             callbacks = training_callbacks(config, run, start, checkpointer, progress, stack)
         except StopTraining:  # stopped early, then killed before its summary
-            return (start.params, (start.server_state or {}).get(CLIENTS), start.round,
+            return (start.params, last_states(checkpointer, start), start.round,
                     checkpointer.selection)
         params = simulation.run(callbacks, start.params, start.server_state, start.round + 1)
     checkpointer.finish()
-    last_state = checkpointer.last[1] if checkpointer.last else start.server_state or {}
-    states = last_state.get(CLIENTS)
-    return params, states, checkpointer.round, checkpointer.selection
+    return params, last_states(checkpointer, start), checkpointer.round, checkpointer.selection
+
+
+def last_states(checkpointer: Checkpointer, start: Start) -> Params | None:
+    """The clients' personal states after the last round run (the checkpoint's, if this
+    process ran none); None: the learner keeps none."""
+    state = checkpointer.last[1] if checkpointer.last else start.server_state or {}
+    return state.get(CLIENTS)
 
 
 def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: bool,

@@ -84,11 +84,6 @@ class FlowerFederation(Simulation):
         check_deployable(config)
         described = self.describe_nodes()
         self.check_simulated_nodes(described)
-        if (any("simulated-clients" in n for n in described)
-                and LEARNERS[config.learner.algorithm].keeps_state):
-            raise UserError(f"{config.learner.algorithm}'s clients keep personal state, which "
-                            "Flower's simulation would lose (it moves clients between "
-                            "processes): run it with `fedmeta run`, or deploy it")
         train, validation, test = ([n for n in described if n["role"] == role]
                                    for role in ("train", "val", "test"))
         train.sort(key=lambda n: n["client-id"])
@@ -135,9 +130,16 @@ class FlowerFederation(Simulation):
     def check_simulated_nodes(self, described: list[dict[str, Any]]) -> None:
         """In Flower's simulation every client of the config is a SuperNode (its
         partition-id: training, then meta-validation, then meta-test clients): UserError,
-        saying how many to ask for, unless the simulation runs exactly that many."""
+        saying how many to ask for, unless the simulation runs exactly that many; or if the
+        learner's clients keep personal state, which the simulation would lose (it moves
+        clients between processes)."""
         counts = next((n["simulated-clients"] for n in described if "simulated-clients" in n),
                       None)
+        algorithm = self.config.learner.algorithm
+        if counts is not None and LEARNERS[algorithm].keeps_state:
+            raise UserError(f"{algorithm}'s clients keep personal state, which Flower's "
+                            "simulation would lose (it moves clients between processes): run "
+                            "it with `fedmeta run`, or deploy it")
         nodes = len(self.grid.get_node_ids())
         if counts is not None and nodes != sum(counts):
             train, validation, test = counts

@@ -35,8 +35,9 @@ classifier ("none": an embedding only, "ways": one output per episode class, "gl
 output per global class of the training data) and `hyperparameters` names the `LearnerConfig`
 keys passed to the constructor beyond the common ones; a `personalized` learner needs each
 client's update on the server (`server_round`); one that `takes_num_clients` gets the number
-of training clients (pFedHN's embeddings, SCAFFOLD's control update); `sample_level_dp` says its local loss is a mean over examples, so DP-SGD's
-per-example clipping bounds an example's influence.
+of training clients (pFedHN's embeddings, SCAFFOLD's control update); `sample_level_dp`
+says its local loss is a mean over examples, so DP-SGD's per-example clipping bounds an
+example's influence.
 """
 
 import copy
@@ -216,13 +217,19 @@ class Learner(ABC):
         of their classes (relabelled 0..c-1); a query class missing there is never right.
         UserError if the model's head has fewer outputs than the client has classes."""
         shot_x, shot_y, classes = own_shots(support, shots, generator)
-        if self.head == "ways" and len(classes) > self.model.head.out_features:
-            raise UserError(f"{type(self).__name__} meta-learns a {self.model.head.out_features}"
-                            f"-way head; a client's own data hold {len(classes)} classes")
+        self.check_own_classes(len(classes))
         state = self.eval_adapt(params, shot_x, shot_y)
         with torch.no_grad():
             logits = self.query_logits(params, state, as_float_input(query.x))
         return classes[logits[:, :len(classes)].argmax(-1)] == query.y
+
+    def check_own_classes(self, classes: int) -> None:
+        """UserError if a client of `classes` classes cannot be scored on its own splits: a
+        meta-learned head (`head = "ways"`) with fewer outputs."""
+        if self.head == "ways" and classes > self.model.head.out_features:
+            raise UserError(f"a client holds {classes} classes, more than the "
+                            f"{self.model.head.out_features}-way head {type(self).__name__} "
+                            "meta-learns (task.ways)")
 
     def accuracy(self, params: Params, episodes: Episodes) -> torch.Tensor:
         """Query accuracy of each episode after adapting to its support set: shape [E]."""
