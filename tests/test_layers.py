@@ -8,7 +8,8 @@ import fedmeta
 
 ROOT = Path(fedmeta.__file__).parent
 # each package or top-level module, and the layers above it, which it must not import
-LEAVES = {"atomic", "seeding", "params", "errors", "config", "optim", "data", "models"}
+LEAVES = {"atomic", "seeding", "params", "errors", "config", "optim", "data", "models",
+          "device"}
 CORE = {"learners", "server", "privacy", "attacks", "evaluation"}
 COMPOSITION = {"build", "resume", "cli", "flower", "bench", "report"}
 ABOVE = {**{leaf: CORE | {"engine"} | COMPOSITION for leaf in LEAVES},

@@ -21,7 +21,7 @@ import torch
 
 from fedmeta.config import Config
 from fedmeta.data import ClientData, EpisodeSampler, Episodes
-from fedmeta.seeding import ATTACK_STREAM, seeded
+from fedmeta.seeding import ATTACK_STREAM, normal_like, seeded
 from fedmeta.learners.base import Learner
 from fedmeta.params import Params
 
@@ -93,9 +93,9 @@ class Attack:
         generator = seeded(self.seed, ATTACK_STREAM, round_index)
         corrupted = {}
         for k, v in deltas.items():
+            rows = rows.to(v.device)
             if self.kind == "gaussian":
-                sent = self.noise_std * torch.randn((len(rows), *v.shape[1:]),
-                                                    generator=generator, dtype=v.dtype)
+                sent = self.noise_std * normal_like(v[rows], generator)
             else:
                 sent = v[rows] * (-self.boost if self.kind == "sign-flip" else self.boost)
             corrupted[k] = v.index_copy(0, rows, sent)

@@ -13,6 +13,7 @@ from fedmeta.data import (EpisodeSampler, FederatedDataset, fashion_mnist_federa
                           femnist_federated, hold_out_validation, load_fashion_mnist,
                           omniglot_federated, own_splits, synthetic_federated, validation_count)
 from fedmeta.engine.experiment import Experiment, build_schedule, client_sample_rate
+from fedmeta.device import resolve_device
 from fedmeta.engine.faults import Faults
 from fedmeta.errors import UserError, config_errors
 from fedmeta.learners.anil import ANIL
@@ -282,10 +283,12 @@ def sample_privacy(config: Config) -> dict[str, float]:
 
 
 def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int,
-                  num_clients: int = 1) -> Learner:
+                  num_clients: int = 1, device: str | None = None) -> Learner:
     """The configured learner for inputs of `input_shape` and data of `num_classes` global
     classes and `num_clients` training clients (pfedhn's embeddings), its model initialized
-    from `config.seed`."""
+    from `config.seed` (on the CPU, so the same on every device), then moved to `device`
+    (None: `run.device`)."""
+    torch_device = resolve_device(device or config.run.device)
     torch.manual_seed(config.seed)
     task, learner_config = config.task, config.learner
     cls = LEARNERS[learner_config.algorithm]
@@ -294,13 +297,14 @@ def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int
         model = build_model(config.model.name, tuple(input_shape),
                             head_size(config, cls.head, num_classes), config.model.hidden,
                             config.model.batch_norm)
-        return cls(
+        learner = cls(
             model, EpisodeSampler(task.ways, task.shots, task.queries),
             OPTIMIZERS[learner_config.optimizer](learner_config.lr),
             local_steps=learner_config.local_steps, tasks_per_step=learner_config.tasks_per_step,
             **{key: getattr(learner_config, key) for key in cls.hyperparameters},
             **sample_privacy(config),
             **({"num_clients": num_clients} if cls.takes_num_clients else {}))
+    return learner.to(torch_device)
 
 
 def build_experiment(config: Config, datasets: Datasets | None = None) -> Experiment:

@@ -55,12 +55,15 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.resume is None:
         if args.config is None:
             raise UserError("run needs a CONFIG, or --resume RUN_DIR")
+        if args.device is not None:
+            raise UserError("--device is for --resume RUN_DIR; a new run takes "
+                            "--set run.device=...")
         train(load_config(args.config, args.set), args.out, args.quiet)
     elif args.config is not None or args.set or args.out is not None:
         raise UserError("--resume RUN_DIR goes on with the run's own config.toml and directory: "
                         "no CONFIG, --set or --out")
     else:
-        experiment, run, start = resume(args.resume)
+        experiment, run, start = resume(args.resume, args.device)
         console.print(f"resuming run directory {run.path} after round {start.round} of "
                       f"{experiment.config.server.rounds}", soft_wrap=True)
         train_and_summarize(Simulation(experiment), run, not args.quiet, start)
@@ -75,7 +78,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise UserError(f"--num-episodes must be at least 1, got {args.num_episodes}")
     run = RunDirectory.open(args.run_dir)
     experiment, params, state, round_index, selected = restore_run(
-        run, args.checkpoint or run.latest_checkpoint())
+        run, args.checkpoint or run.latest_checkpoint(), args.device)
     states = state.get(CLIENTS)
     if selected is not None:  # the model the run kept, as its summary meta-tested it
         round_index, params, states = selected
@@ -130,7 +133,8 @@ def bench_report(result: dict) -> str:
     seconds = "  ".join(f"{key} {1000 * value:.1f} ms"
                         for key, value in result["seconds_per_round"].items())
     ratios = "  ".join(f"{key} {value:.2f}x" for key, value in result["ratios"].items())
-    return (f"{result['workload']} ({result['description']}; execution {result['execution']})\n"
+    return (f"{result['workload']} ({result['description']}; {result['device']}, execution "
+            f"{result['execution']})\n"
             f"  {result['rounds_per_s']:.2f} rounds/s, {result['client_updates_per_s']:.1f} "
             f"client updates/s, {result['tasks_per_s']:.1f} tasks/s\n"
             f"  per round: {seconds}\n  ratios: {ratios}")
@@ -220,6 +224,8 @@ def parser() -> argparse.ArgumentParser:
     run_options(run)
     run.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="go on with a stopped run from its latest checkpoint")
+    run.add_argument("--device", help="with --resume: go on on this device (cpu, cuda, "
+                     "cuda:N, auto) instead of the config's run.device")
     run_options(add("demo", cmd_demo, "federated ProtoNets on the bundled Omniglot, offline"))
     evaluate = add("eval", cmd_eval, "evaluate a run's checkpoint on new clients or episodes")
     evaluate.add_argument("run_dir", type=Path)
@@ -227,6 +233,8 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", type=Path, help="default: the run's latest")
     evaluate.add_argument("--num-episodes", type=int, help="held-out episodes to draw")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--device", help="evaluate on this device (cpu, cuda, cuda:N, auto) "
+                          "instead of the run's run.device")
     report = add("report", cmd_report, "plots and a self-contained HTML page comparing runs")
     report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     report.add_argument("--out", type=Path, help="report directory (default: RUN_DIR/report of "

@@ -152,6 +152,9 @@ class RunConfig(Section):
     time_budget_seconds: float = Field(0, ge=0)  # stop training after this long; 0 = no limit
     execution: Literal["auto", "loop", "vmap"] = "auto"  # cohort execution (engine/cohort.py)
     chunk_size: int = Field(64, ge=1, le=10**5)  # clients vmapped at once (bounds memory)
+    # where params, states, batches and evaluation compute (fedmeta.device): "auto" = CUDA
+    # when available, else the CPU
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
     tensorboard: bool = False  # each round's metrics as scalars in RUN_DIR/tensorboard
 
 

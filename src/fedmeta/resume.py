@@ -13,12 +13,14 @@ from fedmeta.errors import UserError
 from fedmeta.params import Params
 
 
-def restore_run(run: RunDirectory, checkpoint: Path) -> tuple[
+def restore_run(run: RunDirectory, checkpoint: Path, device: str | None = None) -> tuple[
         Experiment, Params, dict, int, Selected | None]:
-    """What the config of `run` builds, with `checkpoint` restored into it: (experiment,
-    params, run state, the checkpoint's round, the round selected by then with its params and
-    clients' personal states, if any)."""
-    experiment = build_experiment(load_config(run.config_path))
+    """What the config of `run` builds, on `device` (None: its `run.device`; checkpoints hold
+    host tensors, so any device reads any run's), with `checkpoint` restored into it:
+    (experiment, params, run state, the checkpoint's round, the round selected by then with
+    its params and clients' personal states, if any)."""
+    experiment = build_experiment(load_config(run.config_path,
+                                              [f"run.device={device}"] if device else []))
     initial = experiment.learner.init_params()
     state = experiment.initial_state(initial)
     read = read_checkpoint(checkpoint)  # once: params, state and selection
@@ -26,14 +28,16 @@ def restore_run(run: RunDirectory, checkpoint: Path) -> tuple[
             restore_selected(read, checkpoint, initial, state))
 
 
-def resume(path: Path) -> tuple[Experiment, RunDirectory, Start]:
-    """The experiment of the stopped run in `path`, its directory and where it goes on from;
-    UserError, with the directory untouched, if it cannot go on."""
+def resume(path: Path, device: str | None = None) -> tuple[Experiment, RunDirectory, Start]:
+    """The experiment of the stopped run in `path`, on `device` (None: its config's), its
+    directory and where it goes on from; UserError, with the directory untouched, if it
+    cannot go on."""
     run = RunDirectory.open(path)
     if run.summary_path.exists():
         raise UserError(f"run {path} has already finished (it has a summary.json)")
     checkpoint = run.latest_checkpoint()
-    experiment, params, server_state, round_index, selected = restore_run(run, checkpoint)
+    experiment, params, server_state, round_index, selected = restore_run(run, checkpoint,
+                                                                          device)
     config = experiment.config
     if round_index > config.server.rounds:
         raise UserError(f"checkpoint {checkpoint} is of round {round_index}, past the config's "

@@ -11,6 +11,17 @@ def seeded(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def normal_like(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Standard normal draws shaped and typed as `like`, on its device: drawn on the CPU,
+    then moved, so the same generator gives the same values on any device."""
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
+
+
+def uniform_like(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Uniform [0, 1) draws shaped and typed as `like`, on its device (as `normal_like`)."""
+    return torch.rand(like.shape, generator=generator, dtype=like.dtype).to(like.device)
+
+
 def client_generator(seed: int, round_index: int, client: int) -> torch.Generator:
     """Client `client`'s generator in round `round_index`, from which its local round draws
     its data: the same wherever the client runs, which is what lets a deployment reproduce a

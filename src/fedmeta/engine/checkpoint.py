@@ -58,7 +58,8 @@ def save_checkpoint(path: Path, params: Params, server_state: dict[str, Any],
         if selected[2] is not None:
             tree["selected_clients"] = {k: v.clone() for k, v in selected[2].items()}
     with atomic_path(path) as tmp:
-        save_file(flatten(tree), str(tmp), metadata=metadata)
+        save_file({name: value.cpu() for name, value in flatten(tree).items()}, str(tmp),
+                  metadata=metadata)  # host tensors: any device reads them
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], int, int]:
@@ -136,7 +137,10 @@ def restore_selected(read: tuple[dict[str, torch.Tensor], int, int], path: Path,
         if {k: describe(v) for k, v in tree.items()} != {k: describe(v) for k, v in like.items()}:
             raise UserError(f"checkpoint {path} does not match its run's config: its {group}/ "
                             f"tensors are not the run's")
-    return selected_round, found[0], found[1] if CLIENTS in server_state else None
+    params_found, states_found = (
+        {k: v.to(like[k].device) for k, v in tree.items()}
+        for like, tree in zip((params, server_state.get(CLIENTS, {})), found))
+    return selected_round, params_found, states_found if CLIENTS in server_state else None
 
 
 def describe(tensor: torch.Tensor, grows: bool = False) -> str:
@@ -148,6 +152,7 @@ def describe(tensor: torch.Tensor, grows: bool = False) -> str:
 
 
 def fill(tree: dict[str, Any], flat: dict[str, torch.Tensor], prefix: str = "") -> dict[str, Any]:
-    """`tree` with each tensor replaced by the one `flatten` names as it in `flat`."""
+    """`tree` with each tensor replaced by the one `flatten` names as it in `flat`, on the
+    replaced tensor's device (a run resumes on its own device, whichever wrote the file)."""
     return {key: fill(value, flat, f"{prefix}{key}/") if isinstance(value, dict)
-            else flat[f"{prefix}{key}"] for key, value in tree.items()}
+            else flat[f"{prefix}{key}"].to(value.device) for key, value in tree.items()}

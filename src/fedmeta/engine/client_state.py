@@ -23,4 +23,4 @@ def written(states: Params, clients: torch.Tensor, rows: Params) -> Params:
     so a table held elsewhere (the selected round's) stays as it was."""
     if not len(clients):
         return states
-    return {k: v.index_copy(0, clients, rows[k].to(v.dtype)) for k, v in states.items()}
+    return {k: v.index_copy(0, clients.to(v.device), rows[k].to(v)) for k, v in states.items()}

@@ -30,6 +30,7 @@ from torch import nn
 from torch.func import vmap
 
 from fedmeta.data import ClientData, NotEnoughData
+from fedmeta.device import to_device
 from fedmeta.learners.base import Learner
 from fedmeta.optim import apply_updates
 from fedmeta.params import Params, broadcast, tree_stack
@@ -101,16 +102,16 @@ def stack_batches(batches: Sequence[Any]) -> Any:
 
 
 def prepare(learners: Sequence[Learner], clients: Sequence[ClientData],
-            generators: Sequence[torch.Generator],
-            states: Sequence[Params]) -> tuple[list[Prepared], int, dict[int, str]]:
-    """Each client's batches from its own generator, with its personal state: (prepared
-    clients, how many had too little data, failures)."""
+            generators: Sequence[torch.Generator], states: Sequence[Params],
+            device: torch.device) -> tuple[list[Prepared], int, dict[int, str]]:
+    """Each client's batches from its own generator, drawn on the host and moved to `device`,
+    with its personal state: (prepared clients, how many had too little data, failures)."""
     prepared, skipped, failures = [], 0, {}
     for position, (learner, client, generator, state) in enumerate(
             zip(learners, clients, generators, states)):
         try:
-            prepared.append(Prepared(position, learner, learner.local_batches(client, generator),
-                                     float(len(client)), state))
+            batches = to_device(learner.local_batches(client, generator), device)
+            prepared.append(Prepared(position, learner, batches, float(len(client)), state))
         except NotEnoughData:
             skipped += 1
         except Exception as error:  # a broken client must not end the round
@@ -133,9 +134,10 @@ def run_loop(sent: Params, prepared: Sequence[Prepared],
             failures[client.position] = failure(error)
     if not updates:
         return []
-    return [CohortUpdates(tree_stack(u.delta for u in updates),
-                          torch.tensor([u.weight for u in updates]),
-                          torch.tensor([u.loss for u in updates]), 0, positions,
+    deltas = tree_stack(u.delta for u in updates)
+    device = next(iter(deltas.values())).device
+    return [CohortUpdates(deltas, torch.tensor([u.weight for u in updates], device=device),
+                          torch.tensor([u.loss for u in updates], device=device), 0, positions,
                           states=tree_stack(u.state for u in updates))]
 
 
@@ -167,7 +169,7 @@ def vmapped_round(sent: Params, chunk: Sequence[Prepared]) -> CohortUpdates:
         local = apply_updates(local, steps)
         step_losses.append(loss.detach())
     return CohortUpdates({k: local[k] - start[k] for k in start},
-                         torch.tensor([client.weight for client in chunk]),
+                         torch.tensor([client.weight for client in chunk], device=loss.device),
                          torch.stack(step_losses).mean(0), 0, positions)
 
 
@@ -175,8 +177,9 @@ def concatenated(chunks: Sequence[CohortUpdates], sent: Params, skipped: int,
                  failures: dict[int, str]) -> CohortUpdates:
     """The chunks' rows as one cohort's updates."""
     if not chunks:
+        empty = torch.zeros(0, device=next(iter(sent.values())).device)
         return CohortUpdates({k: v.new_zeros(0, *v.shape[1:]) for k, v in sent.items()},
-                             torch.zeros(0), torch.zeros(0), skipped, [], failures)
+                             empty, empty, skipped, [], failures)
     return CohortUpdates({k: torch.cat([c.deltas[k] for c in chunks]) for k in sent},
                          torch.cat([c.weights for c in chunks]),
                          torch.cat([c.losses for c in chunks]), skipped,
@@ -196,12 +199,13 @@ def run_cohort(learner: Learner | Sequence[Learner], params: Params,
     client whose round raises is left out and its error recorded."""
     learners = [learner] * len(clients) if isinstance(learner, Learner) else list(learner)
     sent = params if per_client else broadcast(params, len(clients))
+    device = next(iter(sent.values())).device
     if learners and learners[0].keeps_state:
         execution = "loop"
     elif execution == "auto" and learners:
-        execution = choose_execution(learners[0].model, next(iter(sent.values())).device)
+        execution = choose_execution(learners[0].model, device)
     prepared, skipped, failures = prepare(learners, clients, generators,
-                                          states or [{}] * len(clients))
+                                          states or [{}] * len(clients), device)
     if execution == "loop":
         chunks = run_loop(sent, prepared, failures)
     else:

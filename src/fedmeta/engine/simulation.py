@@ -35,11 +35,11 @@ log = logging.getLogger(__name__)
 
 def finite_rows(updates: CohortUpdates) -> torch.Tensor:
     """Which clients sent a finite update, weight and loss, and kept a finite personal state:
-    bool [C]."""
+    bool [C], on the host (as the clients' ids)."""
     finite = torch.isfinite(updates.weights) & torch.isfinite(updates.losses)
     for v in [*updates.deltas.values(), *updates.states.values()]:
         finite &= torch.isfinite(v.flatten(1)).all(1)
-    return finite
+    return finite.cpu()
 
 
 def weighted_loss(losses: torch.Tensor, weights: torch.Tensor) -> float:
@@ -219,8 +219,8 @@ class Simulation:
             return rnd, 0
         count = len(next(iter(canaries.values())))
         deltas, weights = rnd.deltas, rnd.weights
-        weight = weights.mean() if len(weights) else torch.tensor(1.0)
-        return replace(rnd, deltas={k: torch.cat([deltas[k], canaries[k].to(deltas[k].dtype)])
+        weight = weights.mean() if len(weights) else weights.new_tensor(1.0)
+        return replace(rnd, deltas={k: torch.cat([deltas[k], canaries[k].to(deltas[k])])
                                     for k in deltas},
                        weights=torch.cat([weights, weight.expand(count)]),
                        clients=torch.cat([rnd.clients, -torch.arange(1, count + 1)])), count

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedmeta.config import Config
+from fedmeta.device import describe_device
 from fedmeta.engine.callbacks import (BestRound, Checkpointer, EarlyStopping, MetricsLogger,
                                       ProgressBar, TensorBoardLogger, TimeBudget)
 from fedmeta.engine.checkpoint import Selected
@@ -132,6 +133,7 @@ def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: boo
             else f"{ev.ways}-way {ev.shots}-shot")
     summary = {
         "name": config.name, "rounds": rounds, "train_seconds": train_seconds,
+        "device": describe_device(experiment.learner.device),
         "task": task, "test_clients": experiment.test.num_clients,
         "validation_clients": experiment.validation.num_clients, "selected": selected,
         "meta_test": result, "privacy": privacy_summary(experiment, rounds, params),
@@ -150,6 +152,6 @@ def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: boo
     spread = (f"clients, {result['episodes']} examples" if splits
               else f"{result['episodes']} episodes")
     print(f"{scored}{100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI over "
-          f"{spread}) of round {selected['round']}'s model, selected by {selected['rule']}; "
-          f"run directory {run.path}")
+          f"{spread}) of round {selected['round']}'s model, selected by {selected['rule']}, "
+          f"trained on {summary['device']}; run directory {run.path}")
     return summary

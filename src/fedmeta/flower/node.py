@@ -38,6 +38,7 @@ from fedmeta.data import ClientData, EpisodeSampler, NotEnoughData
 from fedmeta.data.client_files import load_client
 from fedmeta.data.federated import float_input_shape
 from fedmeta.seeding import EVAL_STREAM, client_generator, seeded
+from fedmeta.device import HOST, to_device
 from fedmeta.errors import UserError
 from fedmeta.flower.secagg import from_arrays, to_parameters
 from fedmeta.learners.base import Learner, Update
@@ -73,9 +74,10 @@ def parsed(config_json: str) -> Config:
 
 
 @lru_cache(maxsize=4)
-def learner_for(config_json: str, input_shape: tuple[int, ...], num_classes: int) -> Learner:
+def learner_for(config_json: str, input_shape: tuple[int, ...], num_classes: int,
+                device: str) -> Learner:
     torch.set_num_threads(1)  # one client per process; SuperNodes may share a machine
-    return build_learner(parsed(config_json), input_shape, num_classes)
+    return build_learner(parsed(config_json), input_shape, num_classes, device=device)
 
 
 @lru_cache(maxsize=2)
@@ -128,10 +130,14 @@ def input_shape(client: ClientData) -> tuple[int, ...]:
     return float_input_shape(tuple(client.x.shape[1:]), client.x.dtype == torch.uint8)
 
 
-def node_learner(settings: Any, client: ClientData) -> tuple[Config, Learner]:
-    """The run's config and learner, from a message's config record (`settings`)."""
+def node_learner(settings: Any, node: dict[str, Any],
+                 client: ClientData) -> tuple[Config, Learner]:
+    """The run's config and learner, from a message's config record (`settings`), on the
+    node's own device (node config `device`: "auto", "cpu", "cuda", "cuda:N"; default
+    "auto"), whatever the server computes on."""
     text = str(settings["fedmeta"])
-    learner = learner_for(text, input_shape(client), int(settings["num-classes"]))
+    learner = learner_for(text, input_shape(client), int(settings["num-classes"]),
+                          str(node.get("device", "auto")))
     return parsed(text), learner
 
 
@@ -158,7 +164,7 @@ def local_update(settings: Any, node: dict[str, Any],
     the learner's `client_model`, and its personal state, which it keeps (None: too little
     data)."""
     client_id, client, _ = node_client(settings, node)
-    config, learner = node_learner(settings, client)
+    config, learner = node_learner(settings, node, client)
     params = from_arrays(arrays, learner.client_model(learner.init_params()))
     round_index = int(settings["round"])
     states = personal_states(f"{node.get('run-id')}:{settings['fedmeta']}")
@@ -183,7 +189,8 @@ def train(content: RecordDict, node: dict[str, Any]) -> RecordDict:
         return RecordDict({"metrics": MetricRecord({"skipped": 1})})
     metrics = MetricRecord({"weight": update.weight, "loss": update.loss})
     if config.aggregation.secure != "ckks":
-        return RecordDict({"arrays": ArrayRecord(update.delta), "metrics": metrics})
+        return RecordDict({"arrays": ArrayRecord(to_device(update.delta, HOST)),
+                           "metrics": metrics})
     encrypted = encrypt(ckks_context(str(node["ckks-key"])),
                         client_staged(config, update.delta) * coefficient(config, update.weight),
                         config.aggregation.ckks_poly_modulus_degree // 2)
@@ -236,8 +243,9 @@ def evaluate(content: RecordDict, node: dict[str, Any]) -> RecordDict:
     """Meta-test on the node's own classes: adapt on each episode's support set, score its
     query set."""
     client_id, client, _ = node_client(content["config"], node)
-    config, learner = node_learner(content["config"], client)
-    params = {k: owned(v) for k, v in content["arrays"].to_torch_state_dict().items()}
+    config, learner = node_learner(content["config"], node, client)
+    params = learner.on_device({k: owned(v) for k, v in
+                                content["arrays"].to_torch_state_dict().items()})
     ev = config.eval
     try:
         episodes = EpisodeSampler(ev.ways, ev.shots, ev.queries).sample(

@@ -29,12 +29,13 @@ from fedmeta.params import Params, owned
 
 
 def to_parameters(params: Params) -> Parameters:
-    return ndarrays_to_parameters([v.detach().numpy() for v in params.values()])
+    return ndarrays_to_parameters([v.detach().cpu().numpy() for v in params.values()])
 
 
 def from_arrays(arrays: list[np.ndarray], like: Params) -> Params:
-    """Arrays as params shaped as `like`, each in memory of its own (`owned`)."""
-    return {k: owned(torch.from_numpy(np.asarray(a)).to(v.dtype)).view(v.shape)
+    """Arrays as params shaped as `like` (its dtypes, on its device), each in memory of its
+    own (`owned`)."""
+    return {k: owned(torch.from_numpy(np.asarray(a)).to(v)).view(v.shape)
             for (k, v), a in zip(like.items(), arrays)}
 
 

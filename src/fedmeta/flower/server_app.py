@@ -35,6 +35,7 @@ from fedmeta.engine.communication import round_bytes
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Gathered, Held, Simulation
 from fedmeta.engine.training import train_and_summarize
+from fedmeta.device import HOST, to_device
 from fedmeta.errors import UserError
 from fedmeta.evaluation import summarize
 from fedmeta.flower.secagg import secagg_plus_sum
@@ -178,7 +179,8 @@ class FlowerFederation(Simulation):
         return [replies[node] for node in nodes if node in replies]
 
     def content(self, params: Params, **values: Any) -> RecordDict:
-        return RecordDict({"arrays": ArrayRecord(params), "config": ConfigRecord(config_message(
+        return RecordDict({"arrays": ArrayRecord(to_device(params, HOST)),
+                           "config": ConfigRecord(config_message(
             self.config, **{"num-classes": self.num_classes, **values}))})
 
     def train_replies(self, round_index: int, params: Params, cohort: list[int]) -> list[Message]:
@@ -205,10 +207,12 @@ class FlowerFederation(Simulation):
             return concatenated([], {k: v[None] for k, v in model.items()}, skipped, {})
         metrics = [r.content["metrics"] for r in replies]
         position = {self.train_nodes[c]: i for i, c in enumerate(cohort)}
+        device = self.experiment.learner.device
         return CohortUpdates(
-            tree_stack(dict(r.content["arrays"].to_torch_state_dict()) for r in replies),
-            torch.tensor([float(m["weight"]) for m in metrics]),
-            torch.tensor([float(m["loss"]) for m in metrics]), skipped,
+            to_device(tree_stack(dict(r.content["arrays"].to_torch_state_dict())
+                                 for r in replies), device),
+            torch.tensor([float(m["weight"]) for m in metrics], device=device),
+            torch.tensor([float(m["loss"]) for m in metrics], device=device), skipped,
             [position[r.metadata.src_node_id] for r in replies])
 
     def gather(self, round_index: int, params: Params,
@@ -231,9 +235,11 @@ class FlowerFederation(Simulation):
         metrics = {"round": round_index, "clients": len(reported),
                    "skipped": len(cohort) - len(reported),
                    **round_bytes(self.config, params, len(cohort), len(reported))}
-        return Gathered(torch.tensor([m["weight"] for m in reported]),
-                        torch.tensor([m["loss"] for m in reported]), metrics,
-                        total=total or {k: torch.zeros_like(v) for k, v in params.items()})
+        device = self.experiment.learner.device
+        return Gathered(torch.tensor([m["weight"] for m in reported], device=device),
+                        torch.tensor([m["loss"] for m in reported], device=device), metrics,
+                        total=to_device(total, device) if total else
+                        {k: torch.zeros_like(v) for k, v in params.items()})
 
     def encrypted_sum(self, round_index: int, params: Params,
                       cohort: list[int]) -> tuple[list[dict[str, float]], Params | None]:

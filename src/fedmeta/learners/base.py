@@ -52,6 +52,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value
 
 from fedmeta.data import ClientData, Episodes, EpisodeSampler, as_float_input
+from fedmeta.device import HOST, to_device
 from fedmeta.errors import UserError
 from fedmeta.optim import Transform, apply_updates, scale_updates
 from fedmeta.params import Params, broadcast, detached, tree_sub
@@ -90,6 +91,22 @@ class Learner(ABC):
 
     def init_params(self) -> Params:
         return detached(dict(self.model.named_parameters()))
+
+    def to(self, device: torch.device) -> "Learner":
+        """This learner with its model (every module it computes with) on `device`."""
+        self.model.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Where the learner computes: its model's device (`run.device`; the host for a
+        model without parameters)."""
+        first = next(self.model.parameters(), None)
+        return HOST if first is None else first.device
+
+    def on_device(self, data: Any) -> Any:
+        """`data` (host tensors: a batch, episodes) on the learner's device."""
+        return to_device(data, self.device)
 
     def at_local_rate(self, factor: float) -> "Learner":
         """This learner (sharing its model) training at `factor` times its local rate: a
@@ -152,7 +169,8 @@ class Learner(ABC):
                       state: Params | None = None) -> Update:
         """Local meta-training on the client's own episodes (FedMeta: Chen et al. 2018), from
         its personal `state` (None: its `initial_state`)."""
-        return self.train_local(params, self.local_batches(client, generator), float(len(client)),
+        return self.train_local(params, self.on_device(self.local_batches(client, generator)),
+                                float(len(client)),
                                 self.initial_state() if state is None else state)
 
     def initial_state(self) -> Params:
@@ -218,10 +236,10 @@ class Learner(ABC):
         UserError if the model's head has fewer outputs than the client has classes."""
         shot_x, shot_y, classes = own_shots(support, shots, generator)
         self.check_own_classes(len(classes))
-        state = self.eval_adapt(params, shot_x, shot_y)
+        state = self.eval_adapt(params, *self.on_device((shot_x, shot_y)))
         with torch.no_grad():
-            logits = self.query_logits(params, state, as_float_input(query.x))
-        return classes[logits[:, :len(classes)].argmax(-1)] == query.y
+            logits = self.query_logits(params, state, self.on_device(as_float_input(query.x)))
+        return classes[logits[:, :len(classes)].argmax(-1).cpu()] == query.y
 
     def check_own_classes(self, classes: int) -> None:
         """UserError if a client of `classes` classes cannot be scored on its own splits: a
@@ -232,11 +250,13 @@ class Learner(ABC):
                             "meta-learns (task.ways)")
 
     def accuracy(self, params: Params, episodes: Episodes) -> torch.Tensor:
-        """Query accuracy of each episode after adapting to its support set: shape [E]."""
+        """Query accuracy of each episode after adapting to its support set: shape [E], on
+        the host (the episodes move to the learner's device)."""
+        episodes = self.on_device(episodes)
         return torch.stack([
             self.episode_accuracy(params, episodes.support_x[e], episodes.support_y[e],
                                   episodes.query_x[e], episodes.query_y[e])
-            for e in range(episodes.num_episodes)])
+            for e in range(episodes.num_episodes)]).cpu()
 
 
 def own_shots(client: ClientData, shots: int, generator: torch.Generator

@@ -105,7 +105,8 @@ class FedAvg(Learner):
         """The client's personal model's prediction of each of its held-out examples."""
         model = self.tuned(self.personal_model(params, state), support, shots, generator)
         with torch.no_grad():
-            return self.forward(model, as_float_input(query.x)).argmax(-1) == query.y
+            predicted = self.forward(model, self.on_device(as_float_input(query.x))).argmax(-1)
+        return predicted.cpu() == query.y
 
     def tuned(self, model: Params, support: ClientData, shots: int,
               generator: torch.Generator) -> Params:
@@ -147,6 +148,7 @@ class FedAvgFT(FedAvg):
         """`model`, head included, after the fine-tuning steps on up to `shots` of the client's
         own examples of each class (global labels)."""
         x, labels, classes = own_shots(support, shots, generator)
-        tuned, _ = sgd_steps(lambda p: self.loss(p, x, classes[labels]), model,
+        x, y = self.on_device((x, classes[labels]))
+        tuned, _ = sgd_steps(lambda p: self.loss(p, x, y), model,
                              self.finetune_lr, self.finetune_steps)
         return detached(tuned)

@@ -91,6 +91,10 @@ class PFedHN(ProtoNet):
     def init_params(self) -> Params:
         return detached(dict(self.hypernet.named_parameters()))
 
+    def to(self, device: torch.device) -> "PFedHN":
+        self.hypernet.to(device)
+        return super().to(device)
+
     def generate(self, params: Params, embedding: torch.Tensor) -> Params:
         """The target model's params for a client of `embedding`."""
         return functional_call(self.hypernet, params, (embedding,))

@@ -98,5 +98,5 @@ class Scaffold(FedAvg):
         `(1/N) sum_S delta c_i`."""
         scale = rnd.weights.sum() / (self.num_clients * rnd.weights)
         return rnd.with_deltas({
-            k: v * scale.to(v.dtype).view(-1, *[1] * (v.dim() - 1)) if k.startswith(CONTROL)
+            k: v * scale.to(v).view(-1, *[1] * (v.dim() - 1)) if k.startswith(CONTROL)
             else v for k, v in rnd.deltas.items()})

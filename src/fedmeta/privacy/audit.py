@@ -53,7 +53,8 @@ class CanaryAudit:
     def estimate(self, initial: Params, final: Params, delta: float) -> dict[str, Any]:
         """Cosines of the model's total change with inserted and never-inserted canaries, and
         the epsilon estimate at `delta`."""
-        change = torch.cat([(final[k] - initial[k]).flatten().double() for k in self.shapes])
+        change = torch.cat([(final[k] - initial[k]).flatten().double().cpu()
+                            for k in self.shapes])
         change = change / change.norm().clamp_min(1e-30)
         cosines = torch.stack([self.direction(c) @ change
                                for c in range(2 * self.num_canaries)])

@@ -14,7 +14,7 @@ import torch
 
 from fedmeta.server.aggregate import Summation
 
-from fedmeta.seeding import SECAGG_STREAM, seeded
+from fedmeta.seeding import SECAGG_STREAM, seeded, uniform_like
 from fedmeta.params import Params, flatten_rows, unflatten
 
 # Flower's `secaggplus_mod` sends the masked vector (the quantized weight, then every value)
@@ -34,8 +34,7 @@ def secagg_sum(clipping_range: float, quantization_range: int, modulus_range: in
         q_ratio = torch.round(coefficients.double() / max_weight * levels)
         scaled = rows * (q_ratio / levels)[:, None]
         real = (scaled.clamp(-c, c) + c) * (levels / (2 * c))
-        noise = torch.rand(real.shape, generator=seeded(seed, SECAGG_STREAM, count),
-                           dtype=torch.float64)
+        noise = uniform_like(real, seeded(seed, SECAGG_STREAM, count))
         quantized = torch.floor(real).long() + (noise < real - torch.floor(real)).long()
         total = quantized.sum(0) % modulus
         q_total = q_ratio.long().sum() % modulus

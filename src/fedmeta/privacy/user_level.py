@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import torch
 
-from fedmeta.seeding import CLIP_STREAM, NOISE_STREAM, seeded
+from fedmeta.seeding import CLIP_STREAM, NOISE_STREAM, normal_like, seeded
 from fedmeta.server.chain import Round, Stage, stateless
 
 
@@ -28,7 +28,7 @@ def clip_factors(deltas: dict[str, torch.Tensor], clip_norm: float) -> torch.Ten
 def clip_rows(deltas: dict[str, torch.Tensor], clip_norm: float) -> dict[str, torch.Tensor]:
     """Each row of stacked params scaled down to L2 norm at most `clip_norm` (flat clipping)."""
     scale = clip_factors(deltas, clip_norm)
-    return {k: v * scale.view(-1, *[1] * (v.dim() - 1)).to(v.dtype) for k, v in deltas.items()}
+    return {k: v * scale.view(-1, *[1] * (v.dim() - 1)).to(v) for k, v in deltas.items()}
 
 
 def clip_to(rnd: Round, clip_norm: float) -> Round:
@@ -83,7 +83,7 @@ def gaussian_noise(noise_multiplier: float, expected_clients: float, seed: int) 
             raise ValueError("the noise stage must come after clipping and an aggregator")
         std = noise_multiplier * rnd.clip_norm / expected_clients
         generator = seeded(seed, NOISE_STREAM, int(state["count"]))
-        noisy = {k: v + std * torch.randn(v.shape, generator=generator, dtype=v.dtype)
+        noisy = {k: v + std * normal_like(v, generator)
                  for k, v in rnd.deltas.items()}
         return rnd.with_deltas(noisy), {"count": state["count"] + 1}
 

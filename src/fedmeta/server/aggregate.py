@@ -19,7 +19,7 @@ Summation = Callable[[Params, torch.Tensor, int], tuple[Params, torch.Tensor]]
 
 def plain_sum(deltas: Params, coefficients: torch.Tensor, count: int) -> tuple[Params, torch.Tensor]:
     """The weighted sum in the clear."""
-    return ({k: torch.tensordot(coefficients.to(v.dtype), v, dims=1) for k, v in deltas.items()},
+    return ({k: torch.tensordot(coefficients.to(v), v, dims=1) for k, v in deltas.items()},
             coefficients.sum())
 
 

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from fedmeta.seeding import QUANTIZE_STREAM, seeded
+from fedmeta.seeding import QUANTIZE_STREAM, seeded, uniform_like
 from fedmeta.params import Params
 from fedmeta.server.chain import Round, Stage
 
@@ -35,7 +35,7 @@ def quantize(values: torch.Tensor, levels: int, generator: torch.Generator) -> t
     low = values.amin(1, keepdim=True)
     step = (values.amax(1, keepdim=True) - low) / (levels - 1)
     step = torch.where(step > 0, step, torch.ones_like(step))  # a constant row stays itself
-    noise = torch.rand(values.shape, generator=generator, dtype=values.dtype)
+    noise = uniform_like(values, generator)
     level = torch.floor((values - low) / step + noise).clamp(0, levels - 1)
     return low + level * step
 
@@ -96,6 +96,7 @@ def topk_error_feedback(fraction: float) -> Stage:
         added = len(ids) - len(state["clients"])
         sent, residual = {}, {}
         for k, v in rnd.deltas.items():
+            real, rows = real.to(v.device), rows.to(v.device)  # ids stay on the host
             memory = torch.cat([state["residual"][k], v.new_zeros(added, *v.shape[1:])])
             corrected = v.index_add(0, real, memory[rows])
             k_values = topk_count(math.prod(v.shape[1:]), fraction)
