@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fedmeta.bench.baselines import ceiling_seconds, chunks, naive_round
+from fedmeta.bench.baselines import ceiling_seconds, chunks, functorch_round, naive_round
 from fedmeta.bench.measure import round_data, scale, with_execution
 from fedmeta.build import build_experiment
 from fedmeta.config import validate
@@ -28,14 +28,24 @@ SMALL = {
 }
 
 
-@pytest.mark.parametrize("algorithm", sorted(SMALL))
-def test_naive_loop_computes_the_same_round_as_fedmeta(algorithm):
+@pytest.mark.parametrize("algorithm, baseline", [
+    *((name, naive_round) for name in sorted(SMALL)),
+    ("fomaml", functorch_round),
+    # torch 2.13 (CPU): second-order MAML through Conv-4's batch norm, vmapped over tasks with
+    # unbatched params, differs from the same function looped (and from fedmeta, whose vmap
+    # over clients batches the params too and agrees to 1e-6) by up to 3e-3 in the conv
+    # layers' meta-gradient: a batching rule's, not the baseline's arithmetic; strict, so a
+    # torch that fixes it shows here
+    pytest.param("maml", functorch_round, marks=pytest.mark.xfail(
+        strict=True, reason="torch.func vmap of second-order batch norm over tasks"))])
+def test_baseline_loops_compute_the_same_round_as_fedmeta(algorithm, baseline):
+    """The naive loop's and the torch.func MAML example's rounds are fedmeta's."""
     experiment = build_experiment(validate(SMALL[algorithm]))
     simulation = with_execution(experiment, "loop")
     params = experiment.learner.init_params()
     expected, _, _ = simulation.round(1, params, experiment.pipeline.init(params))
     clients, generators, _ = round_data(simulation, 1)
-    naive = naive_round(experiment.learner, params, clients, generators, "sgd", 0.1)
+    naive = baseline(experiment.learner, params, clients, generators, "sgd", 0.1)
     for key in params:
         torch.testing.assert_close(naive[key], expected[key], atol=1e-5, rtol=1e-4)
     assert any(not torch.equal(expected[k], params[k]) for k in params)
@@ -63,6 +73,7 @@ def test_bench_command_prints_rates_and_ratios_as_json():
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["execution"] == "vmap" and result["clients_per_round"] == 100
+    assert result["device"] == ("cpu" if not torch.cuda.is_available() else result["device"])
     assert set(result["ratios"]) == {"fedmeta_over_ceiling", "loop_over_vmap",
                                      "naive_loop_over_fedmeta"}
     assert all(math.isfinite(v) and v > 0 for v in result["ratios"].values())

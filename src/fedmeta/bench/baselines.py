@@ -6,7 +6,10 @@
   else: no inner loop, no optimizer, no data sampling, no aggregation;
 - a naive per-client loop, as one writes it by hand in PyTorch: per client, load the global
   weights into the module, `torch.optim` steps (MAML's inner step with `torch.autograd.grad`),
-  then average the clients' weight deltas.
+  then average the clients' weight deltas;
+- for MAML and first-order MAML, the same loop with each local step written as the torch.func
+  MAML example (functorch's `maml-omniglot`) writes a meta-batch: one task's loss a pure
+  function, `vmap`-ed over the step's tasks, `grad` of their mean.
 """
 
 import copy
@@ -16,9 +19,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
+from torch.func import functional_call, grad, vmap
 
 from fedmeta.data import ClientData, Episodes
+from fedmeta.device import synchronize
 from fedmeta.engine.cohort import stack_batches
 from fedmeta.learners.base import Learner
 from fedmeta.learners.fedavg import FedAvg
@@ -41,12 +45,14 @@ def ceiling_seconds(learner: Learner, batches: Sequence[list[Any]], chunk_size: 
     """Forward+backward of every chunk of `batches` (per client, its local steps' batches);
     `chunk_size` clients at once (1: the per-client loop)."""
     model = copy.deepcopy(learner.model)
+    synchronize()
     start = time.perf_counter()
     for first in range(0, len(batches), chunk_size):
         group = batches[first:first + chunk_size]
         for step in range(len(group[0])):
             for x in chunks(stack_batches([client[step] for client in group])):
                 model(x).square().mean().backward()
+    synchronize()
     return time.perf_counter() - start
 
 
@@ -61,7 +67,7 @@ def naive_round(learner: Learner, params: Params, clients: Sequence[ClientData],
     model = copy.deepcopy(learner.model)
     deltas, weights = [], []
     for client, generator in zip(clients, generators):
-        batches = learner.local_batches(client, generator)
+        batches = learner.on_device(learner.local_batches(client, generator))
         model.load_state_dict(params)
         opt = torch_optimizer(optimizer, model.parameters(), lr)
         for batch in batches:
@@ -74,9 +80,54 @@ def naive_round(learner: Learner, params: Params, clients: Sequence[ClientData],
             opt.step()
         deltas.append({k: v.detach() - params[k] for k, v in model.named_parameters()})
         weights.append(float(len(client)))
+    return averaged(params, deltas, weights)
+
+
+def functorch_round(learner: MAML, params: Params, clients: Sequence[ClientData],
+                    generators: Sequence[torch.Generator], optimizer: str, lr: float) -> Params:
+    """The new global params after a per-client loop whose local steps are the torch.func
+    MAML example's (`functorch_meta_gradient`), `torch.optim` stepping; same data draws."""
+    meta_gradient = functorch_meta_gradient(learner)
+    deltas, weights = [], []
+    for client, generator in zip(clients, generators):
+        local = {k: v.clone().requires_grad_() for k, v in params.items()}
+        opt = torch_optimizer(optimizer, local.values(), lr)
+        for episodes in learner.on_device(learner.local_batches(client, generator)):
+            grads = meta_gradient({k: v.detach() for k, v in local.items()}, episodes)
+            for k, v in local.items():
+                v.grad = grads[k]
+            opt.step()
+        deltas.append({k: v.detach() - params[k] for k, v in local.items()})
+        weights.append(float(len(client)))
+    return averaged(params, deltas, weights)
+
+
+def averaged(params: Params, deltas: list[Params], weights: list[float]) -> Params:
+    """`params` plus the clients' deltas' weighted mean: FedAvg's server step."""
     total = sum(weights)
     return {k: v + sum(w * d[k] for w, d in zip(weights, deltas)) / total
             for k, v in params.items()}
+
+
+def functorch_meta_gradient(learner: MAML):
+    """(params, episodes) -> the meta-gradient of the episodes' mean query loss after one
+    inner SGD step, as the torch.func MAML example computes it."""
+    model, inner_lr, first_order = learner.model, learner.inner_lr, learner.first_order
+
+    def loss(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(model, p, (x,)), y)
+
+    def task_loss(p: Params, support_x, support_y, query_x, query_y) -> torch.Tensor:
+        inner = grad(loss)(p, support_x, support_y)
+        if first_order:
+            inner = {k: g.detach() for k, g in inner.items()}
+        return loss({k: p[k] - inner_lr * inner[k] for k in p}, query_x, query_y)
+
+    def mean_loss(p: Params, episodes: Episodes) -> torch.Tensor:
+        return vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(
+            p, episodes.support_x, episodes.support_y, episodes.query_x, episodes.query_y).mean()
+
+    return grad(mean_loss)
 
 
 def maml_step(learner: MAML, model: torch.nn.Module, episodes: Episodes) -> None:
@@ -93,3 +144,8 @@ def maml_step(learner: MAML, model: torch.nn.Module, episodes: Episodes) -> None
 def supports_naive(learner: Learner) -> bool:
     """Whether `naive_round` implements `learner`'s algorithm."""
     return type(learner) in (FedAvg, MAML, FOMAML) and getattr(learner, "inner_steps", 1) == 1
+
+
+def supports_functorch(learner: Learner) -> bool:
+    """Whether `functorch_round` implements `learner`'s algorithm."""
+    return supports_naive(learner) and isinstance(learner, MAML)

@@ -10,12 +10,14 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Any
 
-from fedmeta.bench.baselines import ceiling_seconds, naive_round, supports_naive
+from fedmeta.bench.baselines import (ceiling_seconds, functorch_round, naive_round,
+                                     supports_functorch, supports_naive)
 from fedmeta.bench.workloads import WORKLOADS
 from fedmeta.build import build_experiment
 from fedmeta.engine.experiment import Experiment
 from fedmeta.config import validate
 from fedmeta.data import Episodes, NotEnoughData
+from fedmeta.device import describe_device, synchronize
 from fedmeta.engine.cohort import choose_execution
 from fedmeta.seeding import client_generator
 from fedmeta.engine.simulation import Simulation
@@ -28,21 +30,25 @@ def with_execution(experiment: Experiment, execution: str) -> Simulation:
 
 
 def timed(fn, *args) -> tuple[float, Any]:
+    synchronize()
     start = time.perf_counter()
     result = fn(*args)
+    synchronize()
     return time.perf_counter() - start, result
 
 
 def round_data(simulation: Simulation, round_index: int) -> tuple[list, list, list]:
-    """The round's clients, their fresh generators, and their batches (drawn from copies)."""
-    config, train = simulation.config, simulation.experiment.train
+    """The round's clients, their fresh generators, and their batches (drawn from copies, on
+    the learner's device)."""
+    config, experiment = simulation.config, simulation.experiment
+    train, learner = experiment.train, experiment.learner
     cohort = simulation.cohort(round_index).tolist()
     clients = [train.client(c) for c in cohort]
     batches = []
     for client, c in zip(clients, cohort):
         try:
-            batches.append(simulation.experiment.learner.local_batches(
-                client, client_generator(config.seed, round_index, c)))
+            batches.append(learner.on_device(learner.local_batches(
+                client, client_generator(config.seed, round_index, c))))
         except NotEnoughData:
             pass
     return clients, [client_generator(config.seed, round_index, c) for c in cohort], batches
@@ -61,13 +67,15 @@ def measure(name: str, rounds: int = 3, flower: bool = True) -> dict[str, Any]:
     experiment = build_experiment(validate(WORKLOADS[name].config))
     config, learner = experiment.config, experiment.learner
     params = learner.init_params()
-    chosen = choose_execution(learner.model, next(iter(params.values())).device)
+    chosen = choose_execution(learner.model, learner.device)
     other = "vmap" if chosen == "loop" else "loop"
     simulations = {e: with_execution(experiment, e) for e in (chosen, other)}
     chunk = 1 if chosen == "loop" else config.run.chunk_size
     times: dict[str, list[float]] = {"fedmeta": [], "other_execution": [], "ceiling": []}
     if supports_naive(learner):
         times["naive_loop"] = []
+    if supports_functorch(learner):
+        times["functorch_maml"] = []
     state, work = experiment.pipeline.init(params), []
     for round_index in range(rounds + 1):
         clients, generators, batches = round_data(simulations[chosen], round_index)
@@ -80,6 +88,10 @@ def measure(name: str, rounds: int = 3, flower: bool = True) -> dict[str, Any]:
         if "naive_loop" in times:
             sample["naive_loop"] = timed(naive_round, learner, params, clients, generators,
                                          config.learner.optimizer, config.learner.lr)[0]
+        if "functorch_maml" in times:
+            sample["functorch_maml"] = timed(functorch_round, learner, params, clients,
+                                             generators, config.learner.optimizer,
+                                             config.learner.lr)[0]
         params = new_params
         if round_index:  # round 0 warms up
             for key, value in sample.items():
@@ -90,6 +102,9 @@ def measure(name: str, rounds: int = 3, flower: bool = True) -> dict[str, Any]:
               f"{other}_over_{chosen}": paired_ratio(times["other_execution"], times["fedmeta"])}
     if "naive_loop" in times:
         ratios["naive_loop_over_fedmeta"] = paired_ratio(times["naive_loop"], times["fedmeta"])
+    if "functorch_maml" in times:  # > 1: fedmeta's tasks/s above the hand-written vmap MAML's
+        ratios["functorch_maml_over_fedmeta"] = paired_ratio(times["functorch_maml"],
+                                                             times["fedmeta"])
     if flower:
         seconds.update(flower_seconds(experiment, rounds))
     fedmeta = seconds["fedmeta"]
@@ -97,7 +112,8 @@ def measure(name: str, rounds: int = 3, flower: bool = True) -> dict[str, Any]:
         ratios["flower_simulation_over_fedmeta"] = seconds["flower_simulation"] / fedmeta
     clients_per_round = statistics.mean(c for c, _ in work)
     return {
-        "workload": name, "description": WORKLOADS[name].description, "execution": chosen,
+        "workload": name, "description": WORKLOADS[name].description,
+        "device": describe_device(learner.device), "execution": chosen,
         "rounds": rounds, "clients_per_round": clients_per_round,
         "seconds_per_round": seconds,
         "rounds_per_s": 1 / fedmeta,

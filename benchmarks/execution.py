@@ -1,0 +1,64 @@
+"""The execution rule's measurement on this machine's device: seconds per round of each bench
+workload with the per-client loop and with vmap at several chunk sizes (clients vmapped at
+once), the same rounds interleaved so the machine's slow spells hit them alike; one JSON line
+per workload, with each execution's time over the loop's.
+
+    .venv/bin/python benchmarks/execution.py [--rounds 3] [--chunks 4,16,64]
+
+On the CPU, auto picks the loop for convolutional models and vmap otherwise; on a GPU it picks
+vmap (cohort.choose_execution): this script is what confirms or corrects that half.
+"""
+
+import argparse
+import dataclasses
+import json
+import statistics
+
+from fedmeta.bench.measure import timed, with_execution
+from fedmeta.bench.workloads import WORKLOADS
+from fedmeta.build import build_experiment
+from fedmeta.config import validate
+from fedmeta.device import describe_device
+
+
+def with_chunk(simulation, chunk_size: int):
+    """`simulation` vmapping `chunk_size` clients at once."""
+    config = simulation.config
+    run = config.run.model_copy(update={"chunk_size": chunk_size})
+    return type(simulation)(dataclasses.replace(simulation.experiment,
+                                                config=config.model_copy(update={"run": run})))
+
+
+def measure(name: str, rounds: int, chunks: list[int]) -> dict:
+    experiment = build_experiment(validate(WORKLOADS[name].config))
+    vmapped = with_execution(experiment, "vmap")
+    executions = {"loop": with_execution(experiment, "loop"),
+                  **{f"vmap/{c}": with_chunk(vmapped, c) for c in chunks}}
+    params = experiment.learner.init_params()
+    state = experiment.pipeline.init(params)
+    times: dict[str, list[float]] = {key: [] for key in executions}
+    for round_index in range(rounds + 1):  # round 0 warms up
+        for key, simulation in executions.items():
+            seconds, _ = timed(simulation.round, round_index, params, state)
+            if round_index:
+                times[key].append(seconds)
+    loop = statistics.median(times["loop"])
+    return {"workload": name, "device": describe_device(experiment.learner.device),
+            "rounds": rounds, "seconds_per_round": {k: statistics.median(v)
+                                                    for k, v in times.items()},
+            "over_loop": {k: statistics.median(v) / loop for k, v in times.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chunks", default="4,16,64")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    args = parser.parse_args()
+    for name in args.workloads.split(","):
+        print(json.dumps(measure(name, args.rounds, [int(c) for c in args.chunks.split(",")])),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
