@@ -140,9 +140,8 @@ def test_local_gradient_keeps_to_the_learners_device(algorithm):
     if algorithm == "scaffold":  # its local steps are on the model, its control apart
         params = model_part(params)
     train = experiment.train
-    batch = learner.on_device(next(  # the first client's data that makes a round's
-        batches for batches in (supplied(learner, train.client(c)) for c in range(train.num_clients))
-        if batches))[0]
+    rounds = (supplied(learner, train.client(c)) for c in range(train.num_clients))
+    batch = learner.on_device(next(batches for batches in rounds if batches))[0]  # the first
     grads, loss = learner.local_gradient(params, batch)
     assert loss.device == META and {v.device for v in grads.values()} == {META}
 
@@ -158,7 +157,8 @@ def supplied(learner, client) -> list | None:
 def test_a_run_names_its_device_and_resumes_and_evaluates_on_a_named_one(tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text('[data]\ndataset = "omniglot"\npath = "bundled"\n[model]\nhidden = 8\n'
-                      '[task]\nways = 5\nqueries = 3\n[server]\nrounds = 2\nclients_per_round = 2\n'
+                      '[task]\nways = 5\nqueries = 3\n'
+                      '[server]\nrounds = 2\nclients_per_round = 2\n'
                       '[eval]\nevery = 1\nepisodes = 10\nfinal_episodes = 20\n'
                       '[run]\ncheckpoint_every = 1\ndevice = "cpu"\n')
     run = tmp_path / "run"

@@ -56,7 +56,8 @@ def flatten_rows(stacked: Params) -> torch.Tensor:
 
 
 def unflatten(vector: torch.Tensor, like: Params) -> Params:
-    """A flat vector back to params shaped as one row of `like` (stacked [C, ...] params)."""
+    """A flat vector back to params shaped as one row of `like` (stacked [C, ...] params), of
+    its dtypes and on its device."""
     sizes = [v[0].numel() for v in like.values()]
-    return {k: part.view(v.shape[1:]).to(v.dtype)
+    return {k: part.view(v.shape[1:]).to(v)
             for (k, v), part in zip(like.items(), vector.split(sizes))}

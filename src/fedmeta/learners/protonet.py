@@ -17,7 +17,8 @@ def prototypes(embeddings: torch.Tensor, labels: torch.Tensor,
     """Mean embedding per class 0..N-1: [N, D]. N = `ways`, or the largest label + 1 (which
     reads the labels' values, so under `vmap` `ways` must be given)."""
     ways = int(labels.max()) + 1 if ways is None else ways
-    one_hot = (labels.unsqueeze(-1) == torch.arange(ways, device=labels.device)).to(embeddings.dtype)
+    classes = torch.arange(ways, device=labels.device)
+    one_hot = (labels.unsqueeze(-1) == classes).to(embeddings.dtype)
     return (one_hot.T @ embeddings) / one_hot.sum(0).unsqueeze(1)
 
 
