@@ -1,9 +1,10 @@
 """The execution rule's measurement on this machine's device: seconds per round of each bench
 workload with the per-client loop and with vmap at several chunk sizes (clients vmapped at
-once), the same rounds interleaved so the machine's slow spells hit them alike; one JSON line
-per workload, with each execution's time over the loop's.
+once), in each precision (`run.precision`), the same rounds interleaved so the machine's slow
+spells hit them alike; one JSON line per workload, with each one's time over the fp32 loop's.
 
-    .venv/bin/python benchmarks/execution.py [--rounds 3] [--chunks 4,16,64]
+    .venv/bin/python benchmarks/execution.py [--rounds 3] [--chunks 4,16,64] \
+        [--precisions fp32,bf16]
 
 On the CPU, auto picks the loop for convolutional models and vmap otherwise; on a GPU it picks
 vmap (cohort.choose_execution): this script is what confirms or corrects that half.
@@ -21,19 +22,25 @@ from fedmeta.config import validate
 from fedmeta.device import describe_device
 
 
-def with_chunk(simulation, chunk_size: int):
-    """`simulation` vmapping `chunk_size` clients at once."""
+def with_run(simulation, **settings):
+    """`simulation` with `run` settings changed (chunk_size, precision)."""
     config = simulation.config
-    run = config.run.model_copy(update={"chunk_size": chunk_size})
+    run = config.run.model_copy(update=settings)
     return type(simulation)(dataclasses.replace(simulation.experiment,
                                                 config=config.model_copy(update={"run": run})))
 
 
-def measure(name: str, rounds: int, chunks: list[int]) -> dict:
+def measure(name: str, rounds: int, chunks: list[int], precisions: list[str]) -> dict:
     experiment = build_experiment(validate(WORKLOADS[name].config))
     vmapped = with_execution(experiment, "vmap")
-    executions = {"loop": with_execution(experiment, "loop"),
-                  **{f"vmap/{c}": with_chunk(vmapped, c) for c in chunks}}
+    executions = {}
+    for precision in precisions:
+        suffix = "" if precision == "fp32" else f"/{precision}"
+        executions[f"loop{suffix}"] = with_run(with_execution(experiment, "loop"),
+                                               precision=precision)
+        executions.update({f"vmap/{c}{suffix}": with_run(vmapped, chunk_size=c,
+                                                         precision=precision)
+                           for c in chunks})
     params = experiment.learner.init_params()
     state = experiment.pipeline.init(params)
     times: dict[str, list[float]] = {key: [] for key in executions}
@@ -53,10 +60,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--chunks", default="4,16,64")
+    parser.add_argument("--precisions", default="fp32")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     args = parser.parse_args()
+    chunks = [int(c) for c in args.chunks.split(",")]
     for name in args.workloads.split(","):
-        print(json.dumps(measure(name, args.rounds, [int(c) for c in args.chunks.split(",")])),
+        print(json.dumps(measure(name, args.rounds, chunks, args.precisions.split(","))),
               flush=True)
 
 

@@ -38,8 +38,9 @@ for workload in maml-omniglot fomaml-omniglot fedavg-synthetic; do
         | tee -a "$out/bench.jsonl"
 done
 
-step "execution rule: loop vs vmap by chunk size"
-timeout 120 $py benchmarks/execution.py --rounds 3 --chunks 4,16,64 | tee "$out/execution.jsonl"
+step "execution rule: loop vs vmap by chunk size, fp32 and bf16 autocast"
+timeout 150 $py benchmarks/execution.py --rounds 3 --chunks 4,16,64 --precisions fp32,bf16 \
+    | tee "$out/execution.jsonl"
 
 step "a short training run per algorithm (bundled Omniglot, 5-way 1-shot, 100 rounds)"
 for algorithm in protonet fomaml maml metasgd anil reptile perfedavg fedavg-ft; do
@@ -47,6 +48,13 @@ for algorithm in protonet fomaml maml metasgd anil reptile perfedavg fedavg-ft; 
         --out "$out/runs/$algorithm" --set "learner.algorithm='$algorithm'" \
         --set task.ways=5 --set server.rounds=100 --set eval.every=25 \
         --set run.checkpoint_every=0 --set learner.local_steps=5 2>&1 | tail -1
+done
+for algorithm in protonet maml; do  # what bf16 autocast does to accuracy
+    timeout 60 .gpuvenv/bin/fedmeta run src/fedmeta/assets/demo.toml --quiet \
+        --out "$out/runs/$algorithm-bf16" --set "learner.algorithm='$algorithm'" \
+        --set task.ways=5 --set server.rounds=100 --set eval.every=25 \
+        --set run.checkpoint_every=0 --set learner.local_steps=5 \
+        --set "run.precision='bf16'" 2>&1 | tail -1
 done
 
 step "table"

@@ -155,6 +155,8 @@ class RunConfig(Section):
     # where params, states, batches and evaluation compute (fedmeta.device): "auto" = CUDA
     # when available, else the CPU
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
+    # the clients' local steps in float32, or under bfloat16 autocast (fedmeta.device)
+    precision: Literal["fp32", "bf16"] = "fp32"
     tensorboard: bool = False  # each round's metrics as scalars in RUN_DIR/tensorboard
 
 

@@ -8,6 +8,7 @@ is drawn, so the same config samples the same cohorts, episodes, dropouts, attac
 on any device; only float rounding differs between devices.
 """
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -43,6 +44,15 @@ def describe_device(device: torch.device) -> str:
         return device.type
     index = device.index if device.index is not None else torch.cuda.current_device()
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def local_precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Where a client's local steps run in `run.precision`: "bf16" runs autocast's eligible
+    ops (matrix products, convolutions) in bfloat16 on `device`, the params, their gradients
+    and the optimizer staying float32; "fp32" changes nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def synchronize() -> None:

@@ -30,7 +30,7 @@ from torch import nn
 from torch.func import vmap
 
 from fedmeta.data import ClientData, NotEnoughData
-from fedmeta.device import to_device
+from fedmeta.device import local_precision, to_device
 from fedmeta.learners.base import Learner
 from fedmeta.optim import apply_updates
 from fedmeta.params import Params, broadcast, tree_stack
@@ -190,13 +190,15 @@ def concatenated(chunks: Sequence[CohortUpdates], sent: Params, skipped: int,
 def run_cohort(learner: Learner | Sequence[Learner], params: Params,
                clients: Sequence[ClientData], generators: Sequence[torch.Generator],
                execution: Execution = "auto", chunk_size: int = 64,
-               per_client: bool = False, states: Sequence[Params] | None = None) -> CohortUpdates:
+               per_client: bool = False, states: Sequence[Params] | None = None,
+               precision: str = "fp32") -> CohortUpdates:
     """The cohort's local rounds by `execution` ("auto": `choose_execution`), from `params`,
     or with `per_client`, from each client's own row of `params` (stacked [C, ...], as
     `Learner.client_params` makes them). `learner`: one for every client, or one per client
     (copies sharing one model, e.g. a malicious client's poisoned one); `states`: each
     client's personal state (a learner that `keeps_state` needs them; it runs the loop). A
-    client whose round raises is left out and its error recorded."""
+    client whose round raises is left out and its error recorded. `precision`: the local
+    steps' (`fedmeta.device.local_precision`)."""
     learners = [learner] * len(clients) if isinstance(learner, Learner) else list(learner)
     sent = params if per_client else broadcast(params, len(clients))
     device = next(iter(sent.values())).device
@@ -206,8 +208,9 @@ def run_cohort(learner: Learner | Sequence[Learner], params: Params,
         execution = choose_execution(learners[0].model, device)
     prepared, skipped, failures = prepare(learners, clients, generators,
                                           states or [{}] * len(clients), device)
-    if execution == "loop":
-        chunks = run_loop(sent, prepared, failures)
-    else:
-        chunks = run_vmap(sent, prepared, chunk_size, failures)
+    with local_precision(device, precision):
+        if execution == "loop":
+            chunks = run_loop(sent, prepared, failures)
+        else:
+            chunks = run_vmap(sent, prepared, chunk_size, failures)
     return concatenated(chunks, sent, skipped, failures)

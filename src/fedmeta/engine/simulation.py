@@ -208,7 +208,7 @@ class Simulation:
         return run_cohort(learners, sent, clients,
                           [client_generator(self.config.seed, round_index, c) for c in cohort],
                           run.execution, run.chunk_size, per_client=True,
-                          states=table_rows(states, cohort))
+                          states=table_rows(states, cohort), precision=run.precision)
 
     def with_canaries(self, round_index: int, rnd: Round) -> tuple[Round, int]:
         """The round's updates with those of the audit's canaries sampled this round, each

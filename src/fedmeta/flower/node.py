@@ -38,7 +38,7 @@ from fedmeta.data import ClientData, EpisodeSampler, NotEnoughData
 from fedmeta.data.client_files import load_client
 from fedmeta.data.federated import float_input_shape
 from fedmeta.seeding import EVAL_STREAM, client_generator, seeded
-from fedmeta.device import HOST, to_device
+from fedmeta.device import HOST, local_precision, to_device
 from fedmeta.errors import UserError
 from fedmeta.flower.secagg import from_arrays, to_parameters
 from fedmeta.learners.base import Learner, Update
@@ -169,9 +169,10 @@ def local_update(settings: Any, node: dict[str, Any],
     round_index = int(settings["round"])
     states = personal_states(f"{node.get('run-id')}:{settings['fedmeta']}")
     try:
-        update = learner_at_round(learner, config, round_index).client_update(
-            params, client, client_generator(config.seed, round_index, client_id),
-            states.get(client_id))
+        with local_precision(learner.device, config.run.precision):
+            update = learner_at_round(learner, config, round_index).client_update(
+                params, client, client_generator(config.seed, round_index, client_id),
+                states.get(client_id))
     except NotEnoughData:
         return config, None
     if learner.keeps_state and all(v.isfinite().all() for v in update.state.values()):
