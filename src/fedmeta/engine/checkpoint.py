@@ -137,9 +137,8 @@ def restore_selected(read: tuple[dict[str, torch.Tensor], int, int], path: Path,
         if {k: describe(v) for k, v in tree.items()} != {k: describe(v) for k, v in like.items()}:
             raise UserError(f"checkpoint {path} does not match its run's config: its {group}/ "
                             f"tensors are not the run's")
-    params_found, states_found = (
-        {k: v.to(like[k].device) for k, v in tree.items()}
-        for like, tree in zip((params, server_state.get(CLIENTS, {})), found))
+    params_found, states_found = (fill(like, tree) for like, tree in
+                                  zip((params, server_state.get(CLIENTS, {})), found))
     return selected_round, params_found, states_found if CLIENTS in server_state else None
 
 
