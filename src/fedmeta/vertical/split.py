@@ -1,0 +1,170 @@
+"""A split network for vertical federated learning (Vepakomma et al. 2018, "Split learning for
+health"; Hu et al. 2019, "FDML"): each party runs a bottom model on its own columns; the label
+party (party 0) concatenates the cut-layer embeddings and runs the top model on them.
+
+What crosses, and nothing else: each other party's embeddings [B, E] go up, the gradient of the
+loss with respect to them comes back down. Both are explicit tensors here: a party computes its
+embedding with `torch.func.vjp` and keeps the pull-back, the label party differentiates its
+loss with respect to the embeddings it received, and the party pulls the gradient it is sent
+back through its own bottom model. The label party's own embedding never leaves it.
+
+The gradient sent down for person i is that of person i's own loss (per-example, not divided
+by the batch size), so a clip norm on it means the same whatever the batch; the party divides
+by the batch size itself. Without protection, the parties' gradients are exactly those of the
+whole network on the concatenated columns (tests/test_vertical_split.py).
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, vjp
+
+from fedmeta.models import MLP
+from fedmeta.optim import Transform, apply_updates
+from fedmeta.params import Params
+from fedmeta.vertical.protection import Protection
+
+
+@dataclass(frozen=True)
+class SplitNetwork:
+    """Bottom models, one per party (party 0 the label party), and the label party's top."""
+
+    bottoms: tuple[nn.Module, ...]
+    top: nn.Module
+
+    @classmethod
+    def mlp(cls, columns: Sequence[int], hidden: int, embedding: int, top_hidden: int,
+            num_classes: int) -> "SplitNetwork":
+        """Party p: an MLP of `columns[p]` inputs -> `hidden` -> `embedding` (ReLU each); top:
+        the concatenated embeddings -> `top_hidden` -> `num_classes` logits."""
+        bottoms = tuple(MLP((c,), (hidden, embedding)) for c in columns)
+        return cls(bottoms, MLP((embedding * len(columns),), (top_hidden,), num_classes))
+
+    def init_params(self) -> tuple[list[Params], Params]:
+        copy = lambda module: {k: v.detach().clone() for k, v in module.named_parameters()}  # noqa: E731
+        return [copy(b) for b in self.bottoms], copy(self.top)
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """The bytes of a tensor sent as its raw values."""
+    return tensor.numel() * tensor.element_size()
+
+
+def embedding(module: nn.Module, params: Params, x: torch.Tensor,
+              protection: Protection) -> torch.Tensor:
+    """A party's cut-layer embedding [B, E] of its rows `x`, clipped as `protection` says
+    (the party's own act, so differentiated through)."""
+    return protection.clip_rows(functional_call(module, params, (x,)))
+
+
+def embed(module: nn.Module, params: Params, x: torch.Tensor, protection: Protection
+          ) -> tuple[torch.Tensor, Callable[[torch.Tensor], tuple[Params]]]:
+    """`embedding`, and the pull-back of a gradient with respect to it onto the params."""
+    return vjp(lambda p: embedding(module, p, x, protection), params)
+
+
+def label_loss(top: nn.Module, top_params: Params, embeddings: Sequence[torch.Tensor],
+               y: torch.Tensor) -> torch.Tensor:
+    """The label party's summed cross-entropy of the top model on the embeddings."""
+    logits = functional_call(top, top_params, (torch.cat(list(embeddings), 1),))
+    return F.cross_entropy(logits, y, reduction="sum")
+
+
+@dataclass
+class Traffic:
+    """Bytes that crossed the cut: embeddings up, gradients down."""
+
+    up: int = 0
+    down: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.up + self.down
+
+
+@dataclass
+class StepRecord:
+    """What one step sent down to party 1 (the attacked party) and the labels behind it."""
+
+    gradients: torch.Tensor  # [B, E], as party 1 received them
+    labels: torch.Tensor  # [B]
+
+
+class SplitState(NamedTuple):
+    bottoms: list[Params]
+    top: Params
+
+
+def split_gradients(network: SplitNetwork, bottoms: Sequence[Params], top: Params,
+                    xs: Sequence[torch.Tensor], y: torch.Tensor,
+                    up: Protection = Protection(), down: Protection = Protection(),
+                    generator: torch.Generator | None = None, traffic: Traffic | None = None
+                    ) -> tuple[list[Params], Params, torch.Tensor, list[torch.Tensor]]:
+    """One batch through the split network: the gradients of the mean loss for each party's
+    bottom params and the top's, the summed loss, and the gradients each party received
+    ([B, E] per party; party 0's its own). `up` protects the embeddings other parties send,
+    `down` the gradients sent back to them; `traffic` counts their bytes."""
+    embedded = [embed(m, p, x, up if party else Protection())
+                for party, (m, p, x) in enumerate(zip(network.bottoms, bottoms, xs))]
+    received = [h if party == 0 else up.release(h, generator)
+                for party, (h, _) in enumerate(embedded)]
+    (top_grads, embedding_grads), loss = grad_and_value(
+        lambda t, hs: label_loss(network.top, t, hs, y), argnums=(0, 1))(top, received)
+    sent = [g if party == 0 else down.release(g, generator)
+            for party, g in enumerate(embedding_grads)]
+    if traffic is not None:
+        traffic.up += sum(tensor_bytes(h) for h in received[1:])
+        traffic.down += sum(tensor_bytes(g) for g in sent[1:])
+    batch = len(y)
+    bottom_grads = [{k: v / batch for k, v in pull(g)[0].items()}
+                    for (_, pull), g in zip(embedded, sent)]
+    return bottom_grads, {k: v / batch for k, v in top_grads.items()}, loss, sent
+
+
+def train_split(network: SplitNetwork, xs: Sequence[torch.Tensor], y: torch.Tensor,
+                epochs: int, batch_size: int, optimizer: Transform, generator: torch.Generator,
+                up: Protection = Protection(), down: Protection = Protection(),
+                record: bool = False) -> tuple[SplitState, Traffic, list[float], list[StepRecord]]:
+    """Train on aligned rows (`xs[p]` party p's [N, d_p], `y` [N]) for `epochs` passes of
+    shuffled minibatches, every party with its own `optimizer` state. Returns the trained
+    state, the traffic of all epochs, each epoch's mean loss, and (with `record`) what party
+    1 was sent each step."""
+    bottoms, top = network.init_params()
+    params = [*bottoms, top]  # each party's bottom, then the label party's top
+    states = [optimizer.init(p) for p in params]
+    traffic, losses, records = Traffic(), [], []
+    n = len(y)
+    for _ in range(epochs):
+        total = 0.0
+        for batch in torch.randperm(n, generator=generator).split(batch_size):
+            bottom_grads, top_grads, loss, sent = split_gradients(
+                network, params[:-1], params[-1], [x[batch] for x in xs], y[batch], up, down,
+                generator, traffic)
+            total += float(loss)
+            if record and len(sent) > 1:
+                records.append(StepRecord(sent[1].detach(), y[batch]))
+            for i, grads in enumerate([*bottom_grads, top_grads]):
+                updates, states[i] = optimizer.update(grads, states[i])
+                params[i] = apply_updates(params[i], updates)
+        losses.append(total / n)
+    return SplitState(params[:-1], params[-1]), traffic, losses, records
+
+
+def predict(network: SplitNetwork, state: SplitState, xs: Sequence[torch.Tensor],
+            up: Protection = Protection(), generator: torch.Generator | None = None,
+            traffic: Traffic | None = None) -> torch.Tensor:
+    """Class probabilities [N, C] of aligned rows; the other parties' embeddings cross
+    protected as in training."""
+    with torch.no_grad():
+        received = []
+        for party, (m, p, x) in enumerate(zip(network.bottoms, state.bottoms, xs)):
+            h = embedding(m, p, x, up if party else Protection())
+            received.append(h if party == 0 else up.release(h, generator))
+        if traffic is not None:
+            traffic.up += sum(tensor_bytes(h) for h in received[1:])
+        logits = functional_call(network.top, state.top, (torch.cat(received, 1),))
+        return logits.softmax(1)
