@@ -92,6 +92,7 @@ class StepRecord:
 
     gradients: torch.Tensor  # [B, E], as party 1 received them
     labels: torch.Tensor  # [B]
+    epoch: int
 
 
 class SplitState(NamedTuple):
@@ -138,7 +139,7 @@ def train_split(network: SplitNetwork, xs: Sequence[torch.Tensor], y: torch.Tens
     states = [optimizer.init(p) for p in params]
     traffic, losses, records = Traffic(), [], []
     n = len(y)
-    for _ in range(epochs):
+    for epoch in range(epochs):
         total = 0.0
         for batch in torch.randperm(n, generator=generator).split(batch_size):
             bottom_grads, top_grads, loss, sent = split_gradients(
@@ -146,7 +147,7 @@ def train_split(network: SplitNetwork, xs: Sequence[torch.Tensor], y: torch.Tens
                 generator, traffic)
             total += float(loss)
             if record and len(sent) > 1:
-                records.append(StepRecord(sent[1].detach(), y[batch]))
+                records.append(StepRecord(sent[1].detach(), y[batch], epoch))
             for i, grads in enumerate([*bottom_grads, top_grads]):
                 updates, states[i] = optimizer.update(grads, states[i])
                 params[i] = apply_updates(params[i], updates)
