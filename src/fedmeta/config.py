@@ -331,17 +331,22 @@ class Config(Section):
     flower: FlowerConfig = FlowerConfig()
     vertical: VerticalConfig = VerticalConfig()
 
+    @property
+    def unread_sections(self) -> set[str]:
+        """The sections this federation does not read: a vertical run reads `vertical` and
+        `run` only, a horizontal run every other."""
+        vertical = self.federation == "vertical"
+        return {name for name, field in type(self).model_fields.items()
+                if isinstance(field.default, Section) and name != "run"
+                and (name == "vertical") != vertical}
+
     @model_validator(mode="after")
     def _one_federation(self) -> "Config":
-        """A vertical run reads `vertical` and `run` only; a horizontal run never `vertical`
-        (a section left at its defaults, as a run directory's config.toml writes it, is
-        fine)."""
-        vertical = self.federation == "vertical"
-        unread = [name for name in type(self).model_fields
-                  if name not in ("name", "seed", "federation", "run")
-                  and (name == "vertical") != vertical
-                  and getattr(self, name) != type(self).model_fields[name].default]
+        """No unread section set to anything but its defaults."""
+        unread = sorted(name for name in self.unread_sections
+                        if getattr(self, name) != type(self).model_fields[name].default)
         if unread:
+            vertical = self.federation == "vertical"
             raise ValueError(f"federation = {self.federation!r} does not read "
                              f"[{unread[0]}]: remove it, or set federation = "
                              f"{'horizontal' if vertical else 'vertical'!r}")
