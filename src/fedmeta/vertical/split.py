@@ -100,30 +100,55 @@ class SplitState(NamedTuple):
     top: Params
 
 
-def split_gradients(network: SplitNetwork, bottoms: Sequence[Params], top: Params,
-                    xs: Sequence[torch.Tensor], y: torch.Tensor,
-                    up: Protection = Protection(), down: Protection = Protection(),
-                    generator: torch.Generator | None = None, traffic: Traffic | None = None
-                    ) -> tuple[list[Params], Params, torch.Tensor, list[torch.Tensor]]:
-    """One batch through the split network: the gradients of the mean loss for each party's
-    bottom params and the top's, the summed loss, and the gradients each party received
-    ([B, E] per party; party 0's its own). `up` protects the embeddings other parties send,
-    `down` the gradients sent back to them; `traffic` counts their bytes."""
+def exchange(bottoms: Sequence[nn.Module], params: Sequence[Params],
+             xs: Sequence[torch.Tensor], head: Callable[[Params, list[torch.Tensor]], torch.Tensor],
+             head_params: Params, up: Protection = Protection(),
+             down: Protection = Protection(), generator: torch.Generator | None = None,
+             traffic: Traffic | None = None
+             ) -> tuple[list[Params], Params, torch.Tensor, list[torch.Tensor]]:
+    """One pass across the cut. Each party embeds its rows `xs[p]`; the other parties' embeddings
+    cross (protected by `up`); the label party's `head(head_params, embeddings)` gives the loss,
+    differentiated with respect to its params and to each embedding; the gradients cross back
+    (protected by `down`), and each party pulls its own back onto its params. Returns the
+    bottoms' gradients, the head's, the loss, and the gradient each party received ([B, E];
+    party 0's its own). `traffic` counts the bytes that crossed."""
     embedded = [embed(m, p, x, up if party else Protection())
-                for party, (m, p, x) in enumerate(zip(network.bottoms, bottoms, xs))]
-    received = [h if party == 0 else up.release(h, generator)
+                for party, (m, p, x) in enumerate(zip(bottoms, params, xs))]
+    received = [h if party == 0 else up.add_noise(h, generator)  # h is clipped already
                 for party, (h, _) in enumerate(embedded)]
-    (top_grads, embedding_grads), loss = grad_and_value(
-        lambda t, hs: label_loss(network.top, t, hs, y), argnums=(0, 1))(top, received)
+    (head_grads, embedding_grads), loss = grad_and_value(head, argnums=(0, 1))(head_params,
+                                                                                received)
     sent = [g if party == 0 else down.release(g, generator)
             for party, g in enumerate(embedding_grads)]
     if traffic is not None:
         traffic.up += sum(tensor_bytes(h) for h in received[1:])
         traffic.down += sum(tensor_bytes(g) for g in sent[1:])
-    batch = len(y)
-    bottom_grads = [{k: v / batch for k, v in pull(g)[0].items()}
-                    for (_, pull), g in zip(embedded, sent)]
-    return bottom_grads, {k: v / batch for k, v in top_grads.items()}, loss, sent
+    bottom_grads = [pull(g)[0] for (_, pull), g in zip(embedded, sent)]
+    return bottom_grads, head_grads, loss, sent
+
+
+def split_gradients(network: SplitNetwork, bottoms: Sequence[Params], top: Params,
+                    xs: Sequence[torch.Tensor], y: torch.Tensor,
+                    up: Protection = Protection(), down: Protection = Protection(),
+                    generator: torch.Generator | None = None, traffic: Traffic | None = None
+                    ) -> tuple[list[Params], Params, torch.Tensor, list[torch.Tensor]]:
+    """`exchange` for the split network on a batch of labels `y`: the gradients of the mean
+    loss for each party's bottom params and the top's, the summed loss, and the per-example
+    gradients each party received."""
+    bottom_grads, top_grads, loss, sent = exchange(
+        network.bottoms, bottoms, xs, lambda t, hs: label_loss(network.top, t, hs, y), top,
+        up, down, generator, traffic)
+    mean = lambda grads: {k: v / len(y) for k, v in grads.items()}  # noqa: E731
+    return [mean(g) for g in bottom_grads], mean(top_grads), loss, sent
+
+
+def optimizer_step(optimizer: Transform, params: list[Params], grads: Sequence[Params],
+                   states: list) -> None:
+    """Each party's step on its own params with its own optimizer state (lists updated in
+    place)."""
+    for i, g in enumerate(grads):
+        updates, states[i] = optimizer.update(g, states[i])
+        params[i] = apply_updates(params[i], updates)
 
 
 def train_split(network: SplitNetwork, xs: Sequence[torch.Tensor], y: torch.Tensor,
@@ -148,9 +173,7 @@ def train_split(network: SplitNetwork, xs: Sequence[torch.Tensor], y: torch.Tens
             total += float(loss)
             if record and len(sent) > 1:
                 records.append(StepRecord(sent[1].detach(), y[batch], epoch))
-            for i, grads in enumerate([*bottom_grads, top_grads]):
-                updates, states[i] = optimizer.update(grads, states[i])
-                params[i] = apply_updates(params[i], updates)
+            optimizer_step(optimizer, params, [*bottom_grads, top_grads], states)
         losses.append(total / n)
     return SplitState(params[:-1], params[-1]), traffic, losses, records
 
@@ -164,7 +187,7 @@ def predict(network: SplitNetwork, state: SplitState, xs: Sequence[torch.Tensor]
         received = []
         for party, (m, p, x) in enumerate(zip(network.bottoms, state.bottoms, xs)):
             h = embedding(m, p, x, up if party else Protection())
-            received.append(h if party == 0 else up.release(h, generator))
+            received.append(h if party == 0 else up.add_noise(h, generator))
         if traffic is not None:
             traffic.up += sum(tensor_bytes(h) for h in received[1:])
         logits = functional_call(network.top, state.top, (torch.cat(received, 1),))
