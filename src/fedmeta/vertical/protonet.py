@@ -23,7 +23,8 @@ from fedmeta.learners.protonet import prototype_logits, prototypes
 from fedmeta.optim import Transform
 from fedmeta.params import Params
 from fedmeta.vertical.protection import Protection
-from fedmeta.vertical.split import Traffic, embedding, exchange, optimizer_step
+from fedmeta.vertical.split import (Traffic, embedding, exchange, initial_params,
+                                    optimizer_step)
 
 Slicer = Callable[[torch.Tensor], list[torch.Tensor]]  # examples -> each party's slice
 
@@ -59,7 +60,7 @@ def meta_train(bottoms: Sequence[nn.Module], slicer: Slicer, pool: ClientData,
                generator: torch.Generator, up: Protection = Protection(),
                down: Protection = Protection(), traffic: Traffic | None = None) -> list[Params]:
     """The parties' bottom params after `steps` episodes of `pool`, one a step."""
-    params = [{k: v.detach().clone() for k, v in b.named_parameters()} for b in bottoms]
+    params = [initial_params(b) for b in bottoms]
     states = [optimizer.init(p) for p in params]
     for _ in range(steps):
         x, y, support = episode_rows(sampler.sample(pool, 1, generator), 0, generator)

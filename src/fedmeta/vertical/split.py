@@ -45,8 +45,12 @@ class SplitNetwork:
         return cls(bottoms, MLP((embedding * len(columns),), (top_hidden,), num_classes))
 
     def init_params(self) -> tuple[list[Params], Params]:
-        copy = lambda module: {k: v.detach().clone() for k, v in module.named_parameters()}  # noqa: E731
-        return [copy(b) for b in self.bottoms], copy(self.top)
+        return [initial_params(b) for b in self.bottoms], initial_params(self.top)
+
+
+def initial_params(module: nn.Module) -> Params:
+    """A copy of a module's params, to train functionally."""
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:
