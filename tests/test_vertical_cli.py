@@ -95,6 +95,13 @@ def ragged(tmp_path):
     return files
 
 
+def not_a_number(tmp_path):
+    files = parties(tmp_path, [f"a{i}" for i in range(10)], [f"a{i}" for i in range(10)])
+    with open(files[1], "a") as handle:
+        handle.write("a99,1.0,n/a\n")
+    return files
+
+
 def unlabelled(tmp_path):
     files = parties(tmp_path, [f"a{i}" for i in range(10)], [f"a{i}" for i in range(10)])
     return files[1], files[0]  # the label party's file second
@@ -104,6 +111,7 @@ def unlabelled(tmp_path):
     (duplicate, "label.csv: id 'a1' appears 2 times"),
     (disjoint, "other.csv shares no id with label.csv (the label party)"),
     (ragged, "other.csv line 12: 2 fields, the header has 3"),
+    (not_a_number, "other.csv: a feature value is not a number"),
     (unlabelled, "other.csv: the label party's file needs a 'label' column"),
 ])
 def test_bad_parties_exit_2_with_one_line(tmp_path, capsys, make, message):

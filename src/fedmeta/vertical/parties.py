@@ -32,7 +32,7 @@ def read_party_csv(path: str | Path, labelled: bool) -> Party:
     not class numbers 0..C-1."""
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # a BOM is no id
             rows = list(csv.reader(handle))
     except FileNotFoundError:
         raise UserError(f"{path}: no such party file") from None
