@@ -8,9 +8,9 @@ the cut, and what the crossing gives away.
    the embeddings sent up, and its per-row epsilon.
 2. The same on an imbalanced version (malignant patients thinned to ~10% of the aligned rows,
    where the norm attack is meant to work).
-3. Vertical ProtoNets on Omniglot halves (5-way 1-shot, unseen characters): both halves
-   across the cut against the label party's half alone and the whole image, on the same
-   meta-test episodes, over seeds.
+3. Vertical ProtoNets on Omniglot halves (configs/vertical_omniglot_strips.toml: 5-way
+   1-shot, unseen characters): both halves across the cut against the label party's half
+   alone and the whole image, on the same meta-test episodes, over seeds.
 
     OMP_NUM_THREADS=1 python benchmarks/vertical.py --out benchmarks/results/vertical.jsonl
 """
@@ -25,19 +25,12 @@ import numpy as np
 import torch
 
 from fedmeta.atomic import write_atomic
-from fedmeta.build import bundled_omniglot
+from fedmeta.build import build_vertical
 from fedmeta.config import load_config
-from fedmeta.data import ClientData, EpisodeSampler
-from fedmeta.data.omniglot import load_omniglot_arrays
-from fedmeta.evaluation import mean_ci95
-from fedmeta.models import MLP
-from fedmeta.optim import adam
-from fedmeta.seeding import seeded
-from fedmeta.vertical.protonet import meta_test, meta_train, width_slices
-from fedmeta.vertical.split import Traffic
 from fedmeta.vertical.tabular import Aligned, aligned_parties, run_tabular
 
 CONFIG = Path(__file__).parents[1] / "configs" / "vertical_breast_cancer.toml"
+FEW_SHOT_CONFIG = Path(__file__).parents[1] / "configs" / "vertical_omniglot_strips.toml"
 PROTECTIONS = {
     "none": [],
     "gradient gaussian C=0.5 m=0.25": ["vertical.gradient_noise='gaussian'",
@@ -79,36 +72,10 @@ def tabular(task: str, protection: str, repeats: int, imbalance: float | None) -
             "rows": len(data.y), "seconds": time.perf_counter() - start, **summary}
 
 
-def omniglot(seeds: int, steps: int, episodes: int) -> list[dict]:
-    arrays = load_omniglot_arrays(bundled_omniglot())
-    background = arrays["split"] == "background"
-
-    def pool(mask):
-        return ClientData(torch.from_numpy(arrays["images"][mask]),
-                          torch.from_numpy(arrays["char_id"][mask]).long())
-
-    train, test = pool(background), pool(~background)
-    halves = width_slices(2)
-    settings = {"vertical": ([(1, 28, 14)] * 2, 32, halves),
-                "label_party": ([(1, 28, 14)], 32, lambda x: halves(x)[:1]),
-                "centralized": ([(1, 28, 28)], 64, lambda x: [x])}
-    rows = []
-    for seed in range(seeds):
-        test_episodes = EpisodeSampler(5, 1, 15).sample(test, episodes, seeded(seed, 1))
-        for setting, (shapes, width, slicer) in settings.items():
-            torch.manual_seed(seed)
-            bottoms = [MLP(shape, (128, width)) for shape in shapes]
-            traffic, start = Traffic(), time.perf_counter()
-            params = meta_train(bottoms, slicer, train, EpisodeSampler(5, 1, 5), steps,
-                                adam(1e-3), seeded(seed, 0), traffic=traffic)
-            accuracy, ci95 = mean_ci95(meta_test(bottoms, params, slicer, test_episodes,
-                                                 seeded(seed, 2)))
-            rows.append({"task": "omniglot-halves-5w1s", "setting": setting, "seed": seed,
-                         "steps": steps, "episodes": episodes, "accuracy": accuracy,
-                         "ci95": ci95, "bytes_per_episode": {"up": traffic.up // steps,
-                                                             "down": traffic.down // steps},
-                         "seconds": time.perf_counter() - start})
-    return rows
+def omniglot(seeds: int, steps: int, episodes: int) -> tuple[dict, list[dict]]:
+    config = load_config(FEW_SHOT_CONFIG, [f"vertical.repeats={seeds}", f"vertical.steps={steps}",
+                                           f"vertical.test_episodes={episodes}"])
+    return build_vertical(config)()
 
 
 def pm(stat: dict, scale: float = 1.0, digits: int = 3) -> str:
@@ -136,15 +103,14 @@ def tabular_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def omniglot_table(rows: list[dict]) -> str:
+def omniglot_table(summary: dict) -> str:
+    traffic = summary["bytes_per_episode"]
     lines = ["| setting | meta-test accuracy %, mean over seeds ± 95% CI (seeds) | "
              "bytes/episode up+down |", "| --- | --- | --- |"]
-    for setting in dict.fromkeys(r["setting"] for r in rows):
-        mine = [r for r in rows if r["setting"] == setting]
-        mean, ci95 = mean_ci95(torch.tensor([r["accuracy"] for r in mine]))
-        traffic = mine[0]["bytes_per_episode"]
-        lines.append(f"| {setting} | {100 * mean:.2f} ± {100 * ci95:.2f} ({len(mine)}) | "
-                     f"{traffic['up']:,}+{traffic['down']:,} |")
+    for setting, result in summary["results"].items():
+        crossing = f"{traffic['up']:,}+{traffic['down']:,}" if setting == "vertical" else "0"
+        lines.append(f"| {setting} | {pm(result['accuracy'], 100, 2)} ({summary['repeats']}) | "
+                     f"{crossing} |")
     return "\n".join(lines)
 
 
@@ -161,8 +127,11 @@ def main() -> None:
     tabular_rows += [tabular("breast-cancer, 10% positive", p, args.repeats, 0.1)
                      for p in ("none", "gradient gaussian C=0.5 m=0.25",
                                "gradient gaussian C=0.5 m=4")]
-    omniglot_rows = omniglot(args.omniglot_seeds, args.steps, args.episodes)
-    write_atomic(args.out, "".join(json.dumps(r) + "\n" for r in tabular_rows + omniglot_rows))
+    few_shot, few_shot_rows = omniglot(args.omniglot_seeds, args.steps, args.episodes)
+    few_shot_rows = [{"task": "omniglot-strips", **r} for r in few_shot_rows]
+    write_atomic(args.out, "".join(json.dumps(r) + "\n" for r in
+                                   [*tabular_rows, *few_shot_rows,
+                                    {"task": "omniglot-strips", **few_shot}]))
     first = tabular_rows[0]
     print(f"breast cancer: {first['rows']} aligned rows of {[p['rows'] for p in first['parties']]}"
           f" per department, PSI {first['psi_bytes']:,} bytes; "
@@ -171,7 +140,7 @@ def main() -> None:
     print(tabular_table(tabular_rows) + "\n")
     print(f"Omniglot halves, 5-way 1-shot, {args.steps} meta-training episodes, "
           f"{args.episodes} meta-test episodes of unseen characters a seed\n")
-    print(omniglot_table(omniglot_rows))
+    print(omniglot_table(few_shot))
 
 
 if __name__ == "__main__":

@@ -4,25 +4,25 @@ from pathlib import Path
 
 import pytest
 
-from fedmeta.build import build_experiment
+from fedmeta.build import build_experiment, build_vertical
 from fedmeta.cli import demo_config_path
 from fedmeta.config import load_config
 from fedmeta.data.fashion_mnist import DEBIAN
 from fedmeta.engine.simulation import Simulation
-from fedmeta.vertical.tabular import aligned_parties, run_tabular
 
 FILES_PRESENT = "t10k-labels-idx1-ubyte.gz"
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.toml")) + [demo_config_path()]
 SHRINK = ["server.rounds=1", "server.clients_per_round=2", "learner.local_steps=1",
           "model.hidden=8", "eval.final_episodes=5"]
-VERTICAL_SHRINK = ["vertical.epochs=1", "vertical.repeats=1"]
+VERTICAL_SHRINK = ["vertical.epochs=1", "vertical.repeats=1", "vertical.steps=2",
+                   "vertical.test_episodes=2"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_shipped_config_runs_one_round(path, request):
     if load_config(path).federation == "vertical":
         config = load_config(path, VERTICAL_SHRINK)
-        summary, _ = run_tabular(config, aligned_parties(config))
+        summary, _ = build_vertical(config)()
         assert 0 <= summary["results"]["vertical"]["accuracy"]["mean"] <= 1
         return
     config = load_config(path, SHRINK)

@@ -137,3 +137,16 @@ def test_noise_without_its_scale_is_one_line(tmp_path, capsys):
     stderr = capsys.readouterr().err
     assert stderr.count("\n") == 1 and "vertical.gradient_noise = 'gaussian' needs" in stderr
     assert not out.exists()
+
+
+def test_few_shot_config_writes_a_complete_run_directory(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "configs/vertical_omniglot_strips.toml", "--quiet", "--out", str(out),
+                 "--set", "vertical.steps=20", "--set", "vertical.test_episodes=5",
+                 "--set", "vertical.repeats=1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["results"]) == {"vertical", "label_party", "centralized"}
+    # 5-way 1-shot, 5 queries: 30 rows of 32 float32 each way an episode
+    assert summary["bytes_per_episode"] == {"up": 30 * 32 * 4, "down": 30 * 32 * 4}
+    row = json.loads((out / "vertical.jsonl").read_text())
+    assert 0 <= row["vertical"]["accuracy"] <= 1 and row["seed"] == 0

@@ -1,5 +1,6 @@
 """From a validated `Config` to the objects a run needs: data, learner, server pipeline."""
 
+from collections.abc import Callable
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -45,6 +46,8 @@ from fedmeta.server.aggregate import Summation, mean, plain_sum
 from fedmeta.server.compression import stochastic_quantization, topk_error_feedback
 from fedmeta.server.pipeline import Pipeline
 from fedmeta.server.robust import ROBUST_RULES, norm_bounding
+from fedmeta.vertical.fewshot import run_fewshot
+from fedmeta.vertical.tabular import aligned_parties, run_tabular
 
 LEARNERS: dict[str, type[Learner]] = {
     "protonet": ProtoNet, "maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "anil": ANIL,
@@ -301,6 +304,15 @@ def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int
             **{key: getattr(learner_config, key) for key in cls.hyperparameters},
             **sample_privacy(config),
             **({"num_clients": num_clients} if cls.takes_num_clients else {}))
+
+
+def build_vertical(config: Config) -> Callable[[], tuple[dict, list[dict]]]:
+    """A vertical run of `config`, ready to go: tabular parties already read and aligned (so
+    bad parties fail before a run directory exists). Called, it returns the run's summary
+    and each repeat's results."""
+    if config.vertical.data == "omniglot-strips":
+        return partial(run_fewshot, config, bundled_omniglot())
+    return partial(run_tabular, config, aligned_parties(config))
 
 
 def build_experiment(config: Config, datasets: Datasets | None = None) -> Experiment:

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from fedmeta.bench.measure import run_benchmarks
 from fedmeta.bench.workloads import WORKLOADS
-from fedmeta.build import OWN_SPLITS, build_datasets, build_experiment
+from fedmeta.build import OWN_SPLITS, build_datasets, build_experiment, build_vertical
 from fedmeta.config import Config, load_config
 from fedmeta.data.client_files import save_client
 from fedmeta.resume import restore_run, resume
@@ -28,7 +28,6 @@ from fedmeta.privacy.encryption import CkksKeys
 from fedmeta.privacy.accountant import epsilon, noise_multiplier_for
 from fedmeta.evaluation import binarized, load_episodes, mean_ci95, one_bit_images
 from fedmeta.report import write_report
-from fedmeta.vertical.tabular import aligned_parties, run_tabular
 
 console = Console(stderr=True)
 
@@ -55,23 +54,28 @@ def train(config: Config, out: Path | None, quiet: bool) -> dict:
 
 
 def train_vertical(config: Config, out: Path | None) -> dict:
-    """A vertical run (fedmeta.vertical): its parties aligned before the run directory is
-    created; each repeat's results in `vertical.jsonl`, their summary in `summary.json`."""
-    data = aligned_parties(config)
+    """A vertical run (fedmeta.vertical, build.build_vertical): tabular parties aligned before
+    the run directory is created; each repeat's results in `vertical.jsonl`, their summary in
+    `summary.json`."""
+    vertical_run = build_vertical(config)
     run = RunDirectory.create(config, out)
-    console.print(f"run directory: {run.path}  ({len(data.parties)} parties, {len(data.y)} "
-                  "aligned rows)")
-    summary, rows = run_tabular(config, data)
+    console.print(f"run directory: {run.path}  ({config.vertical.data}, vertical)",
+                  soft_wrap=True)
+    summary, rows = vertical_run()
     write_atomic(run.path / "vertical.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     run.write_summary(summary)
     for setting, result in summary["results"].items():
-        auc, accuracy = result["auc"], result["accuracy"]
-        console.print(f"{setting:>12}: ROC AUC {auc['mean']:.4f} ± {auc['ci95']:.4f}, accuracy "
-                      f"{100 * accuracy['mean']:.2f}% ± {100 * accuracy['ci95']:.2f}% (95% CI, "
-                      f"{summary['repeats']} seeds)")
-    traffic = summary["bytes_per_epoch"]
-    console.print(f"bytes per epoch: {traffic['up']:,} up (embeddings), {traffic['down']:,} down "
-                  f"(gradients); PSI {summary['psi_bytes']:,} bytes")
+        accuracy = result["accuracy"]
+        auc = (f"ROC AUC {result['auc']['mean']:.4f} ± {result['auc']['ci95']:.4f}, "
+               if "auc" in result else "")
+        console.print(f"{setting:>12}: {auc}accuracy {100 * accuracy['mean']:.2f}% ± "
+                      f"{100 * accuracy['ci95']:.2f}% (95% CI, {summary['repeats']} seeds)",
+                      soft_wrap=True)
+    unit = "episode" if "bytes_per_episode" in summary else "epoch"  # few-shot or tabular
+    traffic = summary[f"bytes_per_{unit}"]
+    psi = f"; PSI {summary['psi_bytes']:,} bytes" if "psi_bytes" in summary else ""
+    console.print(f"bytes per {unit}: {traffic['up']:,} up (embeddings), {traffic['down']:,} "
+                  f"down (gradients){psi}", soft_wrap=True)
     for kind, result in summary.get("attack", {}).items():
         console.print(f"label leakage, {kind}: {result['mean']:.3f} ± {result['ci95']:.3f}")
     return summary

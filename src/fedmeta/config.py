@@ -269,13 +269,14 @@ class VerticalConfig(Section):
     centralized, over `repeats` seeds. What crosses the cut may be clipped and noised
     (vertical/protection.py: the scale is multiplier x clip, per row)."""
 
-    # "breast-cancer": scikit-learn's, its 30 columns split over `departments`, each holding
-    # a random `holding` fraction of the patients; "files": one CSV per party (`party_files`,
-    # the label party's first): a header `id,<columns>`, the label party's with a `label`
-    # column of class numbers 0..C-1
-    data: Literal["breast-cancer", "files"] = "breast-cancer"
+    # "breast-cancer": scikit-learn's, its 30 columns split over `parties` departments, each
+    # holding a random `holding` fraction of the patients; "files": one CSV per party
+    # (`party_files`, the label party's first): a header `id,<columns>`, the label party's
+    # with a `label` column of class numbers 0..C-1; "omniglot-strips": few-shot, the bundled
+    # Omniglot's characters cut into `parties` vertical strips (vertical ProtoNets)
+    data: Literal["breast-cancer", "files", "omniglot-strips"] = "breast-cancer"
     party_files: list[str] = Field([], max_length=64)
-    departments: int = Field(3, ge=2, le=30)
+    parties: int = Field(3, ge=2, le=28)
     holding: float = Field(0.8, gt=0, le=1)
     test_fraction: float = Field(0.3, gt=0, lt=1)  # of the aligned rows, held out for scoring
     hidden: int = Field(16, ge=1, le=4096)  # each bottom MLP: columns -> hidden -> embedding
@@ -285,6 +286,14 @@ class VerticalConfig(Section):
     batch_size: int = Field(32, ge=1, le=10**6)
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: float = Field(0.01, gt=0)
+    # omniglot-strips: meta-training episodes (one a step) of the background alphabets, and
+    # meta-test episodes of the evaluation alphabets' characters, the same for every setting
+    ways: int = Field(5, ge=2, le=1000)
+    shots: int = Field(1, ge=1, le=1000)
+    queries: int = Field(5, ge=1, le=1000)
+    test_queries: int = Field(15, ge=1, le=1000)
+    steps: int = Field(2000, ge=1, le=10**7)
+    test_episodes: int = Field(300, ge=1, le=10**5)
     repeats: int = Field(5, ge=1, le=1000)  # seeds seed, seed + 1, ...: the CIs' sample
     embedding_noise: NoiseKind = "none"  # on what the other parties send up
     embedding_clip: float | None = Field(None, gt=0)

@@ -39,7 +39,7 @@ class Aligned:
 def load_parties(vertical: VerticalConfig, seed: int) -> list[Party]:
     if vertical.data == "files":
         return read_parties(vertical.party_files)
-    return breast_cancer_departments(vertical.departments, vertical.holding, seed)
+    return breast_cancer_departments(vertical.parties, vertical.holding, seed)
 
 
 def aligned_parties(config: Config) -> Aligned:
