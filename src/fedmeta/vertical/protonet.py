@@ -9,7 +9,10 @@ episodes, the other parties only ever seeing the embeddings' gradients (`split.e
 meta-test episodes come from classes never trained on.
 
 The label party sends the other parties the episode's examples in a random order, so the order
-does not give away which examples share a class (the gradients still may: `leakage`).
+does not give away which examples share a class (the gradients still may: `leakage`). The
+gradient sent down is that of the episode's mean query loss (a support example's row mixes
+into its class's prototype, so there is no per-example loss to take it of): a gradient clip
+norm here is in those units, not the tabular runs' per-example ones.
 """
 
 from collections.abc import Callable, Sequence
