@@ -150,3 +150,11 @@ def test_few_shot_config_writes_a_complete_run_directory(tmp_path):
     assert summary["bytes_per_episode"] == {"up": 30 * 32 * 4, "down": 30 * 32 * 4}
     row = json.loads((out / "vertical.jsonl").read_text())
     assert 0 <= row["vertical"]["accuracy"] <= 1 and row["seed"] == 0
+
+
+def test_a_vertical_config_has_no_clients_to_export(tmp_path, capsys):
+    assert main(["export-clients", "configs/vertical_breast_cancer.toml",
+                 str(tmp_path / "clients")]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and "runs with `fedmeta run` only" in stderr
+    assert not (tmp_path / "clients").exists()

@@ -73,11 +73,19 @@ class Datasets(NamedTuple):
     test: FederatedDataset
 
 
+def check_horizontal(config: Config) -> None:
+    """UserError for a vertical config where only horizontal runs go (clients, Flower)."""
+    if config.federation == "vertical":
+        raise UserError("a vertical config (federation = 'vertical') runs with `fedmeta run` "
+                        "only: it has no clients to export, deploy or benchmark")
+
+
 def build_datasets(config: Config) -> Datasets:
     """The config's clients. Omniglot and FEMNIST hold `data.validation_fraction` of the
     training side's clients (background alphabets, training writers) out for meta-validation;
     Synthetic generates as many more clients of a seed of their own; Fashion-MNIST's held-out
     data are its training clients' own (`own_splits`)."""
+    check_horizontal(config)
     data = config.data
     if data.dataset in OWN_SPLITS:
         clients = fashion_mnist_federated(
@@ -317,6 +325,7 @@ def build_vertical(config: Config) -> Callable[[], tuple[dict, list[dict]]]:
 
 def build_experiment(config: Config, datasets: Datasets | None = None) -> Experiment:
     """The experiment of `config`, on `datasets` if given, else the config's."""
+    check_horizontal(config)
     check_supported(config, LEARNERS[config.learner.algorithm])  # before any data is read
     train, validation, test = datasets or build_datasets(config)
     learner = build_learner(config, train.input_shape, train.num_classes, train.num_clients)
