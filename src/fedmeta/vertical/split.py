@@ -160,7 +160,9 @@ def train_split(network: SplitNetwork, xs: Sequence[torch.Tensor], y: torch.Tens
                 up: Protection = Protection(), down: Protection = Protection(),
                 record: bool = False) -> tuple[SplitState, Traffic, list[float], list[StepRecord]]:
     """Train on aligned rows (`xs[p]` party p's [N, d_p], `y` [N]) for `epochs` passes of
-    shuffled minibatches, every party with its own `optimizer` state. Returns the trained
+    shuffled minibatches, every party with its own `optimizer` state. The parties draw the
+    shuffles from one `generator` they agreed the seed of (as the split into training and
+    held-out rows), so no row index crosses a step. Returns the trained
     state, the traffic of all epochs, each epoch's mean loss, and (with `record`) what party
     1 was sent each step."""
     bottoms, top = network.init_params()
