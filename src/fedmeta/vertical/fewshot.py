@@ -20,7 +20,7 @@ from fedmeta.data.omniglot import load_omniglot_arrays
 from fedmeta.evaluation import mean_ci95
 from fedmeta.models import MLP
 from fedmeta.optim import OPTIMIZERS
-from fedmeta.seeding import seeded
+from fedmeta.seeding import CUT_NOISE_STREAM, seeded
 from fedmeta.vertical.protonet import Slicer, meta_test, meta_train, width_slices
 from fedmeta.vertical.split import Traffic
 from fedmeta.vertical.tabular import SETTINGS, finite, protections
@@ -58,12 +58,13 @@ def one_repeat(config: Config, pools: tuple[ClientData, ClientData], repeat: int
         torch.manual_seed(seed)
         bottoms = [MLP(shape, (vertical.hidden, width)) for shape in shapes]
         traffic = Traffic()
+        noise = seeded(seed, CUT_NOISE_STREAM)  # the parties' private randomness, not shared
         params = meta_train(bottoms, slicer, train,
                             EpisodeSampler(vertical.ways, vertical.shots, vertical.queries),
                             vertical.steps, OPTIMIZERS[vertical.optimizer](vertical.lr),
-                            seeded(seed, 0), up, down, traffic)
+                            seeded(seed, 0), up, down, noise, traffic)
         accuracy, ci95 = mean_ci95(meta_test(bottoms, params, slicer, episodes,
-                                             seeded(seed, 2), up))
+                                             seeded(seed, 2), up, noise))
         row[setting] = {"accuracy": accuracy, "ci95": ci95}
         if setting == "vertical":
             row["bytes_per_episode"] = {"up": traffic.up // vertical.steps,

@@ -61,29 +61,32 @@ def episode_loss(embeddings: Sequence[torch.Tensor], y: torch.Tensor, support: t
 def meta_train(bottoms: Sequence[nn.Module], slicer: Slicer, pool: ClientData,
                sampler: EpisodeSampler, steps: int, optimizer: Transform,
                generator: torch.Generator, up: Protection = Protection(),
-               down: Protection = Protection(), traffic: Traffic | None = None) -> list[Params]:
-    """The parties' bottom params after `steps` episodes of `pool`, one a step."""
+               down: Protection = Protection(), noise: torch.Generator | None = None,
+               traffic: Traffic | None = None) -> list[Params]:
+    """The parties' bottom params after `steps` episodes of `pool`, one a step (drawn, and
+    shuffled, by the label party from `generator`); protection draws from `noise`, the
+    parties' private randomness."""
     params = [initial_params(b) for b in bottoms]
     states = [optimizer.init(p) for p in params]
     for _ in range(steps):
         x, y, support = episode_rows(sampler.sample(pool, 1, generator), 0, generator)
         head = lambda _, hs: episode_loss(hs, y, support, sampler.ways)[0]  # noqa: E731
-        grads, *_ = exchange(bottoms, params, slicer(x), head, {}, up, down, generator,
-                             traffic)
+        grads, *_ = exchange(bottoms, params, slicer(x), head, {}, up, down, noise, traffic)
         optimizer_step(optimizer, params, grads, states)
     return params
 
 
 def meta_test(bottoms: Sequence[nn.Module], params: Sequence[Params], slicer: Slicer,
-              episodes: Episodes, generator: torch.Generator, up: Protection = Protection()
-              ) -> torch.Tensor:
-    """Query accuracy of each episode [E]; the other parties' embeddings cross protected."""
+              episodes: Episodes, generator: torch.Generator, up: Protection = Protection(),
+              noise: torch.Generator | None = None) -> torch.Tensor:
+    """Query accuracy of each episode [E] (rows shuffled from `generator`); the other
+    parties' embeddings cross protected, the noise drawn from `noise`."""
     accuracies = []
     with torch.no_grad():
         for e in range(episodes.num_episodes):
             x, y, support = episode_rows(episodes, e, generator)
             received = [embedding(m, p, s, up if party else Protection()) for party, (m, p, s)
                         in enumerate(zip(bottoms, params, slicer(x)))]
-            received = [received[0], *(up.add_noise(h, generator) for h in received[1:])]
+            received = [received[0], *(up.add_noise(h, noise) for h in received[1:])]
             accuracies.append(episode_loss(received, y, support, episodes.ways)[1])
     return torch.stack(accuracies)

@@ -107,22 +107,23 @@ class SplitState(NamedTuple):
 def exchange(bottoms: Sequence[nn.Module], params: Sequence[Params],
              xs: Sequence[torch.Tensor], head: Callable[[Params, list[torch.Tensor]], torch.Tensor],
              head_params: Params, up: Protection = Protection(),
-             down: Protection = Protection(), generator: torch.Generator | None = None,
+             down: Protection = Protection(), noise: torch.Generator | None = None,
              traffic: Traffic | None = None
              ) -> tuple[list[Params], Params, torch.Tensor, list[torch.Tensor]]:
     """One pass across the cut. Each party embeds its rows `xs[p]`; the other parties' embeddings
     cross (protected by `up`); the label party's `head(head_params, embeddings)` gives the loss,
     differentiated with respect to its params and to each embedding; the gradients cross back
-    (protected by `down`), and each party pulls its own back onto its params. Returns the
+    (protected by `down`), and each party pulls its own back onto its params. `noise`: the
+    parties' private randomness (never a stream another party knows). Returns the
     bottoms' gradients, the head's, the loss, and the gradient each party received ([B, E];
     party 0's its own). `traffic` counts the bytes that crossed."""
     embedded = [embed(m, p, x, up if party else Protection())
                 for party, (m, p, x) in enumerate(zip(bottoms, params, xs))]
-    received = [h if party == 0 else up.add_noise(h, generator)  # h is clipped already
+    received = [h if party == 0 else up.add_noise(h, noise)  # h is clipped already
                 for party, (h, _) in enumerate(embedded)]
     (head_grads, embedding_grads), loss = grad_and_value(head, argnums=(0, 1))(head_params,
                                                                                 received)
-    sent = [g if party == 0 else down.release(g, generator)
+    sent = [g if party == 0 else down.release(g, noise)
             for party, g in enumerate(embedding_grads)]
     if traffic is not None:
         traffic.up += sum(tensor_bytes(h) for h in received[1:])
@@ -134,14 +135,14 @@ def exchange(bottoms: Sequence[nn.Module], params: Sequence[Params],
 def split_gradients(network: SplitNetwork, bottoms: Sequence[Params], top: Params,
                     xs: Sequence[torch.Tensor], y: torch.Tensor,
                     up: Protection = Protection(), down: Protection = Protection(),
-                    generator: torch.Generator | None = None, traffic: Traffic | None = None
+                    noise: torch.Generator | None = None, traffic: Traffic | None = None
                     ) -> tuple[list[Params], Params, torch.Tensor, list[torch.Tensor]]:
     """`exchange` for the split network on a batch of labels `y`: the gradients of the mean
     loss for each party's bottom params and the top's, the summed loss, and the per-example
     gradients each party received."""
     bottom_grads, top_grads, loss, sent = exchange(
         network.bottoms, bottoms, xs, lambda t, hs: label_loss(network.top, t, hs, y), top,
-        up, down, generator, traffic)
+        up, down, noise, traffic)
     mean = lambda grads: {k: v / len(y) for k, v in grads.items()}  # noqa: E731
     return [mean(g) for g in bottom_grads], mean(top_grads), loss, sent
 
@@ -158,13 +159,14 @@ def optimizer_step(optimizer: Transform, params: list[Params], grads: Sequence[P
 def train_split(network: SplitNetwork, xs: Sequence[torch.Tensor], y: torch.Tensor,
                 epochs: int, batch_size: int, optimizer: Transform, generator: torch.Generator,
                 up: Protection = Protection(), down: Protection = Protection(),
-                record: bool = False) -> tuple[SplitState, Traffic, list[float], list[StepRecord]]:
+                noise: torch.Generator | None = None, record: bool = False
+                ) -> tuple[SplitState, Traffic, list[float], list[StepRecord]]:
     """Train on aligned rows (`xs[p]` party p's [N, d_p], `y` [N]) for `epochs` passes of
     shuffled minibatches, every party with its own `optimizer` state. The parties draw the
     shuffles from one `generator` they agreed the seed of (as the split into training and
-    held-out rows), so no row index crosses a step. Returns the trained
-    state, the traffic of all epochs, each epoch's mean loss, and (with `record`) what party
-    1 was sent each step."""
+    held-out rows), so no row index crosses a step; protection draws from `noise`, the
+    parties' private randomness. Returns the trained state, the traffic of all epochs, each
+    epoch's mean loss, and (with `record`) what party 1 was sent each step."""
     bottoms, top = network.init_params()
     params = [*bottoms, top]  # each party's bottom, then the label party's top
     states = [optimizer.init(p) for p in params]
@@ -175,7 +177,7 @@ def train_split(network: SplitNetwork, xs: Sequence[torch.Tensor], y: torch.Tens
         for batch in torch.randperm(n, generator=generator).split(batch_size):
             bottom_grads, top_grads, loss, sent = split_gradients(
                 network, params[:-1], params[-1], [x[batch] for x in xs], y[batch], up, down,
-                generator, traffic)
+                noise, traffic)
             total += float(loss)
             if record and len(sent) > 1:
                 records.append(StepRecord(sent[1].detach(), y[batch], epoch))
@@ -185,7 +187,7 @@ def train_split(network: SplitNetwork, xs: Sequence[torch.Tensor], y: torch.Tens
 
 
 def predict(network: SplitNetwork, state: SplitState, xs: Sequence[torch.Tensor],
-            up: Protection = Protection(), generator: torch.Generator | None = None,
+            up: Protection = Protection(), noise: torch.Generator | None = None,
             traffic: Traffic | None = None) -> torch.Tensor:
     """Class probabilities [N, C] of aligned rows; the other parties' embeddings cross
     protected as in training."""
@@ -193,7 +195,7 @@ def predict(network: SplitNetwork, state: SplitState, xs: Sequence[torch.Tensor]
         received = []
         for party, (m, p, x) in enumerate(zip(network.bottoms, state.bottoms, xs)):
             h = embedding(m, p, x, up if party else Protection())
-            received.append(h if party == 0 else up.add_noise(h, generator))
+            received.append(h if party == 0 else up.add_noise(h, noise))
         if traffic is not None:
             traffic.up += sum(tensor_bytes(h) for h in received[1:])
         logits = functional_call(network.top, state.top, (torch.cat(received, 1),))

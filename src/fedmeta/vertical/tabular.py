@@ -15,7 +15,7 @@ from fedmeta.config import Config, VerticalConfig
 from fedmeta.errors import UserError
 from fedmeta.evaluation import mean_ci95
 from fedmeta.optim import OPTIMIZERS
-from fedmeta.seeding import seeded
+from fedmeta.seeding import CUT_NOISE_STREAM, seeded
 from fedmeta.vertical.alignment import align
 from fedmeta.vertical.leakage import attack_aucs
 from fedmeta.vertical.parties import Party, breast_cancer_departments, read_parties
@@ -101,13 +101,13 @@ def one_repeat(config: Config, data: Aligned, repeat: int) -> dict:
         torch.manual_seed(seed)
         network = SplitNetwork.mlp([x.shape[1] for x, _ in parties], vertical.hidden, width,
                                    vertical.top_hidden, classes)
-        generator = seeded(seed, 1)
+        noise = seeded(seed, CUT_NOISE_STREAM)  # the parties' private randomness, not shared
         state, traffic, losses, records = train_split(
             network, [x for x, _ in parties], y_train, vertical.epochs, vertical.batch_size,
-            OPTIMIZERS[vertical.optimizer](vertical.lr), generator, up, down,
+            OPTIMIZERS[vertical.optimizer](vertical.lr), seeded(seed, 1), up, down, noise,
             record=setting == "vertical" and classes == 2)
         inference = Traffic()
-        probabilities = predict(network, state, [x for _, x in parties], up, generator,
+        probabilities = predict(network, state, [x for _, x in parties], up, noise,
                                 inference)
         row[setting] = {**scores(probabilities, data.y[test]), "final_loss": losses[-1]}
         if setting == "vertical":
