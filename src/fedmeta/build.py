@@ -1,5 +1,6 @@
 """From a validated `Config` to the objects a run needs: data, learner, server pipeline."""
 
+from collections.abc import Callable
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -46,6 +47,8 @@ from fedmeta.server.aggregate import Summation, mean, plain_sum
 from fedmeta.server.compression import stochastic_quantization, topk_error_feedback
 from fedmeta.server.pipeline import Pipeline
 from fedmeta.server.robust import ROBUST_RULES, norm_bounding
+from fedmeta.vertical.fewshot import run_fewshot
+from fedmeta.vertical.tabular import aligned_parties, run_tabular
 
 LEARNERS: dict[str, type[Learner]] = {
     "protonet": ProtoNet, "maml": MAML, "fomaml": FOMAML, "metasgd": MetaSGD, "anil": ANIL,
@@ -71,11 +74,19 @@ class Datasets(NamedTuple):
     test: FederatedDataset
 
 
+def check_horizontal(config: Config) -> None:
+    """UserError for a vertical config where only horizontal runs go (clients, Flower)."""
+    if config.federation == "vertical":
+        raise UserError("a vertical config (federation = 'vertical') runs with `fedmeta run` "
+                        "only: it has no clients to export, deploy or benchmark")
+
+
 def build_datasets(config: Config) -> Datasets:
     """The config's clients. Omniglot and FEMNIST hold `data.validation_fraction` of the
     training side's clients (background alphabets, training writers) out for meta-validation;
     Synthetic generates as many more clients of a seed of their own; Fashion-MNIST's held-out
     data are its training clients' own (`own_splits`)."""
+    check_horizontal(config)
     data = config.data
     if data.dataset in OWN_SPLITS:
         clients = fashion_mnist_federated(
@@ -307,8 +318,18 @@ def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int
     return learner.to(torch_device)
 
 
+def build_vertical(config: Config) -> Callable[[], tuple[dict, list[dict]]]:
+    """A vertical run of `config`, ready to go: tabular parties already read and aligned (so
+    bad parties fail before a run directory exists). Called, it returns the run's summary
+    and each repeat's results."""
+    if config.vertical.data == "omniglot-strips":
+        return partial(run_fewshot, config, bundled_omniglot())
+    return partial(run_tabular, config, aligned_parties(config))
+
+
 def build_experiment(config: Config, datasets: Datasets | None = None) -> Experiment:
     """The experiment of `config`, on `datasets` if given, else the config's."""
+    check_horizontal(config)
     check_supported(config, LEARNERS[config.learner.algorithm])  # before any data is read
     train, validation, test = datasets or build_datasets(config)
     learner = build_learner(config, train.input_shape, train.num_classes, train.num_clients)

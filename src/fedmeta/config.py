@@ -264,9 +264,73 @@ class FlowerConfig(Section):
     floor_probes: int = Field(0, ge=0, le=100)
 
 
+NoiseKind = Literal["none", "gaussian", "laplace"]
+
+
+class VerticalConfig(Section):
+    """A vertical run (`federation = "vertical"`, fedmeta.vertical): parties hold different
+    columns of partly the same people, aligned by PSI; a split network trained on the aligned
+    rows, scored on held-out aligned rows against the label party alone and all columns
+    centralized, over `repeats` seeds. What crosses the cut may be clipped and noised
+    (vertical/protection.py: the scale is multiplier x clip, per row)."""
+
+    # "breast-cancer": scikit-learn's, its 30 columns split over `parties` departments, each
+    # holding a random `holding` fraction of the patients; "files": one CSV per party
+    # (`party_files`, the label party's first): a header `id,<columns>`, the label party's
+    # with a `label` column of class numbers 0..C-1; "omniglot-strips": few-shot, the bundled
+    # Omniglot's characters cut into `parties` vertical strips (vertical ProtoNets)
+    data: Literal["breast-cancer", "files", "omniglot-strips"] = "breast-cancer"
+    party_files: list[str] = Field([], max_length=64)
+    parties: int = Field(3, ge=2, le=28)
+    holding: float = Field(0.8, gt=0, le=1)
+    test_fraction: float = Field(0.3, gt=0, lt=1)  # of the aligned rows, held out for scoring
+    hidden: int = Field(16, ge=1, le=4096)  # each bottom MLP: columns -> hidden -> embedding
+    embedding: int = Field(4, ge=1, le=4096)  # cut-layer width of each party
+    top_hidden: int = Field(16, ge=1, le=4096)
+    epochs: int = Field(30, ge=1, le=10**5)
+    batch_size: int = Field(32, ge=1, le=10**6)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = Field(0.01, gt=0)
+    # omniglot-strips: meta-training episodes (one a step) of the background alphabets, and
+    # meta-test episodes of the evaluation alphabets' characters, the same for every setting
+    ways: int = Field(5, ge=2, le=1000)
+    shots: int = Field(1, ge=1, le=1000)
+    queries: int = Field(5, ge=1, le=1000)
+    test_queries: int = Field(15, ge=1, le=1000)
+    steps: int = Field(2000, ge=1, le=10**7)
+    test_episodes: int = Field(300, ge=1, le=10**5)
+    repeats: int = Field(5, ge=1, le=1000)  # seeds seed, seed + 1, ...: the CIs' sample
+    embedding_noise: NoiseKind = "none"  # on what the other parties send up
+    embedding_clip: float | None = Field(None, gt=0)
+    embedding_noise_multiplier: float = Field(0.0, ge=0)
+    gradient_noise: NoiseKind = "none"  # on what the label party sends back down
+    gradient_clip: float | None = Field(None, gt=0)
+    gradient_noise_multiplier: float = Field(0.0, ge=0)
+    delta: float = Field(1e-5, gt=0, lt=1)  # of the per-row epsilon reported
+
+    @model_validator(mode="after")
+    def _complete(self) -> "VerticalConfig":
+        if (self.data == "files") != bool(self.party_files):
+            raise ValueError("vertical.party_files (at least 2 CSVs) go with vertical.data = "
+                             "'files', and only with it")
+        if self.data == "files" and len(self.party_files) < 2:
+            raise ValueError("vertical.party_files needs at least 2 parties' CSVs, got "
+                             f"{len(self.party_files)}")
+        for side in ("embedding", "gradient"):
+            noise = getattr(self, f"{side}_noise")
+            if noise != "none" and (getattr(self, f"{side}_clip") is None
+                                    or not getattr(self, f"{side}_noise_multiplier")):
+                raise ValueError(f"vertical.{side}_noise = {noise!r} needs vertical.{side}_clip "
+                                 f"and vertical.{side}_noise_multiplier > 0 (its scale)")
+        return self
+
+
 class Config(Section):
     name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = Field(0, ge=0, le=2**63 - 1)  # a signed 64-bit integer, as torch takes
+    # horizontal: clients hold different people (every section below but `vertical`);
+    # vertical: parties hold different columns of the same people (`vertical`, `run`)
+    federation: Literal["horizontal", "vertical"] = "horizontal"
     data: DataConfig = DataConfig()
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
@@ -279,6 +343,28 @@ class Config(Section):
     attack: AttackConfig = AttackConfig()
     faults: FaultsConfig = FaultsConfig()
     flower: FlowerConfig = FlowerConfig()
+    vertical: VerticalConfig = VerticalConfig()
+
+    @property
+    def unread_sections(self) -> set[str]:
+        """The sections this federation does not read: a vertical run reads `vertical` and
+        `run` only, a horizontal run every other."""
+        vertical = self.federation == "vertical"
+        return {name for name, field in type(self).model_fields.items()
+                if isinstance(field.default, Section) and name != "run"
+                and (name == "vertical") != vertical}
+
+    @model_validator(mode="after")
+    def _one_federation(self) -> "Config":
+        """No unread section set to anything but its defaults."""
+        unread = sorted(name for name in self.unread_sections
+                        if getattr(self, name) != type(self).model_fields[name].default)
+        if unread:
+            vertical = self.federation == "vertical"
+            raise ValueError(f"federation = {self.federation!r} does not read "
+                             f"[{unread[0]}]: remove it, or set federation = "
+                             f"{'horizontal' if vertical else 'vertical'!r}")
+        return self
 
     @model_validator(mode="after")
     def _accounted_cohorts(self) -> "Config":

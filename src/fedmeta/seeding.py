@@ -38,3 +38,4 @@ SECAGG_STREAM = 2**31 - 5  # stochastic rounding of secure aggregation's fixed p
 ATTACK_STREAM = 2**31 - 6  # which clients are malicious, and their noise
 FAULT_STREAM = 2**31 - 7  # dropouts and round times of simulated unreliable clients
 QUANTIZE_STREAM = 2**31 - 8  # stochastic rounding of compressed client updates
+CUT_NOISE_STREAM = 2**31 - 9  # vertical FL: the parties' private noise on what crosses the cut

@@ -42,7 +42,8 @@ class RunDirectory:
             raise UserError(f"run directory {out} already exists and is not an empty directory")
         run = cls(out)
         make_directory(run.checkpoints)
-        write_atomic(run.config_path, tomli_w.dumps(config.model_dump(exclude_none=True)))
+        write_atomic(run.config_path, tomli_w.dumps(config.model_dump(
+            exclude_none=True, exclude=config.unread_sections)))
         return run
 
     @classmethod
