@@ -255,7 +255,7 @@ class FaultsConfig(Section):
 
 class FlowerConfig(Section):
     """A run on Flower: how long the server waits for a round's replies (it needs
-    server.min_clients of them)."""
+    server.min_clients of them; a vertical run, every party's reply to each message)."""
 
     round_timeout: float = Field(600.0, gt=0)  # seconds
     eval_episodes_per_client: int = Field(20, ge=1, le=10**5)  # federated evaluation on each node
@@ -276,7 +276,8 @@ class VerticalConfig(Section):
 
     # "breast-cancer": scikit-learn's, its 30 columns split over `parties` departments, each
     # holding a random `holding` fraction of the patients; "files": one CSV per party
-    # (`party_files`, the label party's first): a header `id,<columns>`, the label party's
+    # (`party_files`, the label party's first; on Flower each party's node config names its
+    # own, and party_files stays empty): a header `id,<columns>`, the label party's
     # with a `label` column of class numbers 0..C-1; "omniglot-strips": few-shot, the bundled
     # Omniglot's characters cut into `parties` vertical strips (vertical ProtoNets)
     data: Literal["breast-cancer", "files", "omniglot-strips"] = "breast-cancer"
@@ -310,12 +311,9 @@ class VerticalConfig(Section):
 
     @model_validator(mode="after")
     def _complete(self) -> "VerticalConfig":
-        if (self.data == "files") != bool(self.party_files):
-            raise ValueError("vertical.party_files (at least 2 CSVs) go with vertical.data = "
-                             "'files', and only with it")
-        if self.data == "files" and len(self.party_files) < 2:
-            raise ValueError("vertical.party_files needs at least 2 parties' CSVs, got "
-                             f"{len(self.party_files)}")
+        if self.party_files and self.data != "files":
+            raise ValueError("vertical.party_files go with vertical.data = 'files', and only "
+                             "with it")
         for side in ("embedding", "gradient"):
             noise = getattr(self, f"{side}_noise")
             if noise != "none" and (getattr(self, f"{side}_clip") is None
@@ -329,7 +327,7 @@ class Config(Section):
     name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = Field(0, ge=0, le=2**63 - 1)  # a signed 64-bit integer, as torch takes
     # horizontal: clients hold different people (every section below but `vertical`);
-    # vertical: parties hold different columns of the same people (`vertical`, `run`)
+    # vertical: parties hold different columns of the same people (`vertical`, `run`, `flower`)
     federation: Literal["horizontal", "vertical"] = "horizontal"
     data: DataConfig = DataConfig()
     task: TaskConfig = TaskConfig()
@@ -347,11 +345,11 @@ class Config(Section):
 
     @property
     def unread_sections(self) -> set[str]:
-        """The sections this federation does not read: a vertical run reads `vertical` and
-        `run` only, a horizontal run every other."""
+        """The sections this federation does not read: a vertical run reads `vertical`, `run`
+        and `flower` only, a horizontal run every other but `vertical`."""
         vertical = self.federation == "vertical"
         return {name for name, field in type(self).model_fields.items()
-                if isinstance(field.default, Section) and name != "run"
+                if isinstance(field.default, Section) and name not in ("run", "flower")
                 and (name == "vertical") != vertical}
 
     @model_validator(mode="after")
