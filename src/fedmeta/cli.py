@@ -106,7 +106,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     if args.num_episodes is not None and args.num_episodes < 1:
         raise UserError(f"--num-episodes must be at least 1, got {args.num_episodes}")
-    run = RunDirectory.open(args.run_dir)
+    run = RunDirectory.open(args.run_dir, "eval")
     experiment, params, state, round_index, selected = restore_run(
         run, args.checkpoint or run.latest_checkpoint(), args.device)
     states = state.get(CLIENTS)

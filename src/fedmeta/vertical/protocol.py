@@ -17,6 +17,7 @@ as `(values, arrays)`, or raises UserError if a party failed; `answer` is a part
 """
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -119,24 +120,27 @@ def run_deployed(config: Config, described: dict[int, Values], send: Send) -> di
     `PartyRun.describe`, by party index) through `send`; the run's summary."""
     check_parties(described)
     vertical, others = config.vertical, sorted(described)[1:]
+    started_at = time.perf_counter()
     start_values, psi_bytes = align(described, send)
+    aligned_at = time.perf_counter()
     shape = {"columns": [described[p]["columns"] for p in sorted(described)],
              "classes": described[0]["classes"]}
     started = send("start", {p: ({**shape, **start_values.get(p, {})}, {}) for p in described})
     train_rows, test_rows = started[0][0]["train-rows"], started[0][0]["test-rows"]
-    traffic, losses, gradients = Traffic(), [], {}
-    for epoch in range(vertical.epochs):
+    traffic, losses, gradients, steps = Traffic(), [], {}, 0
+    for _ in range(vertical.epochs):
         total = 0.0
-        for batch in range(math.ceil(train_rows / vertical.batch_size)):
-            step = epoch * math.ceil(train_rows / vertical.batch_size) + batch
-            embedded = send("embed", {q: ({"step": step}, gradients.get(q, {})) for q in others})
-            stepped = send("label-step", {0: ({"step": step, "partners": others}, {
+        for _ in range(math.ceil(train_rows / vertical.batch_size)):
+            embedded = send("embed", {q: ({"step": steps}, gradients.get(q, {})) for q in others})
+            stepped = send("label-step", {0: ({"step": steps, "partners": others}, {
                 f"embedding-{q}": embedded[q][1]["embedding"] for q in others})})
             total += stepped[0][0]["loss"]
             gradients = {q: {"gradient": stepped[0][1][f"gradient-{q}"]} for q in others}
             traffic.up += sum(tensor_bytes(embedded[q][1]["embedding"]) for q in others)
             traffic.down += sum(tensor_bytes(g["gradient"]) for g in gradients.values())
+            steps += 1
         losses.append(total / train_rows)
+    trained_at = time.perf_counter()
     held_out = send("finish", {q: ({}, gradients[q]) for q in others})
     scored = send("score", {0: ({"partners": others}, {
         f"embedding-{q}": held_out[q][1]["embedding"] for q in others})})
@@ -151,4 +155,6 @@ def run_deployed(config: Config, described: dict[int, Values], send: Send) -> di
         "inference_bytes": sum(tensor_bytes(held_out[q][1]["embedding"]) for q in others),
         "results": {"vertical": {**scored[0][0], "final_loss": losses[-1]}},
         "losses": losses, "privacy": privacy_summary(vertical),
-        "noise": "each party's own, seeded from its operating system's entropy"}
+        "noise": "each party's own, seeded from its operating system's entropy",
+        "seconds": {"alignment": aligned_at - started_at, "training": trained_at - aligned_at,
+                    "steps": steps, "per_step": (trained_at - aligned_at) / steps}}
