@@ -67,7 +67,10 @@ class FederatedDataset(ABC):
     @property
     @abstractmethod
     def num_classes(self) -> int:
-        """Number of distinct global labels over all clients."""
+        """Number of distinct global labels over all clients (1 for float targets: one
+        output, the predicted value)."""
+
+    num_items: int = 0  # a recommendation dataset's item space (its model's item embeddings)
 
     def __len__(self) -> int:
         return self.num_clients
