@@ -156,6 +156,9 @@ def value_type(field) -> Any:
 def wrong_types(field) -> st.SearchStrategy:
     """TOML values of a type the field does not take (strict: no 1 for true, no "1" for 1)."""
     base = value_type(field)
+    if get_origin(base) is list:  # of strings: not [] (which it takes), a list of integers
+        return st.one_of(*(values for kind, values in SCALARS.items() if kind is not list),
+                         st.lists(st.integers(), min_size=1, max_size=3))
     accepted = ({type(c) for c in get_args(base)} if get_origin(base) is Literal
                 else {float, int} if base is float else {base})
     return st.one_of(*(values for kind, values in SCALARS.items() if kind not in accepted))

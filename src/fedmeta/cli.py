@@ -23,6 +23,7 @@ from fedmeta.engine.client_state import CLIENTS
 from fedmeta.engine.rundir import RunDirectory, make_directory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize
+from fedmeta.ratings import rating_line
 from fedmeta.errors import UserError
 from fedmeta.privacy.encryption import CkksKeys
 from fedmeta.privacy.accountant import epsilon, noise_multiplier_for
@@ -134,6 +135,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     result["round"] = round_index
     if args.json:
         print(json.dumps(result))
+    elif "mae" in result:
+        print(f"{rating_line(result)} from {result['source']}, round {round_index}")
     else:
         print(f"accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI, "
               f"{result['episodes']} episodes from {result['source']}, round {round_index})")

@@ -29,7 +29,9 @@ class Section(BaseModel):
 class DataConfig(Section):
     # fashion-mnist: PFLlib's personalized-FL benchmark, held-out data the training clients'
     # own (75/25 train/test each; validation_fraction of each train part for validation)
-    dataset: Literal["omniglot", "femnist", "synthetic", "fashion-mnist"] = "omniglot"
+    # movielens: each user a client, cold-start rating prediction (MeLU): a new user's support
+    # its first eval.shots ratings in time, its query the rest (model.name = "melu")
+    dataset: Literal["omniglot", "femnist", "synthetic", "fashion-mnist", "movielens"] = "omniglot"
     # a local file; "bundled" = the compact Omniglot inside the package
     path: str | None = Field(None, min_length=1)
     download: bool = False
@@ -45,6 +47,11 @@ class DataConfig(Section):
     validation_fraction: float = Field(0.15, ge=0, lt=1)
     synthetic_alpha: float = Field(1.0, ge=0, le=1000)
     synthetic_beta: float = Field(1.0, ge=0, le=1000)
+
+    @property
+    def rates(self) -> bool:
+        """Whether the clients hold ratings (a regression task) rather than labeled examples."""
+        return self.dataset == "movielens"
 
     @model_validator(mode="after")
     def _complete(self) -> "DataConfig":
@@ -73,13 +80,15 @@ class DataConfig(Section):
 
 class TaskConfig(Section):
     ways: int = Field(5, ge=2, le=1000)
+    # movielens: a training user's episode, its first `shots` ratings and `queries` later ones
     shots: int = Field(1, ge=1, le=1000)
     queries: int = Field(5, ge=1, le=1000)
 
 
 class ModelConfig(Section):
-    name: Literal["conv4", "mlp"] = "conv4"
+    name: Literal["conv4", "mlp", "melu"] = "conv4"  # melu: MeLU's rating model (movielens)
     hidden: int = Field(64, ge=1, le=4096)
+    embedding: int = Field(32, ge=1, le=4096)  # melu: each embedding's width
     batch_norm: bool = False  # mlp: batch norm after each hidden layer (conv4 always has it)
 
 
@@ -106,6 +115,8 @@ class LearnerConfig(Scheduled):
     inner_steps: int = Field(1, ge=1, le=1000)  # perfedavg trains with one step whatever this says
     # meta-test steps; None = 2 * inner_steps
     eval_inner_steps: int | None = Field(None, ge=1, le=1000)
+    # the params the inner loop adapts, by name prefix; [] = all (MeLU: ["mlp.", "head."])
+    inner_params: list[str] = Field([], max_length=64)
     # fedavg, fedavg-ft and the personalized-FL baselines (fedprox ... local)
     batch_size: int = Field(32, ge=1, le=10**5)  # examples per local step
     # fedprox: the proximal term's weight, mu / 2 * ||w - w_global||^2 on the local loss;
@@ -142,7 +153,7 @@ class EvalConfig(Section):
     # stop after this many evaluations without improvement; 0 = never
     patience: int = Field(0, ge=0, le=10**7)
     ways: int = Field(5, ge=2, le=1000)
-    shots: int = Field(1, ge=1, le=1000)
+    shots: int = Field(1, ge=1, le=1000)  # movielens: a new user's support, its first ratings
     queries: int = Field(15, ge=1, le=1000)
 
 
@@ -362,6 +373,15 @@ class Config(Section):
             raise ValueError(f"federation = {self.federation!r} does not read "
                              f"[{unread[0]}]: remove it, or set federation = "
                              f"{'horizontal' if vertical else 'vertical'!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _rating_model_for_ratings(self) -> "Config":
+        """Ratings need a rating model, and a rating model ratings."""
+        if self.data.rates != (self.model.name == "melu"):
+            raise ValueError(f"data.dataset = {self.data.dataset!r} needs model.name = "
+                             f"{'melu' if self.data.rates else 'conv4 or mlp'!r}, got "
+                             f"{self.model.name!r}")
         return self
 
     @model_validator(mode="after")

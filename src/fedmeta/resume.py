@@ -44,6 +44,6 @@ def resume(path: Path, device: str | None = None) -> tuple[Experiment, RunDirect
                         f"server.rounds ({config.server.rounds})")
     start = Start(round_index, params, server_state, tuple(run.logged_metrics(round_index)),
                   selected)
-    restored_selection(start)  # the last check: the metrics and the checkpoint agree
+    restored_selection(config, start)  # the last check: the metrics and the checkpoint agree
     run.trim_metrics(round_index)  # the only change
     return experiment, run, start

@@ -72,6 +72,9 @@ class EpisodeSampler:
             raise ValueError(f"need ways >= 1, shots >= 1, queries >= 0; got {ways}, {shots}, {queries}")
         self.ways, self.shots, self.queries = ways, shots, queries
 
+    def with_queries(self, queries: int) -> EpisodeSampler:
+        return EpisodeSampler(self.ways, self.shots, queries)
+
     @property
     def per_class(self) -> int:
         return self.shots + self.queries

@@ -31,6 +31,14 @@ _LEAF_HOWTO = (
 )
 
 
+_MOVIELENS_HOWTO = (
+    "MovieLens is not downloaded by fedmeta (GroupLens' license: research use only, no "
+    "commercial use): build movielens.npz from ml-latest-small.zip "
+    "(https://grouplens.org/datasets/movielens/) in the format of "
+    "shared/data/PROVENANCE_movielens.md"
+)
+
+
 class DatasetNotFound(UserError, FileNotFoundError):
     """A dataset file could not be located (message says where to put it / how to get it)."""
 
@@ -66,6 +74,10 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "femnist": DatasetSpec(
         "femnist.npz", "77cc9df1db8ef809c0f31f174806995c451e5e1fefcd552db6a4a1ee25cc1381", howto=_LEAF_HOWTO
+    ),
+    "movielens": DatasetSpec(
+        "movielens.npz", "d0e3219b69257ac1cd104e249f149b66a477488841aacf199056e062be1c5b0c",
+        howto=_MOVIELENS_HOWTO
     ),
 }
 
