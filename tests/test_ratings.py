@@ -146,7 +146,7 @@ def test_run_and_eval_on_a_rating_file(path, tmp_path):
 @pytest.mark.parametrize("setting, message", [
     ("learner.algorithm=protonet", "new users are predicted by a shared model"),
     ("learner.algorithm=ditto", "new users are predicted by a shared model"),
-    ("model.name=conv4", "needs model.name = 'melu'"),
+    ("model.name=conv4", "needs model.name = 'melu or mf'"),
 ])
 def test_what_ratings_cannot_take_is_one_line(path, setting, message):
     with pytest.raises(UserError, match=message) as error:

@@ -255,11 +255,11 @@ def check_supported(config: Config, cls: type[Learner]) -> None:
                         "the clients' only from their updates as sent: aggregation.rule = "
                         "'mean', no compression, norm_bound, secure aggregation, user-level DP "
                         "or canaries")
-    if config.data.rates and (not cls.regression or cls.keeps_state):
-        supported = sorted(k for k, c in LEARNERS.items() if c.regression and not c.keeps_state)
+    if config.data.rates and not rates_new_users(cls):
+        supported = sorted(k for k, c in LEARNERS.items() if rates_new_users(c))
         raise UserError(f"config error: {config.data.dataset}'s new users are predicted by a "
-                        f"shared model adapted on their first ratings ({', '.join(supported)}); "
-                        f"learner.algorithm is {name!r}")
+                        f"shared model adapted on their first ratings, or fit their personal "
+                        f"params there ({', '.join(supported)}); learner.algorithm is {name!r}")
     if cls.personalized and config.data.dataset in OWN_SPLITS:
         raise UserError(f"config error: {name} generates each training client's model on the "
                         f"server; scoring {config.data.dataset}'s clients on their own splits "
@@ -271,6 +271,12 @@ def check_supported(config: Config, cls: type[Learner]) -> None:
         raise UserError(f"config error: {name} turns each client's update into its own update "
                         "on the server: it needs aggregation.rule = 'mean', secure = 'none' "
                         "and compression = 'none'")
+
+
+def rates_new_users(cls: type[Learner]) -> bool:
+    """Whether learner `cls` predicts a new user's ratings: it trains rating models and keeps
+    no personal state, or fits a new user's (`fits_new_state`)."""
+    return cls.regression and (not cls.keeps_state or cls.fits_new_state)
 
 
 def check_deployable(config: Config) -> None:

@@ -86,10 +86,17 @@ class TaskConfig(Section):
 
 
 class ModelConfig(Section):
-    name: Literal["conv4", "mlp", "melu"] = "conv4"  # melu: MeLU's rating model (movielens)
+    # rating models (movielens): melu, MeLU's; mf, matrix factorization whose user side is
+    # personal (fedmeta.models.mf)
+    name: Literal["conv4", "mlp", "melu", "mf"] = "conv4"
     hidden: int = Field(64, ge=1, le=4096)
-    embedding: int = Field(32, ge=1, le=4096)  # melu: each embedding's width
+    embedding: int = Field(32, ge=1, le=4096)  # melu: each embedding's width; mf: the factors'
     batch_norm: bool = False  # mlp: batch norm after each hidden layer (conv4 always has it)
+
+    @property
+    def rates(self) -> bool:
+        """Whether the model predicts ratings."""
+        return self.name in ("melu", "mf")
 
 
 class Scheduled(Section):
@@ -123,6 +130,9 @@ class LearnerConfig(Scheduled):
     # ditto: its lambda, the personal model's pull to the global one
     proximal_mu: float = Field(0.01, ge=0)
     head_steps: int = Field(10, ge=1, le=10**4)  # fedrep: steps on the head before the body's
+    # fedper, fedrep: the ridge personal_l2 / 2 * ||personal params||^2 on a client's loss
+    # and a new user's fit (model mf: the user vector and bias; Ammad-ud-din et al.'s lambda)
+    personal_l2: float = Field(0.0, ge=0)
     # fedavg-ft meta-test: SGD steps on the support set
     finetune_steps: int = Field(50, ge=1, le=10**5)
     finetune_lr: float = Field(0.01, gt=0)
@@ -378,9 +388,9 @@ class Config(Section):
     @model_validator(mode="after")
     def _rating_model_for_ratings(self) -> "Config":
         """Ratings need a rating model, and a rating model ratings."""
-        if self.data.rates != (self.model.name == "melu"):
+        if self.data.rates != self.model.rates:
             raise ValueError(f"data.dataset = {self.data.dataset!r} needs model.name = "
-                             f"{'melu' if self.data.rates else 'conv4 or mlp'!r}, got "
+                             f"{'melu or mf' if self.data.rates else 'conv4 or mlp'!r}, got "
                              f"{self.model.name!r}")
         return self
 

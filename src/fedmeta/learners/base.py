@@ -24,6 +24,8 @@ local heads of FedPer and FedRep, FedBN's norms, SCAFFOLD's control variate): `i
 before its first round, passed to and returned by `train_local` (`Update.state`), never sent;
 `personal_model` is the model the client predicts with. The simulation keeps every client's
 (`fedmeta.engine.client_state`); on Flower each node keeps its own (`fedmeta.flower.node`).
+One that `fits_new_state` fits a new user's on its support ratings when it `adapt`s (the
+user side of a matrix factorization, `fedmeta.learners.local_layers`).
 
 On a federation whose held-out data are the training clients' own splits (PFLlib's
 personalized-FL protocol), `personal_correct` scores a client's held-out examples: adapted to
@@ -79,6 +81,7 @@ class Learner(ABC):
     personalized: ClassVar[bool] = False  # a model per client: sends each client its own
     sample_level_dp: ClassVar[bool] = False  # takes sample_clip_norm, sample_noise_multiplier
     keeps_state: ClassVar[bool] = False  # each client keeps a personal state across rounds
+    fits_new_state: ClassVar[bool] = False  # on ratings, a new user fits its own (`adapt`)
     takes_num_clients: ClassVar[bool] = False  # takes num_clients, the training clients' count
     plain_sgd: ClassVar[bool] = False  # needs plain SGD on the clients and x += mean on the server
     regression: ClassVar[bool] = False  # also trains rating models (`criterion`)

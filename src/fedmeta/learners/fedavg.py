@@ -63,10 +63,9 @@ class FedAvg(Learner):
         replacement (all steps' draws in one call), and their mask: a client with fewer
         examples is padded with masked-out zeros, so every client's batches have the same shape
         (cohorts stack); with sample-level DP, each with its noise."""
-        num_classes = self.model.head.out_features
-        if not self.rates and int(client.y.max()) >= num_classes:
-            raise ValueError(f"fedavg needs global labels in 0..{num_classes - 1}, "
-                             f"got label {int(client.y.max())}")
+        if not self.rates and int(client.y.max()) >= self.model.head.out_features:
+            raise ValueError(f"fedavg needs global labels in 0..{self.model.head.out_features - 1}"
+                             f", got label {int(client.y.max())}")
         n, size = len(client), self.batch_size
         picks = torch.rand(steps, n, generator=generator).argsort(1)[:, :size]
         x, y = as_float_input(client.x[picks]), client.y[picks]  # [steps, min(n, size), ...]

@@ -20,14 +20,14 @@ from fedmeta.params import Params
 
 
 class FedRep(LocalLayers):
-    hyperparameters = ("batch_size", "head_steps")
+    hyperparameters = (*LocalLayers.hyperparameters, "head_steps")
     sample_level_dp = False
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
-                 local_steps: int = 1, tasks_per_step: int = 1, *, batch_size: int = 32,
-                 head_steps: int = 10) -> None:
+                 local_steps: int = 1, tasks_per_step: int = 1, *, head_steps: int = 10,
+                 **settings: float | int | None) -> None:
         super().__init__(model, sampler, local_optimizer, local_steps, tasks_per_step,
-                         batch_size=batch_size)
+                         **settings)
         self.head_steps = head_steps
 
     def local_batches(self, client: ClientData, generator: torch.Generator) -> list[Any]:
