@@ -2,20 +2,27 @@
 
 from torch import nn
 
+from fedmeta.models.char_lstm import CharLSTM
 from fedmeta.models.conv4 import Conv4
 from fedmeta.models.mlp import MLP
 
-__all__ = ["Conv4", "MLP", "build_model"]
+__all__ = ["CharLSTM", "Conv4", "MLP", "build_model"]
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int | None,
                 hidden: int = 64, batch_norm: bool = False) -> nn.Module:
-    """The backbone `name` ("conv4" or "mlp", with `batch_norm` or not) for inputs of
-    `input_shape` (no batch dim)."""
+    """The backbone `name` ("conv4", "mlp", with `batch_norm` or not, or "char-lstm") for
+    inputs of `input_shape` (no batch dim). "char-lstm" reads token ids [T] of a vocabulary
+    as large as its `num_classes` outputs (next-token prediction)."""
     if name == "conv4":
         if len(input_shape) != 3:
             raise ValueError(f"conv4 needs image inputs [C,H,W], got shape {input_shape}")
         return Conv4(input_shape[0], hidden, num_classes, image_size=input_shape[-1])
     if name == "mlp":
         return MLP(input_shape, (hidden, hidden), num_classes, batch_norm)
-    raise ValueError(f"unknown model {name!r} (expected conv4 or mlp)")
+    if name == "char-lstm":
+        if len(input_shape) != 1 or num_classes is None:
+            raise ValueError(f"char-lstm needs token inputs [T] and a head over their "
+                             f"vocabulary, got shape {input_shape} and {num_classes} outputs")
+        return CharLSTM(num_classes, hidden, num_classes)
+    raise ValueError(f"unknown model {name!r} (expected conv4, mlp or char-lstm)")
