@@ -10,9 +10,10 @@ import torch
 
 from fedmeta.attacks import Attack
 from fedmeta.config import Config
-from fedmeta.data import (EpisodeSampler, FederatedDataset, fashion_mnist_federated,
-                          femnist_federated, hold_out_validation, load_fashion_mnist,
-                          omniglot_federated, own_splits, synthetic_federated, validation_count)
+from fedmeta.data import (EpisodeSampler, FederatedDataset, TaskSampler, TextTaskSampler,
+                          fashion_mnist_federated, femnist_federated, hold_out_validation,
+                          load_fashion_mnist, omniglot_federated, own_splits,
+                          shakespeare_federated, synthetic_federated, validation_count)
 from fedmeta.engine.experiment import Experiment, build_schedule, client_sample_rate
 from fedmeta.device import resolve_device
 from fedmeta.engine.faults import Faults
@@ -59,6 +60,7 @@ LEARNERS: dict[str, type[Learner]] = {
 }
 SYNTHETIC_TEST_CLIENTS = 100
 OWN_SPLITS = ("fashion-mnist",)  # datasets whose held-out data are the training clients' own
+TEXT = ("shakespeare",)  # datasets of next-character tasks (fedmeta.data.text_tasks)
 
 
 def bundled_omniglot() -> Path:
@@ -82,8 +84,9 @@ def check_horizontal(config: Config) -> None:
 
 
 def build_datasets(config: Config) -> Datasets:
-    """The config's clients. Omniglot and FEMNIST hold `data.validation_fraction` of the
-    training side's clients (background alphabets, training writers) out for meta-validation;
+    """The config's clients. Omniglot, FEMNIST and Shakespeare hold
+    `data.validation_fraction` of the training side's clients (background alphabets, training
+    writers, training roles) out for meta-validation;
     Synthetic generates as many more clients of a seed of their own; Fashion-MNIST's held-out
     data are its training clients' own (`own_splits`)."""
     check_horizontal(config)
@@ -106,6 +109,10 @@ def build_datasets(config: Config) -> Datasets:
             background, test = omniglot_federated(
                 path, partition=data.partition, num_clients=data.num_clients,
                 rotations=data.rotations, seed=config.seed, download=data.download)
+        elif data.dataset == "shakespeare":
+            background, test = shakespeare_federated(
+                path, test_fraction=data.test_fraction, seed=config.seed,
+                min_samples=data.min_samples, download=data.download)
         else:
             background, test = femnist_federated(path, test_fraction=data.test_fraction,
                                                  seed=config.seed, download=data.download)
@@ -221,7 +228,10 @@ def build_privacy_budget(config: Config, num_clients: int) -> PrivacyBudget | No
 
 
 def head_size(config: Config, kind: str, num_classes: int) -> int | None:
-    """Outputs of the model's head for a learner whose `head` is `kind` (None: no head)."""
+    """Outputs of the model's head for a learner whose `head` is `kind` (None: no head). On
+    text every task's labels are the vocabulary's, so every head has `num_classes` outputs."""
+    if config.data.dataset in TEXT:
+        return num_classes
     if kind == "ways" and config.eval.ways != config.task.ways:
         raise UserError(f"config error: {config.learner.algorithm} meta-learns a "
                         f"{config.task.ways}-way head, so eval.ways must equal task.ways "
@@ -252,6 +262,14 @@ def check_supported(config: Config, cls: type[Learner]) -> None:
                         "the clients' only from their updates as sent: aggregation.rule = "
                         "'mean', no compression, norm_bound, secure aggregation, user-level DP "
                         "or canaries")
+    if config.data.dataset in TEXT and not cls.text_tasks:
+        supported = sorted(k for k, c in LEARNERS.items() if c.text_tasks)
+        raise UserError(f"config error: {name} does not learn next-character tasks, whose "
+                        f"labels are one vocabulary ({', '.join(supported)} do); "
+                        f"data.dataset is {config.data.dataset!r}")
+    if config.data.dataset in TEXT and config.eval.personalization_episodes:
+        raise UserError("config error: a text client's own split is its task already (support "
+                        "before its split, query after): set eval.personalization_episodes = 0")
     if cls.personalized and config.data.dataset in OWN_SPLITS:
         raise UserError(f"config error: {name} generates each training client's model on the "
                         f"server; scoring {config.data.dataset}'s clients on their own splits "
@@ -282,6 +300,9 @@ def check_deployable(config: Config) -> None:
         raise UserError(f"{config.data.dataset}'s held-out data are each training client's own "
                         "splits, which fedmeta's Flower nodes do not hold yet: run it with "
                         "`fedmeta run`")
+    if config.data.dataset in TEXT:
+        raise UserError(f"{config.data.dataset}'s text clients do not run on fedmeta's Flower "
+                        "nodes yet: run it with `fedmeta run`")
 
 
 def sample_privacy(config: Config) -> dict[str, float]:
@@ -291,6 +312,14 @@ def sample_privacy(config: Config) -> dict[str, float]:
         return {}
     return {"sample_clip_norm": privacy.sample_clip_norm,
             "sample_noise_multiplier": privacy.sample_noise_multiplier}
+
+
+def build_sampler(config: Config, ways: int, shots: int, queries: int) -> TaskSampler:
+    """What draws tasks of `shots` support and `queries` query examples (per class, `ways`
+    classes, except on text, where a task is a role's own support and query samples)."""
+    if config.data.dataset in TEXT:
+        return TextTaskSampler(shots, queries)
+    return EpisodeSampler(ways, shots, queries)
 
 
 def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int,
@@ -309,7 +338,7 @@ def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int
                             head_size(config, cls.head, num_classes), config.model.hidden,
                             config.model.batch_norm)
         learner = cls(
-            model, EpisodeSampler(task.ways, task.shots, task.queries),
+            model, build_sampler(config, task.ways, task.shots, task.queries),
             OPTIMIZERS[learner_config.optimizer](learner_config.lr),
             local_steps=learner_config.local_steps, tasks_per_step=learner_config.tasks_per_step,
             **{key: getattr(learner_config, key) for key in cls.hyperparameters},
@@ -341,7 +370,7 @@ def build_experiment(config: Config, datasets: Datasets | None = None) -> Experi
                             client_sample_rate(config, train.num_clients), config.seed)
     return Experiment(config, train, validation, test, learner,
                       build_pipeline(config, train.num_clients),
-                      EpisodeSampler(ev.ways, ev.shots, ev.queries),
+                      build_sampler(config, ev.ways, ev.shots, ev.queries),
                       build_privacy_budget(config, train.num_clients), audit,
                       Attack.from_config(config, train.num_clients), Faults.from_config(config),
                       "splits" if config.data.dataset in OWN_SPLITS else "clients")

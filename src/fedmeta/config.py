@@ -29,7 +29,9 @@ class Section(BaseModel):
 class DataConfig(Section):
     # fashion-mnist: PFLlib's personalized-FL benchmark, held-out data the training clients'
     # own (75/25 train/test each; validation_fraction of each train part for validation)
-    dataset: Literal["omniglot", "femnist", "synthetic", "fashion-mnist"] = "omniglot"
+    # shakespeare: LEAF's, a client per role, next-character tasks (model.name = "char-lstm")
+    dataset: Literal["omniglot", "femnist", "synthetic", "fashion-mnist",
+                     "shakespeare"] = "omniglot"
     # a local file; "bundled" = the compact Omniglot inside the package
     path: str | None = Field(None, min_length=1)
     download: bool = False
@@ -40,6 +42,9 @@ class DataConfig(Section):
     classes_per_client: int = Field(2, ge=1, le=10)  # of "pathological"
     rotations: bool = False
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    # shakespeare: a role is a client when its text gives at least this many samples before
+    # its split (support) and after it (query); LEAF's minimum samples per user
+    min_samples: int = Field(1, ge=1, le=10**7)
     # of the training side's clients, held out for meta-validation (rounded up); 0 = none, and
     # then no evaluation during training and no early stopping
     validation_fraction: float = Field(0.15, ge=0, lt=1)
@@ -78,8 +83,8 @@ class TaskConfig(Section):
 
 
 class ModelConfig(Section):
-    name: Literal["conv4", "mlp"] = "conv4"
-    hidden: int = Field(64, ge=1, le=4096)
+    name: Literal["conv4", "mlp", "char-lstm"] = "conv4"
+    hidden: int = Field(64, ge=1, le=4096)  # char-lstm: each LSTM layer's units (LEAF's 256)
     batch_norm: bool = False  # mlp: batch norm after each hidden layer (conv4 always has it)
 
 
@@ -364,6 +369,16 @@ class Config(Section):
             raise ValueError(f"federation = {self.federation!r} does not read "
                              f"[{unread[0]}]: remove it, or set federation = "
                              f"{'horizontal' if vertical else 'vertical'!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _text_model(self) -> "Config":
+        """Text clients and the character model go together."""
+        text, char = self.data.dataset == "shakespeare", self.model.name == "char-lstm"
+        if text != char:
+            raise ValueError(f"model.name = 'char-lstm' reads text and data.dataset = "
+                             f"'shakespeare' needs it; got {self.model.name!r} on "
+                             f"{self.data.dataset!r}")
         return self
 
     @model_validator(mode="after")
