@@ -48,7 +48,7 @@ from fedmeta.server.aggregate import Summation, mean, plain_sum
 from fedmeta.server.compression import stochastic_quantization, topk_error_feedback
 from fedmeta.server.pipeline import Pipeline
 from fedmeta.server.robust import ROBUST_RULES, norm_bounding
-from fedmeta.vertical.fewshot import run_fewshot
+from fedmeta.vertical.fewshot import femnist_pools, omniglot_pools, run_fewshot
 from fedmeta.vertical.tabular import aligned_parties, run_tabular
 
 LEARNERS: dict[str, type[Learner]] = {
@@ -346,7 +346,10 @@ def build_vertical(config: Config) -> Callable[[], tuple[dict, list[dict]]]:
     bad parties fail before a run directory exists). Called, it returns the run's summary
     and each repeat's results."""
     if config.vertical.data == "omniglot-strips":
-        return partial(run_fewshot, config, bundled_omniglot())
+        return partial(run_fewshot, config, omniglot_pools(bundled_omniglot()))
+    if config.vertical.data == "femnist-strips":
+        with config_errors():
+            return partial(run_fewshot, config, femnist_pools(config.vertical.path, config.seed))
     return partial(run_tabular, config, aligned_parties(config))
 
 

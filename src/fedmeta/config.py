@@ -290,8 +290,11 @@ class VerticalConfig(Section):
     # (`party_files`, the label party's first; on Flower each party's node config names its
     # own, and party_files stays empty): a header `id,<columns>`, the label party's
     # with a `label` column of class numbers 0..C-1; "omniglot-strips": few-shot, the bundled
-    # Omniglot's characters cut into `parties` vertical strips (vertical ProtoNets)
-    data: Literal["breast-cancer", "files", "omniglot-strips"] = "breast-cancer"
+    # Omniglot's characters cut into `parties` vertical strips (vertical ProtoNets);
+    # "femnist-strips": FEMNIST's characters so cut, training writers' against new writers'
+    data: Literal["breast-cancer", "files", "omniglot-strips", "femnist-strips"] = (
+        "breast-cancer")
+    path: str | None = None  # femnist-strips' file (None: $FEDMETA_DATA, then the cache)
     party_files: list[str] = Field([], max_length=64)
     parties: int = Field(3, ge=2, le=28)
     holding: float = Field(0.8, gt=0, le=1)
@@ -305,6 +308,7 @@ class VerticalConfig(Section):
     lr: float = Field(0.01, gt=0)
     # omniglot-strips: meta-training episodes (one a step) of the background alphabets, and
     # meta-test episodes of the evaluation alphabets' characters, the same for every setting
+    # (femnist-strips: of the training writers', and of 20% of the writers held out)
     ways: int = Field(5, ge=2, le=1000)
     shots: int = Field(1, ge=1, le=1000)
     queries: int = Field(5, ge=1, le=1000)
@@ -325,6 +329,8 @@ class VerticalConfig(Section):
         if self.party_files and self.data != "files":
             raise ValueError("vertical.party_files go with vertical.data = 'files', and only "
                              "with it")
+        if self.path is not None and self.data != "femnist-strips":
+            raise ValueError("vertical.path goes with vertical.data = 'femnist-strips' only")
         for side in ("embedding", "gradient"):
             noise = getattr(self, f"{side}_noise")
             if noise != "none" and (getattr(self, f"{side}_clip") is None
