@@ -125,7 +125,7 @@ def test_grayscale_episodes_score_as_their_1_bit_version_on_a_1_bit_trained_mode
         assert result.returncode == 0, result.stderr
         scores[name] = json.loads(result.stdout)["accuracy"]
     assert scores["1-bit"] == scores["grayscale"]
-    experiment, params, *_ = restore_run(RunDirectory.open(tiny_run),
+    experiment, params, *_ = restore_run(RunDirectory.open(tiny_run, "eval"),
                                          RunDirectory(tiny_run).latest_checkpoint())
     raw = [experiment.learner.accuracy(params, batch) for batch in (episodes, grayscale)]
     assert not torch.equal(*raw)  # the model does see the difference

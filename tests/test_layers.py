@@ -10,7 +10,7 @@ ROOT = Path(fedmeta.__file__).parent
 # each package or top-level module, and the layers above it, which it must not import
 LEAVES = {"atomic", "seeding", "params", "errors", "config", "optim", "data", "models",
           "device"}
-CORE = {"learners", "server", "privacy", "attacks", "evaluation"}
+CORE = {"learners", "server", "privacy", "attacks", "evaluation", "ratings"}
 COMPOSITION = {"build", "resume", "cli", "flower", "bench", "report"}
 ABOVE = {**{leaf: CORE | {"engine"} | COMPOSITION for leaf in LEAVES},
          **{core: {"engine"} | COMPOSITION for core in CORE},

@@ -67,6 +67,12 @@ def test_breast_cancer_config_writes_a_complete_run_directory(tmp_path):
     assert summary["bytes_per_epoch"] == {"up": 2 * summary["train_rows"] * 16,
                                           "down": 2 * summary["train_rows"] * 16}
     assert load_config(out / "config.toml").federation == "vertical"
+    # eval, report and resume read rounds and checkpoints, which a vertical run has not
+    for args in (["eval", out], ["report", out, "--out", tmp_path / "report"],
+                 ["run", "--resume", out]):
+        refused = fedmeta(*args)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.count("\n") == 1 and "is a vertical run" in refused.stderr
 
 
 def test_parties_from_files_align_on_their_common_ids(tmp_path):

@@ -9,11 +9,12 @@ from typing import NamedTuple
 import torch
 
 from fedmeta.attacks import Attack
-from fedmeta.config import Config
-from fedmeta.data import (EpisodeSampler, FederatedDataset, TaskSampler, TextTaskSampler,
-                          fashion_mnist_federated, femnist_federated, hold_out_validation,
-                          load_fashion_mnist, omniglot_federated, own_splits,
-                          shakespeare_federated, synthetic_federated, validation_count)
+from fedmeta.config import Config, EvalConfig, TaskConfig
+from fedmeta.data import (ColdStartSampler, EpisodeSampler, FederatedDataset, TaskSampler,
+                          TextTaskSampler, fashion_mnist_federated, femnist_federated,
+                          hold_out_validation, load_fashion_mnist, movielens_federated,
+                          omniglot_federated, own_splits, shakespeare_federated,
+                          synthetic_federated, validation_count)
 from fedmeta.engine.experiment import Experiment, build_schedule, client_sample_rate
 from fedmeta.device import resolve_device
 from fedmeta.engine.faults import Faults
@@ -48,7 +49,7 @@ from fedmeta.server.aggregate import Summation, mean, plain_sum
 from fedmeta.server.compression import stochastic_quantization, topk_error_feedback
 from fedmeta.server.pipeline import Pipeline
 from fedmeta.server.robust import ROBUST_RULES, norm_bounding
-from fedmeta.vertical.fewshot import run_fewshot
+from fedmeta.vertical.fewshot import femnist_pools, omniglot_pools, run_fewshot
 from fedmeta.vertical.tabular import aligned_parties, run_tabular
 
 LEARNERS: dict[str, type[Learner]] = {
@@ -84,9 +85,9 @@ def check_horizontal(config: Config) -> None:
 
 
 def build_datasets(config: Config) -> Datasets:
-    """The config's clients. Omniglot, FEMNIST and Shakespeare hold
+    """The config's clients. Omniglot, FEMNIST, Shakespeare and MovieLens hold
     `data.validation_fraction` of the training side's clients (background alphabets, training
-    writers, training roles) out for meta-validation;
+    writers, training roles, training users) out for meta-validation;
     Synthetic generates as many more clients of a seed of their own; Fashion-MNIST's held-out
     data are its training clients' own (`own_splits`)."""
     check_horizontal(config)
@@ -114,8 +115,9 @@ def build_datasets(config: Config) -> Datasets:
                 path, test_fraction=data.test_fraction, seed=config.seed,
                 min_samples=data.min_samples, download=data.download)
         else:
-            background, test = femnist_federated(path, test_fraction=data.test_fraction,
-                                                 seed=config.seed, download=data.download)
+            split = movielens_federated if data.rates else femnist_federated
+            background, test = split(path, test_fraction=data.test_fraction, seed=config.seed,
+                                     download=data.download)
     try:
         train, validation = hold_out_validation(background, data.validation_fraction,
                                                 config.seed)
@@ -270,6 +272,11 @@ def check_supported(config: Config, cls: type[Learner]) -> None:
     if config.data.dataset in TEXT and config.eval.personalization_episodes:
         raise UserError("config error: a text client's own split is its task already (support "
                         "before its split, query after): set eval.personalization_episodes = 0")
+    if config.data.rates and (not cls.regression or cls.keeps_state):
+        supported = sorted(k for k, c in LEARNERS.items() if c.regression and not c.keeps_state)
+        raise UserError(f"config error: {config.data.dataset}'s new users are predicted by a "
+                        f"shared model adapted on their first ratings ({', '.join(supported)}); "
+                        f"learner.algorithm is {name!r}")
     if cls.personalized and config.data.dataset in OWN_SPLITS:
         raise UserError(f"config error: {name} generates each training client's model on the "
                         f"server; scoring {config.data.dataset}'s clients on their own splits "
@@ -296,6 +303,9 @@ def check_deployable(config: Config) -> None:
     if algorithm == "scaffold":
         raise UserError("scaffold on Flower: a node would keep a control variate the server "
                         "dropped (a late reply, an aborted round): run it with `fedmeta run`")
+    if config.data.rates:
+        raise UserError(f"{config.data.dataset} on Flower is not supported yet: run it with "
+                        "`fedmeta run`")
     if config.data.dataset in OWN_SPLITS:
         raise UserError(f"{config.data.dataset}'s held-out data are each training client's own "
                         "splits, which fedmeta's Flower nodes do not hold yet: run it with "
@@ -314,18 +324,24 @@ def sample_privacy(config: Config) -> dict[str, float]:
             "sample_noise_multiplier": privacy.sample_noise_multiplier}
 
 
-def build_sampler(config: Config, ways: int, shots: int, queries: int) -> TaskSampler:
-    """What draws tasks of `shots` support and `queries` query examples (per class, `ways`
-    classes, except on text, where a task is a role's own support and query samples)."""
+def episode_sampler(config: Config, section: TaskConfig | EvalConfig) -> TaskSampler:
+    """The tasks `section` (`task`: training's, `eval`: held-out clients') describes: `ways`
+    classes of `shots` support and `queries` query examples; on text a role's own `shots`
+    support and `queries` query samples; on ratings a user's first `shots` ratings and
+    `queries` later ones."""
+    if config.data.rates:
+        return ColdStartSampler(section.shots, section.queries)
     if config.data.dataset in TEXT:
-        return TextTaskSampler(shots, queries)
-    return EpisodeSampler(ways, shots, queries)
+        return TextTaskSampler(section.shots, section.queries)
+    return EpisodeSampler(section.ways, section.shots, section.queries)
 
 
 def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int,
-                  num_clients: int = 1, device: str | None = None) -> Learner:
+                  num_clients: int = 1, device: str | None = None,
+                  num_items: int = 0) -> Learner:
     """The configured learner for inputs of `input_shape` and data of `num_classes` global
-    classes and `num_clients` training clients (pfedhn's embeddings), its model initialized
+    classes, `num_items` items (a rating model's) and `num_clients` training clients (pfedhn's
+    embeddings), its model initialized
     from `config.seed` (on the CPU, so the same on every device), then moved to `device`
     (None: `run.device`)."""
     torch_device = resolve_device(device or config.run.device)
@@ -336,9 +352,9 @@ def build_learner(config: Config, input_shape: tuple[int, ...], num_classes: int
     with config_errors():
         model = build_model(config.model.name, tuple(input_shape),
                             head_size(config, cls.head, num_classes), config.model.hidden,
-                            config.model.batch_norm)
+                            config.model.batch_norm, num_items, config.model.embedding)
         learner = cls(
-            model, build_sampler(config, task.ways, task.shots, task.queries),
+            model, episode_sampler(config, task),
             OPTIMIZERS[learner_config.optimizer](learner_config.lr),
             local_steps=learner_config.local_steps, tasks_per_step=learner_config.tasks_per_step,
             **{key: getattr(learner_config, key) for key in cls.hyperparameters},
@@ -352,7 +368,10 @@ def build_vertical(config: Config) -> Callable[[], tuple[dict, list[dict]]]:
     bad parties fail before a run directory exists). Called, it returns the run's summary
     and each repeat's results."""
     if config.vertical.data == "omniglot-strips":
-        return partial(run_fewshot, config, bundled_omniglot())
+        return partial(run_fewshot, config, omniglot_pools(bundled_omniglot()))
+    if config.vertical.data == "femnist-strips":
+        with config_errors():
+            return partial(run_fewshot, config, femnist_pools(config.vertical.path, config.seed))
     return partial(run_tabular, config, aligned_parties(config))
 
 
@@ -361,7 +380,8 @@ def build_experiment(config: Config, datasets: Datasets | None = None) -> Experi
     check_horizontal(config)
     check_supported(config, LEARNERS[config.learner.algorithm])  # before any data is read
     train, validation, test = datasets or build_datasets(config)
-    learner = build_learner(config, train.input_shape, train.num_classes, train.num_clients)
+    learner = build_learner(config, train.input_shape, train.num_classes, train.num_clients,
+                            num_items=train.num_items)
     ev = config.eval
     privacy, audit = config.privacy, None
     if privacy.canaries:
@@ -370,7 +390,7 @@ def build_experiment(config: Config, datasets: Datasets | None = None) -> Experi
                             client_sample_rate(config, train.num_clients), config.seed)
     return Experiment(config, train, validation, test, learner,
                       build_pipeline(config, train.num_clients),
-                      build_sampler(config, ev.ways, ev.shots, ev.queries),
+                      episode_sampler(config, ev),
                       build_privacy_budget(config, train.num_clients), audit,
                       Attack.from_config(config, train.num_clients), Faults.from_config(config),
                       "splits" if config.data.dataset in OWN_SPLITS else "clients")

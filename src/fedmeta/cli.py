@@ -23,6 +23,7 @@ from fedmeta.engine.client_state import CLIENTS
 from fedmeta.engine.rundir import RunDirectory, make_directory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize
+from fedmeta.ratings import rating_line
 from fedmeta.errors import UserError
 from fedmeta.privacy.encryption import CkksKeys
 from fedmeta.privacy.accountant import epsilon, noise_multiplier_for
@@ -106,7 +107,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     if args.num_episodes is not None and args.num_episodes < 1:
         raise UserError(f"--num-episodes must be at least 1, got {args.num_episodes}")
-    run = RunDirectory.open(args.run_dir)
+    run = RunDirectory.open(args.run_dir, "eval")
     experiment, params, state, round_index, selected = restore_run(
         run, args.checkpoint or run.latest_checkpoint(), args.device)
     states = state.get(CLIENTS)
@@ -134,6 +135,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     result["round"] = round_index
     if args.json:
         print(json.dumps(result))
+    elif "mae" in result:
+        print(f"{rating_line(result)} from {result['source']}, round {round_index}")
     else:
         print(f"accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI, "
               f"{result['episodes']} episodes from {result['source']}, round {round_index})")

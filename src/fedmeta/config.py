@@ -30,8 +30,10 @@ class DataConfig(Section):
     # fashion-mnist: PFLlib's personalized-FL benchmark, held-out data the training clients'
     # own (75/25 train/test each; validation_fraction of each train part for validation)
     # shakespeare: LEAF's, a client per role, next-character tasks (model.name = "char-lstm")
-    dataset: Literal["omniglot", "femnist", "synthetic", "fashion-mnist",
-                     "shakespeare"] = "omniglot"
+    # movielens: each user a client, cold-start rating prediction (MeLU): a new user's support
+    # its first eval.shots ratings in time, its query the rest (model.name = "melu")
+    dataset: Literal["omniglot", "femnist", "synthetic", "fashion-mnist", "shakespeare",
+                     "movielens"] = "omniglot"
     # a local file; "bundled" = the compact Omniglot inside the package
     path: str | None = Field(None, min_length=1)
     download: bool = False
@@ -50,6 +52,11 @@ class DataConfig(Section):
     validation_fraction: float = Field(0.15, ge=0, lt=1)
     synthetic_alpha: float = Field(1.0, ge=0, le=1000)
     synthetic_beta: float = Field(1.0, ge=0, le=1000)
+
+    @property
+    def rates(self) -> bool:
+        """Whether the clients hold ratings (a regression task) rather than labeled examples."""
+        return self.dataset == "movielens"
 
     @model_validator(mode="after")
     def _complete(self) -> "DataConfig":
@@ -78,13 +85,15 @@ class DataConfig(Section):
 
 class TaskConfig(Section):
     ways: int = Field(5, ge=2, le=1000)
+    # movielens: a training user's episode, its first `shots` ratings and `queries` later ones
     shots: int = Field(1, ge=1, le=1000)
     queries: int = Field(5, ge=1, le=1000)
 
 
 class ModelConfig(Section):
-    name: Literal["conv4", "mlp", "char-lstm"] = "conv4"
+    name: Literal["conv4", "mlp", "char-lstm", "melu"] = "conv4"  # melu: movielens' rating model
     hidden: int = Field(64, ge=1, le=4096)  # char-lstm: each LSTM layer's units (LEAF's 256)
+    embedding: int = Field(32, ge=1, le=4096)  # melu: each embedding's width
     batch_norm: bool = False  # mlp: batch norm after each hidden layer (conv4 always has it)
 
 
@@ -111,6 +120,8 @@ class LearnerConfig(Scheduled):
     inner_steps: int = Field(1, ge=1, le=1000)  # perfedavg trains with one step whatever this says
     # meta-test steps; None = 2 * inner_steps
     eval_inner_steps: int | None = Field(None, ge=1, le=1000)
+    # the params the inner loop adapts, by name prefix; [] = all (MeLU: ["mlp.", "head."])
+    inner_params: list[str] = Field([], max_length=64)
     # fedavg, fedavg-ft and the personalized-FL baselines (fedprox ... local)
     batch_size: int = Field(32, ge=1, le=10**5)  # examples per local step
     # fedprox: the proximal term's weight, mu / 2 * ||w - w_global||^2 on the local loss;
@@ -147,7 +158,7 @@ class EvalConfig(Section):
     # stop after this many evaluations without improvement; 0 = never
     patience: int = Field(0, ge=0, le=10**7)
     ways: int = Field(5, ge=2, le=1000)
-    shots: int = Field(1, ge=1, le=1000)
+    shots: int = Field(1, ge=1, le=1000)  # movielens: a new user's support, its first ratings
     queries: int = Field(15, ge=1, le=1000)
 
 
@@ -260,7 +271,7 @@ class FaultsConfig(Section):
 
 class FlowerConfig(Section):
     """A run on Flower: how long the server waits for a round's replies (it needs
-    server.min_clients of them)."""
+    server.min_clients of them; a vertical run, every party's reply to each message)."""
 
     round_timeout: float = Field(600.0, gt=0)  # seconds
     eval_episodes_per_client: int = Field(20, ge=1, le=10**5)  # federated evaluation on each node
@@ -281,10 +292,14 @@ class VerticalConfig(Section):
 
     # "breast-cancer": scikit-learn's, its 30 columns split over `parties` departments, each
     # holding a random `holding` fraction of the patients; "files": one CSV per party
-    # (`party_files`, the label party's first): a header `id,<columns>`, the label party's
+    # (`party_files`, the label party's first; on Flower each party's node config names its
+    # own, and party_files stays empty): a header `id,<columns>`, the label party's
     # with a `label` column of class numbers 0..C-1; "omniglot-strips": few-shot, the bundled
-    # Omniglot's characters cut into `parties` vertical strips (vertical ProtoNets)
-    data: Literal["breast-cancer", "files", "omniglot-strips"] = "breast-cancer"
+    # Omniglot's characters cut into `parties` vertical strips (vertical ProtoNets);
+    # "femnist-strips": FEMNIST's characters so cut, training writers' against new writers'
+    data: Literal["breast-cancer", "files", "omniglot-strips", "femnist-strips"] = (
+        "breast-cancer")
+    path: str | None = None  # femnist-strips' file (None: $FEDMETA_DATA, then the cache)
     party_files: list[str] = Field([], max_length=64)
     parties: int = Field(3, ge=2, le=28)
     holding: float = Field(0.8, gt=0, le=1)
@@ -298,6 +313,7 @@ class VerticalConfig(Section):
     lr: float = Field(0.01, gt=0)
     # omniglot-strips: meta-training episodes (one a step) of the background alphabets, and
     # meta-test episodes of the evaluation alphabets' characters, the same for every setting
+    # (femnist-strips: of the training writers', and of 20% of the writers held out)
     ways: int = Field(5, ge=2, le=1000)
     shots: int = Field(1, ge=1, le=1000)
     queries: int = Field(5, ge=1, le=1000)
@@ -315,12 +331,11 @@ class VerticalConfig(Section):
 
     @model_validator(mode="after")
     def _complete(self) -> "VerticalConfig":
-        if (self.data == "files") != bool(self.party_files):
-            raise ValueError("vertical.party_files (at least 2 CSVs) go with vertical.data = "
-                             "'files', and only with it")
-        if self.data == "files" and len(self.party_files) < 2:
-            raise ValueError("vertical.party_files needs at least 2 parties' CSVs, got "
-                             f"{len(self.party_files)}")
+        if self.party_files and self.data != "files":
+            raise ValueError("vertical.party_files go with vertical.data = 'files', and only "
+                             "with it")
+        if self.path is not None and self.data != "femnist-strips":
+            raise ValueError("vertical.path goes with vertical.data = 'femnist-strips' only")
         for side in ("embedding", "gradient"):
             noise = getattr(self, f"{side}_noise")
             if noise != "none" and (getattr(self, f"{side}_clip") is None
@@ -334,7 +349,7 @@ class Config(Section):
     name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = Field(0, ge=0, le=2**63 - 1)  # a signed 64-bit integer, as torch takes
     # horizontal: clients hold different people (every section below but `vertical`);
-    # vertical: parties hold different columns of the same people (`vertical`, `run`)
+    # vertical: parties hold different columns of the same people (`vertical`, `run`, `flower`)
     federation: Literal["horizontal", "vertical"] = "horizontal"
     data: DataConfig = DataConfig()
     task: TaskConfig = TaskConfig()
@@ -352,11 +367,11 @@ class Config(Section):
 
     @property
     def unread_sections(self) -> set[str]:
-        """The sections this federation does not read: a vertical run reads `vertical` and
-        `run` only, a horizontal run every other."""
+        """The sections this federation does not read: a vertical run reads `vertical`, `run`
+        and `flower` only, a horizontal run every other but `vertical`."""
         vertical = self.federation == "vertical"
         return {name for name, field in type(self).model_fields.items()
-                if isinstance(field.default, Section) and name != "run"
+                if isinstance(field.default, Section) and name not in ("run", "flower")
                 and (name == "vertical") != vertical}
 
     @model_validator(mode="after")
@@ -379,6 +394,15 @@ class Config(Section):
             raise ValueError(f"model.name = 'char-lstm' reads text and data.dataset = "
                              f"'shakespeare' needs it; got {self.model.name!r} on "
                              f"{self.data.dataset!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _rating_model_for_ratings(self) -> "Config":
+        """Ratings need a rating model, and a rating model ratings."""
+        if self.data.rates != (self.model.name == "melu"):
+            raise ValueError(f"data.dataset = {self.data.dataset!r} needs model.name = "
+                             f"{'melu' if self.data.rates else 'conv4 or mlp'!r}, got "
+                             f"{self.model.name!r}")
         return self
 
     @model_validator(mode="after")

@@ -32,7 +32,7 @@ def resume(path: Path, device: str | None = None) -> tuple[Experiment, RunDirect
     """The experiment of the stopped run in `path`, on `device` (None: its config's), its
     directory and where it goes on from; UserError, with the directory untouched, if it
     cannot go on."""
-    run = RunDirectory.open(path)
+    run = RunDirectory.open(path, "run --resume")
     if run.summary_path.exists():
         raise UserError(f"run {path} has already finished (it has a summary.json)")
     checkpoint = run.latest_checkpoint()
@@ -44,6 +44,6 @@ def resume(path: Path, device: str | None = None) -> tuple[Experiment, RunDirect
                         f"server.rounds ({config.server.rounds})")
     start = Start(round_index, params, server_state, tuple(run.logged_metrics(round_index)),
                   selected)
-    restored_selection(start)  # the last check: the metrics and the checkpoint agree
+    restored_selection(config, start)  # the last check: the metrics and the checkpoint agree
     run.trim_metrics(round_index)  # the only change
     return experiment, run, start

@@ -1,4 +1,5 @@
 """Federated few-shot data: clients, partitioners, episodes and the datasets built on them."""
+from fedmeta.data.cold_start import ColdStartSampler, TooFewRatings
 from fedmeta.data.episodes import EpisodeSampler, Episodes, NotEnoughData, episodes_from_arrays
 from fedmeta.data.federated import (
     ArrayFederatedDataset,
@@ -8,6 +9,7 @@ from fedmeta.data.federated import (
     split_support_query,
 )
 from fedmeta.data.femnist import femnist_federated
+from fedmeta.data.movielens import movielens_federated
 from fedmeta.data.omniglot import load_omniglot_arrays, omniglot_federated
 from fedmeta.data.partition import dirichlet_partition, key_partition, random_partition, shard_partition
 from fedmeta.data.sources import ChecksumError, DatasetNotFound, resolve_dataset
@@ -21,6 +23,7 @@ __all__ = [
     "ArrayFederatedDataset",
     "ChecksumError",
     "ClientData",
+    "ColdStartSampler",
     "DatasetNotFound",
     "EpisodeSampler",
     "Episodes",
@@ -30,6 +33,7 @@ __all__ = [
     "TaskSampler",
     "TextFederatedDataset",
     "TextTaskSampler",
+    "TooFewRatings",
     "as_float_input",
     "dirichlet_partition",
     "episodes_from_arrays",
@@ -39,6 +43,7 @@ __all__ = [
     "key_partition",
     "load_fashion_mnist",
     "load_omniglot_arrays",
+    "movielens_federated",
     "omniglot_federated",
     "own_splits",
     "random_partition",

@@ -78,6 +78,9 @@ class EpisodeSampler:
     def __str__(self) -> str:
         return f"{self.ways}-way {self.shots}-shot {self.queries}-query episodes"
 
+    def with_queries(self, queries: int) -> EpisodeSampler:
+        return EpisodeSampler(self.ways, self.shots, queries)
+
     @property
     def per_class(self) -> int:
         return self.shots + self.queries

@@ -15,7 +15,8 @@ import torch
 
 @dataclass(frozen=True, eq=False)
 class ClientData:
-    """One client's examples: ``x`` uint8 images [n,H,W] or float32 features [n,d], ``y`` int64 [n].
+    """One client's examples: ``x`` uint8 images [n,H,W] or float32 features [n,d], ``y`` int64
+    labels [n] or float32 targets [n] (ratings, `fedmeta.data.movielens`).
 
     ``query_mask`` (bool [n]) marks the client's own query/test examples where the dataset
     defines such a split (e.g. LEAF's per-writer train/test split).
@@ -66,7 +67,10 @@ class FederatedDataset(ABC):
     @property
     @abstractmethod
     def num_classes(self) -> int:
-        """Number of distinct global labels over all clients."""
+        """Number of distinct global labels over all clients (1 for float targets: one
+        output, the predicted value)."""
+
+    num_items: int = 0  # a recommendation dataset's item space (its model's item embeddings)
 
     def __len__(self) -> int:
         return self.num_clients
@@ -78,7 +82,8 @@ class FederatedDataset(ABC):
 
 
 class ArrayFederatedDataset(FederatedDataset):
-    """Clients given as index arrays into shared numpy arrays ``x`` and ``y``.
+    """Clients given as index arrays into shared numpy arrays ``x`` and ``y`` (integer labels,
+    or float targets: then ``num_classes`` is 1), ``num_items`` the item space they index.
 
     ``transform`` maps a gathered client to its final form (e.g. Omniglot's rotated copies) and
     multiplies each client's size by ``expansion``. ``num_classes`` defaults to the number of
@@ -95,6 +100,7 @@ class ArrayFederatedDataset(FederatedDataset):
         transform: ClientTransform | None = None,
         expansion: int = 1,
         num_classes: int | None = None,
+        num_items: int = 0,
     ) -> None:
         n = len(y)
         if x.shape[0] != n or (query_mask is not None and query_mask.shape[0] != n):
@@ -103,19 +109,23 @@ class ArrayFederatedDataset(FederatedDataset):
             raise ValueError(f"{name}: x must be uint8 images or float features, got {x.dtype}")
         if np.issubdtype(x.dtype, np.floating) and np.isnan(x).any():
             raise ValueError(f"{name}: x contains NaN")
-        if not np.issubdtype(y.dtype, np.integer) or (n and y.min() < 0):
-            raise ValueError(f"{name}: labels must be non-negative integers")
+        targets = np.issubdtype(y.dtype, np.floating)
+        if targets and not np.isfinite(y).all():
+            raise ValueError(f"{name}: targets must be finite")
+        if not targets and (not np.issubdtype(y.dtype, np.integer) or (n and y.min() < 0)):
+            raise ValueError(f"{name}: labels must be non-negative integers or float targets")
         indices = [np.asarray(ix, dtype=np.int64) for ix in client_indices]
         flat = np.concatenate(indices) if indices else np.zeros(0, np.int64)
         if flat.size and (flat.min() < 0 or flat.max() >= n):
             raise ValueError(f"{name}: client indices out of range [0, {n})")
-        self.name = name
-        self._x, self._y = x, y.astype(np.int64, copy=False)
+        self.name, self.num_items = name, num_items
+        self._x, self._y = x, y.astype(np.float32 if targets else np.int64, copy=False)
         self._mask = None if query_mask is None else query_mask.astype(bool, copy=False)
         self._indices = indices
         self._transform, self._expansion = transform, expansion
         self._num_classes = (
-            num_classes if num_classes is not None else int(np.unique(self._y[flat]).size) * expansion
+            num_classes if num_classes is not None else 1 if targets
+            else int(np.unique(self._y[flat]).size) * expansion
         )
 
     @property
@@ -144,13 +154,14 @@ class ArrayFederatedDataset(FederatedDataset):
         space (``num_classes``) stays this dataset's, so a head sized for it fits both."""
         return ArrayFederatedDataset(name, self._x, self._y, [self._indices[i] for i in clients],
                                      self._mask, self._transform, self._expansion,
-                                     self._num_classes)
+                                     self._num_classes, self.num_items)
 
     def regrouped(self, name: str, client_indices: Sequence[np.ndarray]) -> ArrayFederatedDataset:
         """Clients holding `client_indices` of the same arrays, without a query mask (their
         examples split elsewhere); the label space stays this dataset's."""
         return ArrayFederatedDataset(name, self._x, self._y, client_indices, None,
-                                     self._transform, self._expansion, self._num_classes)
+                                     self._transform, self._expansion, self._num_classes,
+                                     self.num_items)
 
     def query_mask_of(self, i: int) -> np.ndarray | None:
         """Which of client ``i``'s examples are its query (None: no such split)."""

@@ -38,6 +38,14 @@ _SHAKESPEARE_HOWTO = (
 )
 
 
+_MOVIELENS_HOWTO = (
+    "MovieLens is not downloaded by fedmeta (GroupLens' license: research use only, no "
+    "commercial use): build movielens.npz from ml-latest-small.zip "
+    "(https://grouplens.org/datasets/movielens/) in the format of "
+    "shared/data/PROVENANCE_movielens.md"
+)
+
+
 class DatasetNotFound(UserError, FileNotFoundError):
     """A dataset file could not be located (message says where to put it / how to get it)."""
 
@@ -77,6 +85,10 @@ DATASETS: dict[str, DatasetSpec] = {
     "shakespeare": DatasetSpec(
         "shakespeare.npz", "ced758d118da65dbb3526d9f7c1bedc8d34bf6ffe88fc527bfa5e33f79efc819",
         howto=_SHAKESPEARE_HOWTO,
+    ),
+    "movielens": DatasetSpec(
+        "movielens.npz", "d0e3219b69257ac1cd104e249f149b66a477488841aacf199056e062be1c5b0c",
+        howto=_MOVIELENS_HOWTO,
     ),
 }
 

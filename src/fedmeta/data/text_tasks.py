@@ -9,6 +9,7 @@ from typing import ClassVar
 
 import torch
 
+from fedmeta.data.cold_start import ColdStartSampler
 from fedmeta.data.episodes import Episodes, EpisodeSampler
 from fedmeta.data.federated import ClientData
 
@@ -44,4 +45,5 @@ class TextTaskSampler:
         return Episodes(*parts)
 
 
-TaskSampler = EpisodeSampler | TextTaskSampler  # what draws a learner's or evaluation's tasks
+# what draws a learner's or evaluation's tasks
+TaskSampler = EpisodeSampler | TextTaskSampler | ColdStartSampler

@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from fedmeta.config import Config
 from fedmeta.engine.client_state import CLIENTS
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import StopTraining
@@ -47,6 +48,22 @@ class TensorBoardLogger:
                 self.writer.add_scalar(key, value, round_index)
 
 
+LOWER_IS_BETTER = frozenset({"val_mae"})
+
+
+def selection_metric(config: Config) -> str:
+    """The meta-validation metric that model selection and early stopping read: new users'
+    MAE on ratings, accuracy otherwise."""
+    return "val_mae" if config.data.rates else "val_accuracy"
+
+
+def score(metric: str, metrics: dict[str, Any]) -> float:
+    """`metrics[metric]` signed so that higher is better (-inf where it is absent)."""
+    if metric not in metrics:
+        return -math.inf
+    return -metrics[metric] if metric in LOWER_IS_BETTER else metrics[metric]
+
+
 class BestRound:
     """Model selection on the meta-validation clients: the round whose `metric` was the best
     so far (the first of equals), its params, its clients' personal states (None: the learner
@@ -62,8 +79,8 @@ class BestRound:
 
     def __call__(self, round_index: int, params: Params, server_state: dict[str, Any],
                  metrics: dict[str, Any]) -> None:
-        if metrics.get(self.metric, -math.inf) > self.best:
-            self.round, self.best, self.params = round_index, metrics[self.metric], params
+        if score(self.metric, metrics) > self.best:
+            self.round, self.best, self.params = round_index, score(self.metric, metrics), params
             self.states = server_state.get(CLIENTS)
             self.metrics = {k: v for k, v in metrics.items() if k.startswith("val_")}
 
@@ -109,8 +126,8 @@ class EarlyStopping:
                  metrics: dict[str, Any]) -> None:
         if self.metric not in metrics:
             return
-        if metrics[self.metric] > self.best + self.min_delta:
-            self.best, self.stale = metrics[self.metric], 0
+        if score(self.metric, metrics) > self.best + self.min_delta:
+            self.best, self.stale = score(self.metric, metrics), 0
             return
         self.stale += 1
         if self.stale >= self.patience:
@@ -140,7 +157,7 @@ class ProgressBar:
             TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=False)
         self.task = self.progress.add_task("train", total=rounds, completed=start_round - 1,
                                            status="")
-        self.accuracy = math.nan
+        self.accuracy = self.mae = math.nan
 
     def __enter__(self) -> "ProgressBar":
         self.progress.start()
@@ -152,7 +169,10 @@ class ProgressBar:
     def __call__(self, round_index: int, params: Params, server_state: dict[str, Any],
                  metrics: dict[str, Any]) -> None:
         self.accuracy = metrics.get("val_accuracy", self.accuracy)
-        status = f"loss {metrics.get('loss', math.nan):.3f}  val acc {100 * self.accuracy:.1f}%"
+        self.mae = metrics.get("val_mae", self.mae)
+        validation = (f"val MAE {self.mae:.3f}" if "val_mae" in metrics or not math.isnan(self.mae)
+                      else f"val acc {100 * self.accuracy:.1f}%")
+        status = f"loss {metrics.get('loss', math.nan):.3f}  {validation}"
         if "epsilon" in metrics:
             status += f"  ε {metrics['epsilon']:.2f}"
         self.progress.update(self.task, completed=round_index, status=status)

@@ -10,7 +10,7 @@ from typing import Any
 import tomli_w
 
 from fedmeta.atomic import write_atomic, write_atomic_bytes
-from fedmeta.config import Config
+from fedmeta.config import Config, tomllib
 from fedmeta.engine.checkpoint import Selected, save_checkpoint
 from fedmeta.errors import UserError
 from fedmeta.params import Params
@@ -47,11 +47,23 @@ class RunDirectory:
         return run
 
     @classmethod
-    def open(cls, path: Path) -> "RunDirectory":
-        """An existing run directory (it must hold `config.toml`)."""
+    def open(cls, path: Path, command: str) -> "RunDirectory":
+        """An existing run directory of rounds, for `fedmeta <command>`: UserError if it holds
+        no `config.toml`, or is a vertical run's (scored as it ran: no rounds, no
+        checkpoints)."""
         run = cls(path)
         if not run.config_path.is_file():
             raise UserError(f"{path} is not a run directory (no config.toml)")
+        try:
+            vertical = tomllib.loads(run.config_path.read_text(encoding="utf-8",
+                                                                errors="replace")
+                                     ).get("federation") == "vertical"
+        except tomllib.TOMLDecodeError:
+            vertical = False  # whoever reads the config says what is wrong with it
+        if vertical:
+            raise UserError(f"{path} is a vertical run: its results are in its summary.json "
+                            f"(`fedmeta {command}` reads horizontal runs' rounds and "
+                            "checkpoints)")
         return run
 
     def latest_checkpoint(self) -> Path:

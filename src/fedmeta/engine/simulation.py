@@ -15,7 +15,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from fedmeta.data import ClientData, NotEnoughData
+from fedmeta.data import ClientData, ColdStartSampler, NotEnoughData
 from fedmeta.engine.client_state import CLIENTS, written
 from fedmeta.engine.cohort import CohortUpdates, run_cohort
 from fedmeta.engine.experiment import Experiment, client_sample_rate, learner_at_round
@@ -26,6 +26,7 @@ from fedmeta.errors import UserError
 from fedmeta.evaluation import (eligible_clients, meta_test, own_split_test, personal_splits,
                                  personalize)
 from fedmeta.optim import apply_updates
+from fedmeta.ratings import check_users, cold_start_test, learner_predictor
 from fedmeta.params import Params, table_rows
 from fedmeta.server import Round
 from fedmeta.server.chain import ChainState
@@ -287,8 +288,12 @@ class Simulation:
                                               for i in range(train.num_clients)))
             return
         held_out = [self.test_clients] + ([self.validation_clients] if self.validates else [])
+        sampler = self.experiment.eval_sampler
         for clients in held_out:
-            eligible_clients(clients, self.experiment.eval_sampler)
+            if isinstance(sampler, ColdStartSampler):
+                check_users(clients, sampler)
+                continue
+            eligible_clients(clients, sampler)
             if ev.personalization_episodes:
                 personal_splits(clients, ev.ways, ev.shots)
 
@@ -300,7 +305,9 @@ class Simulation:
         with `per_client`, each client's accuracy too (`*_per_client_accuracy`). Each side
         draws its episodes from a stream of its own, the same at every evaluation. When the
         held-out data are the training clients' own splits, each client's held-out examples
-        `on` are scored by `own_split_test`, from its personal state in `states`."""
+        `on` are scored by `own_split_test`, from its personal state in `states`. New users
+        of a rating dataset are scored once each (`fedmeta.ratings.cold_start_test`: MAE,
+        RMSE, NDCG@10), `episodes` unused."""
         ev, learner = self.config.eval, self.experiment.learner
         episode_keys, personal_keys = EVAL_KEYS[on]
         if self.experiment.held_out == "splits":
@@ -311,6 +318,10 @@ class Simulation:
             return {f"{on}_{key}": value for key, value in
                     {**result.as_dict(per_client), "pooled_accuracy": pooled}.items()}
         clients = self.test_clients if on == "test" else self.validation_clients
+        if isinstance(self.experiment.eval_sampler, ColdStartSampler):  # every user, once
+            result = cold_start_test(learner_predictor(learner, params), clients,
+                                     self.experiment.eval_sampler)
+            return {f"{on}_{key}": value for key, value in result.as_dict(per_client).items()}
         result = meta_test(learner, params, clients, self.experiment.eval_sampler, episodes,
                            seeded(self.config.seed, EVAL_STREAM, *episode_keys))
         metrics = {f"{on}_{key}": value for key, value in result.as_dict(per_client).items()}

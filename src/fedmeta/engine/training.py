@@ -10,7 +10,8 @@ from typing import Any
 from fedmeta.config import Config
 from fedmeta.device import describe_device
 from fedmeta.engine.callbacks import (BestRound, Checkpointer, EarlyStopping, MetricsLogger,
-                                      ProgressBar, TensorBoardLogger, TimeBudget)
+                                      ProgressBar, TensorBoardLogger, TimeBudget,
+                                      selection_metric)
 from fedmeta.engine.checkpoint import Selected
 from fedmeta.engine.client_state import CLIENTS
 from fedmeta.engine.privacy_summary import privacy_summary
@@ -18,6 +19,7 @@ from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Callback, Simulation, StopTraining
 from fedmeta.errors import UserError
 from fedmeta.params import Params
+from fedmeta.ratings import rating_line
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,10 @@ class Start:
     selected: Selected | None = None
 
 
-def restored_selection(start: Start) -> BestRound:
+def restored_selection(config: Config, start: Start) -> BestRound:
     """Model selection as it stood after `start.round`: its choice replayed from the logged
     metrics, the chosen params from the checkpoint. UserError if the two disagree."""
-    selection = BestRound()
+    selection = BestRound(selection_metric(config))
     for metrics in start.history:
         selection(metrics["round"], None, {}, metrics)
     chosen = start.selected[0] if start.selected else 0
@@ -54,7 +56,7 @@ def stopping_callbacks(config: Config, start: Start) -> list[Callback]:
     would have (StopTraining if it already had), and the time budget (of this process)."""
     callbacks: list[Callback] = []
     if config.eval.patience:
-        early_stopping = EarlyStopping(config.eval.patience)
+        early_stopping = EarlyStopping(config.eval.patience, selection_metric(config))
         for metrics in start.history:
             early_stopping(metrics["round"], start.params, start.server_state, metrics)
         callbacks.append(early_stopping)
@@ -89,7 +91,7 @@ def train(simulation: Simulation, run: RunDirectory, start: Start,
     selection."""
     config = simulation.config
     checkpointer = Checkpointer(run, config.run.checkpoint_every, start.round,
-                                restored_selection(start))
+                                restored_selection(config, start))
     with ExitStack() as stack:
         try:
             callbacks = training_callbacks(config, run, start, checkpointer, progress, stack)
@@ -141,6 +143,11 @@ def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: boo
     if not result:
         print(f"no held-out clients to meta-test; run directory {run.path}")
         return summary
+    chosen = (f"of round {selected['round']}'s model, selected by {selected['rule']}, trained on "
+              f"{summary['device']}; run directory {run.path}")
+    if config.data.rates:
+        print(f"{task}: {rating_line(result)} {chosen}")
+        return summary
     eligible = result.get("eligible_clients", summary["test_clients"])
     unseen = (f"{eligible} unseen clients" if eligible == summary["test_clients"] else
               f"{eligible} of {summary['test_clients']} unseen clients (those with data for "
@@ -151,6 +158,5 @@ def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: boo
     spread = (f"clients, {result['episodes']} examples" if splits
               else f"{result['episodes']} episodes")
     print(f"{scored}{100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI over "
-          f"{spread}) of round {selected['round']}'s model, selected by {selected['rule']}, "
-          f"trained on {summary['device']}; run directory {run.path}")
+          f"{spread}) {chosen}")
     return summary

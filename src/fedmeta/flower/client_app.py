@@ -4,7 +4,8 @@
 Flower starts a fresh process for each message a deployed SuperNode receives, so this module
 imports neither torch nor the node's code: it forwards each message to the node's long-lived
 worker (`fedmeta.flower.node_worker`), which keeps them loaded. In Flower's simulation (nodes
-with a `partition-id`, run in long-lived actors) the handlers run in-process. SecAgg+'s
+with a `partition-id`, run in long-lived actors) the handlers run in-process. A vertical
+run's party answers `query.vertical` (`fedmeta.flower.vertical_node`). SecAgg+'s
 `secaggplus_mod` masks a reply here, before it leaves the node; `ping` is a no-op, for
 measuring Flower's own round-trip floor (`flower.floor_probes`).
 """
@@ -24,7 +25,7 @@ def answer(kind: str, msg: Message, context: Context) -> Message:
     """The reply of handler `kind` of `fedmeta.flower.node` to `msg`, given the node's config
     and the message's run (a client's personal state is the run's)."""
     node: dict[str, Any] = {**context.node_config, "run-id": int(msg.metadata.run_id)}
-    if "data-path" in node:
+    if "data-path" in node or "party-file" in node:  # a deployed node
         content = forward(kind, msg.content, node)
     else:
         from fedmeta.flower.node import HANDLERS  # Flower's simulation: in this process
@@ -56,6 +57,12 @@ def decrypt_sum(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     return answer("evaluate", msg, context)
+
+
+@app.query("vertical")
+def vertical(msg: Message, context: Context) -> Message:
+    """A party's step of a vertical run (`fedmeta.flower.vertical_node`)."""
+    return answer("vertical", msg, context)
 
 
 @app.query("ping")

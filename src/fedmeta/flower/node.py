@@ -40,6 +40,7 @@ from fedmeta.data.federated import float_input_shape
 from fedmeta.seeding import EVAL_STREAM, client_generator, seeded
 from fedmeta.device import HOST, local_precision, to_device
 from fedmeta.errors import UserError
+from fedmeta.flower import vertical_node
 from fedmeta.flower.secagg import from_arrays, to_parameters
 from fedmeta.learners.base import Learner, Update
 from fedmeta.params import Params, flatten_rows, owned, unflatten
@@ -260,4 +261,4 @@ def evaluate(content: RecordDict, node: dict[str, Any]) -> RecordDict:
 
 HANDLERS: dict[str, Callable[[RecordDict, dict[str, Any]], RecordDict]] = {
     "describe": describe, "train": train, "train-secagg+": train_secagg_plus,
-    "decrypt": decrypt_sum, "evaluate": evaluate}
+    "decrypt": decrypt_sum, "evaluate": evaluate, "vertical": vertical_node.handle}

@@ -15,6 +15,9 @@ With `aggregation.secure = "ckks"` the clients send their weighted updates encry
 server adds the ciphertexts with the public context the clients described, and a key holder
 (a client of the round) decrypts only the sum; the rest of the server pipeline (noise, the
 server optimizer) runs on that mean.
+
+A vertical config (`federation = "vertical"`) runs `fedmeta.flower.vertical_server` instead:
+each SuperNode a party, the server the relay between them.
 """
 
 import json
@@ -39,6 +42,7 @@ from fedmeta.device import HOST, to_device
 from fedmeta.errors import UserError
 from fedmeta.evaluation import summarize
 from fedmeta.flower.secagg import secagg_plus_sum
+from fedmeta.flower.vertical_server import run_vertical
 from fedmeta.flower.messages import (DECRYPT, DESCRIBE, EVALUATE, PING, TRAIN,
                                      config_from_run_config, config_message)
 from fedmeta.params import Params, tree_stack, unflatten
@@ -285,6 +289,8 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = config_from_run_config(context.run_config)
+    if config.federation == "vertical":
+        return run_vertical(grid, config)
     federation = FlowerFederation(grid, config, context)
     run = RunDirectory.create(config)
     log.info("fedmeta on Flower: %d training nodes, %d meta-validation, %d meta-test; run "

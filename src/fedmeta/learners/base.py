@@ -38,7 +38,9 @@ client's update on the server (`server_round`); one that `takes_num_clients` get
 of training clients (pFedHN's embeddings, SCAFFOLD's control update); `sample_level_dp`
 says its local loss is a mean over examples, so DP-SGD's per-example clipping bounds an
 example's influence; `text_tasks` that it learns tasks whose labels are one vocabulary shared
-by every task (next-character prediction) as well as episodes of their own classes.
+by every task (next-character prediction) as well as episodes of their own classes;
+`regression` that it also trains a model whose outputs are values scored by squared error (a
+rating model, `fedmeta.models.melu`) rather than logits.
 """
 
 import copy
@@ -83,6 +85,7 @@ class Learner(ABC):
     plain_sgd: ClassVar[bool] = False  # needs plain SGD on the clients and x += mean on the server
     # learns tasks whose labels are one vocabulary for all (text, fedmeta.data.text_tasks)
     text_tasks: ClassVar[bool] = True
+    regression: ClassVar[bool] = False  # also trains rating models (`criterion`)
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
                  local_steps: int = 1, tasks_per_step: int = 1) -> None:
@@ -121,9 +124,23 @@ class Learner(ABC):
     def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, params, (x,))
 
+    @property
+    def rates(self) -> bool:
+        """Whether the model predicts values (ratings: a model with `regression = True`)
+        rather than logits."""
+        return getattr(self.model, "regression", False)
+
+    def criterion(self, outputs: torch.Tensor, targets: torch.Tensor,
+                  reduction: str = "mean") -> torch.Tensor:
+        """The task's loss: squared error of predicted ratings (`rates`), else cross-entropy
+        of logits."""
+        if self.rates:
+            return F.mse_loss(outputs, targets, reduction=reduction)
+        return F.cross_entropy(outputs, targets, reduction=reduction)
+
     def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the model's own logits (models with a head)."""
-        return F.cross_entropy(self.forward(params, x), y)
+        """The `criterion` of the model's own outputs (models with a head)."""
+        return self.criterion(self.forward(params, x), y)
 
     def features(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """The model's penultimate features (its `features` block, flattened), without the head."""
@@ -147,7 +164,7 @@ class Learner(ABC):
     def task_loss(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
                   query_x: torch.Tensor, query_y: torch.Tensor) -> torch.Tensor:
         state = self.adapt(params, support_x, support_y)
-        return F.cross_entropy(self.query_logits(params, state, query_x), query_y)
+        return self.criterion(self.query_logits(params, state, query_x), query_y)
 
     def meta_loss(self, params: Params, episodes: Episodes) -> torch.Tensor:
         """Mean query loss over a batch of episodes."""

@@ -16,6 +16,10 @@ predicts with the global model as it is and `fedavg-ft` fine-tunes it, head incl
 - `fedavg-ft` fine-tunes a fresh, zero-initialised N-way head together with the body for
   `finetune_steps` full-batch SGD steps of `finetune_lr` on the support set.
 
+On a rating model (`Learner.rates`: one output, the rating, whatever the user) `fedavg`
+predicts a new user's ratings with the global model as it is, and `fedavg-ft` fine-tunes all
+of it on the user's support set, as FedAvg+FT does in MeLU's and Per-FedAvg's comparisons.
+
 Scored on the training clients' own held-out examples (PFLlib's protocol), the global head
 predicts them as it is (`fedavg`, and every learner built on it through its `personal_model`),
 or after `fedavg-ft`'s steps on the client's own training examples.
@@ -24,7 +28,6 @@ or after `fedavg-ft`'s steps on the client's own training examples.
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import grad_and_value
 
@@ -41,6 +44,7 @@ class FedAvg(Learner):
     head = "global"
     hyperparameters = ("batch_size",)
     sample_level_dp = True
+    regression = True
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
                  local_steps: int = 1, tasks_per_step: int = 1, *, batch_size: int = 32,
@@ -62,7 +66,7 @@ class FedAvg(Learner):
         examples is padded with masked-out zeros, so every client's batches have the same shape
         (cohorts stack); with sample-level DP, each with its noise."""
         num_classes = self.model.head.out_features
-        if int(client.y.max()) >= num_classes:
+        if not self.rates and int(client.y.max()) >= num_classes:
             raise ValueError(f"fedavg needs global labels in 0..{num_classes - 1}, "
                              f"got label {int(client.y.max())}")
         n, size = len(client), self.batch_size
@@ -83,8 +87,8 @@ class FedAvg(Learner):
 
     def masked_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor,
                     mask: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over the unmasked examples."""
-        losses = F.cross_entropy(self.forward(params, x), y, reduction="none")
+        """Mean `criterion` over the unmasked examples."""
+        losses = self.criterion(self.forward(params, x), y, reduction="none")
         return (losses * mask).sum() / mask.sum()
 
     def local_gradient(self, params: Params, batch: tuple) -> tuple[Params, torch.Tensor]:
@@ -96,10 +100,10 @@ class FedAvg(Learner):
                                 self.sample_noise_multiplier, batch[3])
 
     def example_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.forward(params, x.unsqueeze(0)), y.unsqueeze(0))
+        return self.loss(params, x.unsqueeze(0), y.unsqueeze(0))
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
-        if self.sampler.shared_labels:
+        if self.sampler.shared_labels:  # ratings, next characters: as it is
             return params
         return prototypes(self.features(params, support_x), support_y)
 
@@ -138,14 +142,18 @@ class FedAvgFT(FedAvg):
         self.finetune_lr = finetune_lr
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
-        weight, fresh = params["head.weight"], params
-        if not self.sampler.shared_labels:
-            ways = int(support_y.max()) + 1
-            fresh = {**params, "head.weight": weight.new_zeros(ways, weight.shape[1]),
-                     "head.bias": weight.new_zeros(ways)}
+        fresh = (params if self.sampler.shared_labels
+                 else self.fresh_head(params, int(support_y.max()) + 1))
         tuned, _ = sgd_steps(lambda p: self.loss(p, support_x, support_y), fresh,
                              self.finetune_lr, self.finetune_steps)
         return tuned
+
+    @staticmethod
+    def fresh_head(params: Params, ways: int) -> Params:
+        """`params` with a zero `ways`-way head."""
+        weight = params["head.weight"]
+        return {**params, "head.weight": weight.new_zeros(ways, weight.shape[1]),
+                "head.bias": weight.new_zeros(ways)}
 
     def query_logits(self, params: Params, state: Any, query_x: torch.Tensor) -> torch.Tensor:
         return self.forward(state, query_x)

@@ -12,10 +12,15 @@ rejects configs where they differ. At meta-test time a task takes `eval_inner_st
 (default twice `inner_steps`, as MAML evaluates with more steps than it trains with), first
 order, since no meta-gradient is needed there.
 
+`inner_params` names the params the inner loop adapts by prefix (all of them when empty):
+MeLU's split (Lee et al., KDD 2019) adapts a rating model's decision-making layers on a
+user's support and learns its embeddings in the outer loop only.
+
 Subclasses change one hook each: `first_order` (FOMAML), `adapted` (ANIL), `inner_lr_of`
 (Meta-SGD), `local_gradient` (Per-FedAvg); Reptile its batches, gradient and optimizer.
 """
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -33,20 +38,24 @@ class MAML(Learner):
     """Second-order MAML; the task state is the adapted (fast) weights."""
 
     head = "ways"
-    hyperparameters = ("inner_lr", "inner_steps", "eval_inner_steps")
+    hyperparameters = ("inner_lr", "inner_steps", "eval_inner_steps", "inner_params")
     first_order: ClassVar[bool] = False
+    regression = True
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
                  local_steps: int = 1, tasks_per_step: int = 1, *, inner_lr: float = 0.4,
-                 inner_steps: int = 1, eval_inner_steps: int | None = None) -> None:
+                 inner_steps: int = 1, eval_inner_steps: int | None = None,
+                 inner_params: Sequence[str] = ()) -> None:
         super().__init__(model, sampler, local_optimizer, local_steps, tasks_per_step)
+        self.inner_params = tuple(inner_params)
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
         self.eval_inner_steps = 2 * inner_steps if eval_inner_steps is None else eval_inner_steps
 
     def adapted(self, name: str) -> bool:
-        """Whether the inner loop updates the param `name` (all of them in MAML)."""
-        return True
+        """Whether the inner loop updates the param `name`: one of `inner_params` (all of
+        them when it names none)."""
+        return not self.inner_params or name.startswith(self.inner_params)
 
     def inner_lr_of(self, params: Params) -> LearningRate:
         return self.inner_lr

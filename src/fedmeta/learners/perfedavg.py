@@ -60,8 +60,8 @@ class PerFedAvgHF(PerFedAvg):
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
                  local_steps: int = 1, tasks_per_step: int = 1, **inner: float | int | None) -> None:
-        doubled = EpisodeSampler(sampler.ways, sampler.shots, 2 * sampler.queries)
-        super().__init__(model, doubled, local_optimizer, local_steps, tasks_per_step, **inner)
+        super().__init__(model, sampler.with_queries(2 * sampler.queries), local_optimizer,
+                         local_steps, tasks_per_step, **inner)
 
     def episode_gradient(self, params: Params, support_x: torch.Tensor,
                          support_y: torch.Tensor, query_x: torch.Tensor,

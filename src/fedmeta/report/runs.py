@@ -118,7 +118,7 @@ def config_name(path: Path, text: str) -> str:
 def read_run(path: Path) -> Run:
     """The run in directory `path`, labelled by its name; UserError if it is no run directory
     or has no complete round yet."""
-    run = RunDirectory.open(path)
+    run = RunDirectory.open(path, "report")
     try:
         config_text = run.config_path.read_bytes().decode("utf-8", errors="replace")
         name = config_name(run.config_path, config_text)

@@ -41,20 +41,36 @@ class Transcript:
         return len(self.setup) + len(self.request) + len(self.response)
 
 
+def psi_request(client_ids: Sequence[str]) -> tuple[psi.client, bytes]:
+    """The PSI client's side, first: its new key, and its ids blinded by it (the request)."""
+    client = psi.client.CreateWithNewKey(True)
+    return client, client.CreateRequest(list(client_ids)).SerializeToString()
+
+
+def psi_serve(server_ids: Sequence[str], request: bytes, client_count: int
+              ) -> tuple[bytes, bytes]:
+    """The PSI server's side: its ids blinded by a new key of its own (the setup), and the
+    client's request blinded again (the response)."""
+    server = psi.server.CreateWithNewKey(True)
+    setup = server.CreateSetupMessage(FALSE_POSITIVE_RATE, client_count, list(server_ids),
+                                      psi.DataStructure.RAW).SerializeToString()
+    return setup, server.ProcessRequest(_parsed(psi.Request, request)).SerializeToString()
+
+
+def psi_intersect(client: psi.client, setup: bytes, response: bytes) -> list[int]:
+    """The PSI client's side, last: the positions of its ids the server also holds."""
+    return sorted(client.GetIntersection(_parsed(psi.ServerSetup, setup),
+                                         _parsed(psi.Response, response)))
+
+
 def shared_positions(client_ids: Sequence[str], server_ids: Sequence[str]
                      ) -> tuple[list[int], Transcript]:
     """One PSI run: the positions in `client_ids` of the ids `server_ids` also holds (the
     client's output), and the bytes exchanged. Each message crosses as bytes and is parsed on
     the other side, as between machines."""
-    server = psi.server.CreateWithNewKey(True)
-    client = psi.client.CreateWithNewKey(True)
-    setup = server.CreateSetupMessage(FALSE_POSITIVE_RATE, len(client_ids), list(server_ids),
-                                      psi.DataStructure.RAW).SerializeToString()
-    request = client.CreateRequest(list(client_ids)).SerializeToString()
-    response = server.ProcessRequest(_parsed(psi.Request, request)).SerializeToString()
-    positions = client.GetIntersection(_parsed(psi.ServerSetup, setup),
-                                       _parsed(psi.Response, response))
-    return sorted(positions), Transcript(setup, request, response)
+    client, request = psi_request(client_ids)
+    setup, response = psi_serve(server_ids, request, len(client_ids))
+    return psi_intersect(client, setup, response), Transcript(setup, request, response)
 
 
 def _parsed(message_type, data: bytes):
@@ -88,6 +104,39 @@ def check_ids(name: str, ids: Sequence[str]) -> None:
         raise UserError(f"{name}: id {duplicate!r} appears {count} times; ids must be unique")
 
 
+def check_overlap(names: Sequence[str], shared: Sequence[int], common: int) -> None:
+    """UserError (one line) if another party shares no id with the label party (`shared[k]`:
+    how many party k + 1 does) or no id is common to all parties."""
+    for name, count in zip(names[1:], shared):
+        if not count:
+            raise UserError(f"{name} shares no id with {names[0]} (the label party)")
+    if not common:
+        raise UserError(f"no id is held by all {len(names)} parties")
+
+
+def common_ids(label_ids: Sequence[str], label_sides: Sequence[Sequence[int]]
+               ) -> tuple[list[str], list[np.ndarray | None]]:
+    """The label party's side once PSI ran with each other party (`label_sides[k]`: the
+    positions of its ids that party k + 1 shares): the ids all parties hold, sorted, and for
+    each other party a mask over the ids the two share, sorted, of those held by all (None with
+    only two parties: all of them), which the label party sends it."""
+    shared = [sorted(label_ids[i] for i in side) for side in label_sides]
+    common = sorted(set.intersection(*(set(ids) for ids in shared)))
+    return common, [np.isin(ids, common) if len(shared) > 1 else None for ids in shared]
+
+
+def party_common_ids(ids: Sequence[str], positions: Sequence[int],
+                     mask: np.ndarray | None) -> list[str]:
+    """Another party's side: the ids it shares with the label party (its PSI output
+    `positions`), sorted, kept where the label party's `mask` says all parties hold them."""
+    shared = sorted(ids[i] for i in positions)
+    return shared if mask is None else [i for i, keep in zip(shared, mask) if keep]
+
+
+def mask_bytes(mask: np.ndarray | None) -> int:
+    return 0 if mask is None else len(np.packbits(mask).tobytes())
+
+
 def align(party_ids: Sequence[Sequence[str]], names: Sequence[str] | None = None) -> Alignment:
     """Align parties by their ids; party 0 is the label party. UserError (one line) on
     duplicate or empty ids, a party that shares no id with the label party, or no id common
@@ -98,32 +147,23 @@ def align(party_ids: Sequence[Sequence[str]], names: Sequence[str] | None = None
     for name, ids in zip(names, party_ids):
         check_ids(name, ids)
     label_ids = list(party_ids[0])
-    psi_bytes = 0
-    label_shared = set(label_ids)
-    pairs = []  # per other party: the shared ids, sorted, as each side of the pair knows them
-    for name, ids in zip(names[1:], party_ids[1:]):
+    psi_bytes, label_sides, other_sides = 0, [], []
+    for ids in party_ids[1:]:
         label_side, forward = shared_positions(label_ids, ids)  # the label party as client
         other_side, backward = shared_positions(ids, label_ids)  # the other party as client
         psi_bytes += forward.bytes + backward.bytes
-        if not label_side:
-            raise UserError(f"{name} shares no id with {names[0]} (the label party)")
-        label_shared &= {label_ids[i] for i in label_side}
-        pairs.append((sorted(label_ids[i] for i in label_side),
-                      sorted(ids[i] for i in other_side)))
-    common = sorted(label_shared)
-    if not common:
-        raise UserError(f"no id is held by all {len(party_ids)} parties")
-    rows = [_rows(label_ids, common)]
-    for ids, (label_view, shared) in zip(party_ids[1:], pairs):
-        if len(party_ids) > 2:  # the label party's mask over the pair's sorted shared ids
-            mask = np.isin(label_view, common)
-            psi_bytes += len(np.packbits(mask).tobytes())
-            shared = [i for i, keep in zip(shared, mask) if keep]
-        rows.append(_rows(list(ids), shared))
+        label_sides.append(label_side)
+        other_sides.append(other_side)
+    common, masks = common_ids(label_ids, label_sides)
+    check_overlap(names, [len(side) for side in label_sides], len(common))
+    psi_bytes += sum(mask_bytes(mask) for mask in masks)
+    rows = [rows_of(label_ids, common)] + [
+        rows_of(list(ids), party_common_ids(ids, side, mask))
+        for ids, side, mask in zip(party_ids[1:], other_sides, masks)]
     return Alignment(tuple(rows), psi_bytes)
 
 
-def _rows(ids: list[str], common: list[str]) -> np.ndarray:
+def rows_of(ids: list[str], common: list[str]) -> np.ndarray:
     """The rows of `ids` holding `common`, in its order."""
     position = {i: row for row, i in enumerate(ids)}
     return np.array([position[i] for i in common], dtype=np.int64)

@@ -26,8 +26,8 @@ from fedmeta.learners.protonet import prototype_logits, prototypes
 from fedmeta.optim import Transform
 from fedmeta.params import Params
 from fedmeta.vertical.protection import Protection
-from fedmeta.vertical.split import (Traffic, embedding, exchange, initial_params,
-                                    optimizer_step)
+from fedmeta.vertical.split import (Traffic, crossing_embedding, embedding, exchange,
+                                    initial_params, optimizer_step)
 
 Slicer = Callable[[torch.Tensor], list[torch.Tensor]]  # examples -> each party's slice
 
@@ -85,8 +85,9 @@ def meta_test(bottoms: Sequence[nn.Module], params: Sequence[Params], slicer: Sl
     with torch.no_grad():
         for e in range(episodes.num_episodes):
             x, y, support = episode_rows(episodes, e, generator)
-            received = [embedding(m, p, s, up if party else Protection()) for party, (m, p, s)
-                        in enumerate(zip(bottoms, params, slicer(x)))]
-            received = [received[0], *(up.add_noise(h, noise) for h in received[1:])]
+            strips = slicer(x)
+            received = [embedding(bottoms[0], params[0], strips[0], Protection()), *(
+                crossing_embedding(m, p, s, up, noise)
+                for m, p, s in zip(bottoms[1:], params[1:], strips[1:]))]
             accuracies.append(episode_loss(received, y, support, episodes.ways)[1])
     return torch.stack(accuracies)

@@ -104,6 +104,28 @@ class SplitState(NamedTuple):
     top: Params
 
 
+def send_up(module: nn.Module, params: Params, x: torch.Tensor, up: Protection,
+            noise: torch.Generator | None
+            ) -> tuple[torch.Tensor, Callable[[torch.Tensor], tuple[Params]]]:
+    """A non-label party's side of a step: its embedding of its rows as it crosses (clipped
+    and noised by `up`, from its private `noise`), and the pull-back onto its params."""
+    h, pull = embed(module, params, x, up)
+    return up.add_noise(h, noise), pull
+
+
+def label_side(head: Callable[[Params, list[torch.Tensor]], torch.Tensor], head_params: Params,
+               received: list[torch.Tensor], down: Protection,
+               noise: torch.Generator | None) -> tuple[Params, torch.Tensor, list[torch.Tensor]]:
+    """The label party's side of a step, given every party's embedding (its own first): the
+    gradients of the loss `head(head_params, received)` for its params, the loss, and for each
+    embedding its gradient (its own as is, the others' as they cross, protected by `down`)."""
+    (head_grads, embedding_grads), loss = grad_and_value(head, argnums=(0, 1))(head_params,
+                                                                                received)
+    sent = [g if party == 0 else down.release(g, noise)
+            for party, g in enumerate(embedding_grads)]
+    return head_grads, loss, sent
+
+
 def exchange(bottoms: Sequence[nn.Module], params: Sequence[Params],
              xs: Sequence[torch.Tensor], head: Callable[[Params, list[torch.Tensor]], torch.Tensor],
              head_params: Params, up: Protection = Protection(),
@@ -117,19 +139,20 @@ def exchange(bottoms: Sequence[nn.Module], params: Sequence[Params],
     parties' private randomness (never a stream another party knows). Returns the
     bottoms' gradients, the head's, the loss, and the gradient each party received ([B, E];
     party 0's its own). `traffic` counts the bytes that crossed."""
-    embedded = [embed(m, p, x, up if party else Protection())
-                for party, (m, p, x) in enumerate(zip(bottoms, params, xs))]
-    received = [h if party == 0 else up.add_noise(h, noise)  # h is clipped already
-                for party, (h, _) in enumerate(embedded)]
-    (head_grads, embedding_grads), loss = grad_and_value(head, argnums=(0, 1))(head_params,
-                                                                                received)
-    sent = [g if party == 0 else down.release(g, noise)
-            for party, g in enumerate(embedding_grads)]
+    embedded = [embed(bottoms[0], params[0], xs[0], Protection())] + [
+        send_up(m, p, x, up, noise) for m, p, x in zip(bottoms[1:], params[1:], xs[1:])]
+    received = [h for h, _ in embedded]
+    head_grads, loss, sent = label_side(head, head_params, received, down, noise)
     if traffic is not None:
         traffic.up += sum(tensor_bytes(h) for h in received[1:])
         traffic.down += sum(tensor_bytes(g) for g in sent[1:])
     bottom_grads = [pull(g)[0] for (_, pull), g in zip(embedded, sent)]
     return bottom_grads, head_grads, loss, sent
+
+
+def batch_mean(grads: Params, rows: int) -> Params:
+    """Gradients of a loss summed over `rows` rows, as those of its mean."""
+    return {k: v / rows for k, v in grads.items()}
 
 
 def split_gradients(network: SplitNetwork, bottoms: Sequence[Params], top: Params,
@@ -143,8 +166,8 @@ def split_gradients(network: SplitNetwork, bottoms: Sequence[Params], top: Param
     bottom_grads, top_grads, loss, sent = exchange(
         network.bottoms, bottoms, xs, lambda t, hs: label_loss(network.top, t, hs, y), top,
         up, down, noise, traffic)
-    mean = lambda grads: {k: v / len(y) for k, v in grads.items()}  # noqa: E731
-    return [mean(g) for g in bottom_grads], mean(top_grads), loss, sent
+    return ([batch_mean(g, len(y)) for g in bottom_grads], batch_mean(top_grads, len(y)), loss,
+            sent)
 
 
 def optimizer_step(optimizer: Transform, params: list[Params], grads: Sequence[Params],
@@ -186,17 +209,31 @@ def train_split(network: SplitNetwork, xs: Sequence[torch.Tensor], y: torch.Tens
     return SplitState(params[:-1], params[-1]), traffic, losses, records
 
 
+def crossing_embedding(module: nn.Module, params: Params, x: torch.Tensor, up: Protection,
+                       noise: torch.Generator | None) -> torch.Tensor:
+    """A non-label party's embedding of rows to score, as it crosses (protected as in
+    training)."""
+    with torch.no_grad():
+        return up.add_noise(embedding(module, params, x, up), noise)
+
+
+def top_probabilities(network: SplitNetwork, state: SplitState, x: torch.Tensor,
+                      received: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The label party's class probabilities [N, C] from its own rows `x` and the other
+    parties' embeddings `received`."""
+    with torch.no_grad():
+        own = embedding(network.bottoms[0], state.bottoms[0], x, Protection())
+        logits = functional_call(network.top, state.top, (torch.cat([own, *received], 1),))
+        return logits.softmax(1)
+
+
 def predict(network: SplitNetwork, state: SplitState, xs: Sequence[torch.Tensor],
             up: Protection = Protection(), noise: torch.Generator | None = None,
             traffic: Traffic | None = None) -> torch.Tensor:
     """Class probabilities [N, C] of aligned rows; the other parties' embeddings cross
     protected as in training."""
-    with torch.no_grad():
-        received = []
-        for party, (m, p, x) in enumerate(zip(network.bottoms, state.bottoms, xs)):
-            h = embedding(m, p, x, up if party else Protection())
-            received.append(h if party == 0 else up.add_noise(h, noise))
-        if traffic is not None:
-            traffic.up += sum(tensor_bytes(h) for h in received[1:])
-        logits = functional_call(network.top, state.top, (torch.cat(received, 1),))
-        return logits.softmax(1)
+    received = [crossing_embedding(m, p, x, up, noise)
+                for m, p, x in zip(network.bottoms[1:], state.bottoms[1:], xs[1:])]
+    if traffic is not None:
+        traffic.up += sum(tensor_bytes(h) for h in received)
+    return top_probabilities(network, state, xs[0], received)

@@ -38,6 +38,9 @@ class Aligned:
 
 def load_parties(vertical: VerticalConfig, seed: int) -> list[Party]:
     if vertical.data == "files":
+        if len(vertical.party_files) < 2:  # a deployment's parties each read their own
+            raise UserError("vertical.data = 'files' runs here with vertical.party_files: at "
+                            f"least 2 parties' CSVs, got {len(vertical.party_files)}")
         return read_parties(vertical.party_files)
     return breast_cancer_departments(vertical.parties, vertical.holding, seed)
 
@@ -82,13 +85,27 @@ def scores(probabilities: torch.Tensor, y: np.ndarray) -> dict[str, float]:
     return {"auc": float(auc), "accuracy": accuracy}
 
 
+def held_out_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned rows 0..n-1 split into held-out and training rows, by a seed every party knows
+    (so every party splits the same people the same way)."""
+    order = torch.randperm(n, generator=seeded(seed, 0)).numpy()
+    held_out = max(1, min(n - 1, round(test_fraction * n)))
+    return order[:held_out], order[held_out:]
+
+
+def initial_network(vertical: VerticalConfig, columns: list[int], classes: int, width: int,
+                    seed: int) -> SplitNetwork:
+    """The split network every party builds from the same seed, each keeping its own part."""
+    torch.manual_seed(seed)
+    return SplitNetwork.mlp(columns, vertical.hidden, width, vertical.top_hidden, classes)
+
+
 def one_repeat(config: Config, data: Aligned, repeat: int) -> dict:
     """Every setting on one seed's split of the aligned rows into training and held-out rows."""
     vertical, seed = config.vertical, config.seed + repeat
     n, classes = len(data.y), int(data.y.max()) + 1
-    order = torch.randperm(n, generator=seeded(seed, 0)).numpy()
-    held_out = max(1, min(n - 1, round(vertical.test_fraction * n)))
-    test, train = order[:held_out], order[held_out:]
+    test, train = held_out_split(n, vertical.test_fraction, seed)
+    held_out = len(test)
     columns = [standardized(x[train], x[test]) for x in data.xs]
     y_train = torch.from_numpy(data.y[train])
     up, down = protections(vertical)
@@ -98,9 +115,8 @@ def one_repeat(config: Config, data: Aligned, repeat: int) -> dict:
     for setting in SETTINGS:
         parties = inputs[setting]
         width = vertical.embedding * (len(columns) if setting == "centralized" else 1)
-        torch.manual_seed(seed)
-        network = SplitNetwork.mlp([x.shape[1] for x, _ in parties], vertical.hidden, width,
-                                   vertical.top_hidden, classes)
+        network = initial_network(vertical, [x.shape[1] for x, _ in parties], classes, width,
+                                  seed)
         noise = seeded(seed, CUT_NOISE_STREAM)  # the parties' private randomness, not shared
         state, traffic, losses, records = train_split(
             network, [x for x, _ in parties], y_train, vertical.epochs, vertical.batch_size,
@@ -125,10 +141,22 @@ def finite(epsilon: float) -> float | None:
     return None if epsilon == float("inf") else epsilon
 
 
+def privacy_summary(vertical: VerticalConfig) -> dict:
+    """What protected the crossings, and each direction's per-row epsilon."""
+    up, down = protections(vertical)
+    return {
+        "embedding": {"noise": up.noise, "clip": up.clip, "multiplier": up.multiplier,
+                      "epsilon_per_row": finite(up.epsilon(vertical.epochs, vertical.delta))},
+        "gradient": {"noise": down.noise, "clip": down.clip, "multiplier": down.multiplier,
+                     "epsilon_per_row": finite(down.epsilon(vertical.epochs, vertical.delta))},
+        "delta": vertical.delta,
+        "scope": "each training row's own releases (one a epoch), given each step's models; "
+                 "not the whole transcript (fedmeta/vertical/protection.py)"}
+
+
 def summarize(config: Config, data: Aligned, rows: list[dict]) -> dict:
     """Means and 95% CIs over the repeats, with what crossed and what protected it."""
     vertical = config.vertical
-    up, down = protections(vertical)
 
     def stats(values: list[float]) -> dict[str, float]:
         mean, ci95 = mean_ci95(torch.tensor(values))
@@ -144,15 +172,7 @@ def summarize(config: Config, data: Aligned, rows: list[dict]) -> dict:
         "test_rows": rows[0]["test_rows"], "psi_bytes": data.psi_bytes,
         "bytes_per_epoch": rows[0]["bytes_per_epoch"],
         "inference_bytes": rows[0]["inference_bytes"], "results": results,
-        "privacy": {
-            "embedding": {"noise": up.noise, "clip": up.clip, "multiplier": up.multiplier,
-                          "epsilon_per_row": finite(up.epsilon(vertical.epochs, vertical.delta))},
-            "gradient": {"noise": down.noise, "clip": down.clip, "multiplier": down.multiplier,
-                         "epsilon_per_row": finite(down.epsilon(vertical.epochs, vertical.delta))},
-            "delta": vertical.delta,
-            "scope": "each training row's own releases (one a epoch), given each step's "
-                     "models; not the whole transcript (fedmeta/vertical/protection.py)"},
-    }
+        "privacy": privacy_summary(vertical)}
     if "attack" in rows[0]:
         summary["attack"] = {kind: stats([r["attack"][kind] for r in rows])
                              for kind in rows[0]["attack"]}
