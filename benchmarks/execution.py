@@ -4,7 +4,10 @@ once), in each precision (`run.precision`), the same rounds interleaved so the m
 spells hit them alike; one JSON line per workload, with each one's time over the fp32 loop's.
 
     .venv/bin/python benchmarks/execution.py [--rounds 3] [--chunks 4,16,64] \
-        [--precisions fp32,bf16]
+        [--precisions fp32,bf16] [--config FILE.toml --set KEY=VALUE ...]
+
+`--config` measures that config's round (named by the file) instead of the bench workloads,
+e.g. configs/shakespeare_maml.toml, whose data a bench workload cannot assume.
 
 On the CPU, auto picks the loop for convolutional models and vmap otherwise; on a GPU it picks
 vmap (cohort.choose_execution): this script is what confirms or corrects that half.
@@ -14,11 +17,12 @@ import argparse
 import dataclasses
 import json
 import statistics
+from pathlib import Path
 
 from fedmeta.bench.measure import timed, with_execution
 from fedmeta.bench.workloads import WORKLOADS
 from fedmeta.build import build_experiment
-from fedmeta.config import validate
+from fedmeta.config import load_config, validate
 from fedmeta.device import describe_device
 
 
@@ -30,8 +34,8 @@ def with_run(simulation, **settings):
                                                 config=config.model_copy(update={"run": run})))
 
 
-def measure(name: str, rounds: int, chunks: list[int], precisions: list[str]) -> dict:
-    experiment = build_experiment(validate(WORKLOADS[name].config))
+def measure(name: str, config, rounds: int, chunks: list[int], precisions: list[str]) -> dict:
+    experiment = build_experiment(config)
     vmapped = with_execution(experiment, "vmap")
     executions = {}
     for precision in precisions:
@@ -62,10 +66,14 @@ def main() -> None:
     parser.add_argument("--chunks", default="4,16,64")
     parser.add_argument("--precisions", default="fp32")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--config", help="a config file to measure instead of the workloads")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides of --config")
     args = parser.parse_args()
     chunks = [int(c) for c in args.chunks.split(",")]
-    for name in args.workloads.split(","):
-        print(json.dumps(measure(name, args.rounds, chunks, args.precisions.split(","))),
+    configs = ({Path(args.config).stem: load_config(args.config, args.set)} if args.config else
+               {name: validate(WORKLOADS[name].config) for name in args.workloads.split(",")})
+    for name, config in configs.items():
+        print(json.dumps(measure(name, config, args.rounds, chunks, args.precisions.split(","))),
               flush=True)
 
 

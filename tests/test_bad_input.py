@@ -219,7 +219,7 @@ def test_a_bad_value_for_a_known_key(capsys, space, data, leaf, by_set):
         else:
             doc.setdefault(path[0], {})[path[1]] = value
         argv = ["run", config_file(space, doc)]
-    # a list's bad element is named by its index (learner.inner_params.0)
+    # a list's wrong element is named by its index: learner.inner_params.0
     assert re.match(rf"fedmeta: error: config error: {re.escape(key)}(\.\d+)?: ",
                     refused(capsys, space, *argv))
 

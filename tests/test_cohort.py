@@ -84,12 +84,14 @@ def test_clients_without_an_episode_are_skipped(execution):
     assert all(d.shape[0] == 0 for d in alone.deltas.values())
 
 
-def test_rule_is_loop_for_convolutions_on_the_cpu_and_vmap_otherwise():
+def test_rule_is_loop_for_convolutions_and_lstms_on_the_cpu_and_vmap_otherwise():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     conv, mlp = build_model("conv4", (1, 16, 16), 5, 4), MLP((8,), (4,), 3)
     assert choose_execution(conv, cpu) == "loop"
     assert choose_execution(conv, cuda) == "vmap"
     assert choose_execution(mlp, cpu) == "vmap"
+    lstm = build_model("char-lstm", (80,), 80, hidden=4)
+    assert (choose_execution(lstm, cpu), choose_execution(lstm, cuda)) == ("loop", "vmap")
 
 
 def test_stack_batches_stacks_tensors_tuples_and_episodes():

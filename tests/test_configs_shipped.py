@@ -22,6 +22,8 @@ VERTICAL_SHRINK = ["vertical.epochs=1", "vertical.repeats=1", "vertical.steps=2"
 def test_shipped_config_runs_one_round(path, request):
     if load_config(path).federation == "vertical":
         config = load_config(path, VERTICAL_SHRINK)
+        if config.vertical.data == "femnist-strips" and config.vertical.path is None:
+            config.vertical.path = str(request.getfixturevalue("shared_data") / "femnist.npz")
         summary, _ = build_vertical(config)()
         assert 0 <= summary["results"]["vertical"]["accuracy"]["mean"] <= 1
         return

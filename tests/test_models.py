@@ -27,3 +27,52 @@ def test_mlp_and_builder():
     assert build_model("mlp", (1, 28, 28), None, hidden=16)(torch.rand(2, 1, 28, 28)).shape == (2, 16)
     with pytest.raises(ValueError, match="conv4 needs image inputs"):
         build_model("conv4", (60,), None)
+
+
+def char_lstm_params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in model.named_parameters()}
+
+
+def test_char_lstm_computes_torch_lstm():
+    """The step-by-step LSTM against torch's own `nn.LSTM` given the same weights (its second
+    bias zero: ours has one bias a gate)."""
+    model = build_model("char-lstm", (80,), 80, hidden=16)
+    params = char_lstm_params(model)
+    reference = torch.nn.LSTM(8, 16, num_layers=2, batch_first=True)
+    reference.load_state_dict({
+        f"{name}_l{layer}": value for layer in range(2) for name, value in (
+            ("weight_ih", params[f"features.lstm.{layer}.ih.weight"]),
+            ("bias_ih", params[f"features.lstm.{layer}.ih.bias"]),
+            ("weight_hh", params[f"features.lstm.{layer}.hh.weight"]),
+            ("bias_hh", torch.zeros(64)))})
+    x = torch.randint(80, (3, 80))
+    expected = reference(model.features.embedding(x))[0][:, -1]
+    torch.testing.assert_close(model.features(x), expected)
+    assert model(x).shape == (3, 80)
+
+
+def test_char_lstm_second_order_and_vmapped_gradients():
+    """MAML's meta-gradient differentiates through an inner step (it differs from the first
+    order one), and vmap over clients gives each client's own gradient."""
+    from torch.func import grad, vmap
+    model = build_model("char-lstm", (80,), 80, hidden=8)
+    params = char_lstm_params(model)
+    x, y = torch.randint(80, (2, 4, 80)), torch.randint(80, (2, 4))
+    loss = lambda p, x, y: torch.nn.functional.cross_entropy(functional_call(model, p, (x,)), y)
+
+    def meta_loss(p, detach):
+        g = grad(loss)({k: v.detach() for k, v in p.items()} if detach else p, x[0], y[0])
+        return loss({k: p[k] - 0.5 * g[k] for k in p}, x[1], y[1])
+
+    second, first = grad(meta_loss)(params, False), grad(meta_loss)(params, True)
+    assert all(v.isfinite().all() for v in second.values())
+    assert not torch.allclose(second["features.lstm.0.hh.weight"],
+                              first["features.lstm.0.hh.weight"])
+    stacked = {k: torch.stack([v, v + 0.01]) for k, v in params.items()}
+    batched = vmap(grad(loss))(stacked, x, y)
+    for i in range(2):
+        one = grad(loss)({k: v[i] for k, v in stacked.items()}, x[i], y[i])
+        for k in params:
+            torch.testing.assert_close(batched[k][i], one[k])
+    with pytest.raises(ValueError, match="char-lstm needs token inputs"):
+        build_model("char-lstm", (1, 28, 28), 80)

@@ -1,18 +1,23 @@
 """Vertical ProtoNets: the exchange's gradients are the whole network's, and on the bundled
-Omniglot the two halves together beat the label party's half alone on unseen characters."""
+Omniglot the two halves together beat the label party's half alone on unseen characters;
+FEMNIST's halves meta-test on writers held out."""
 
+import numpy as np
 import torch
 
-from fedmeta.build import bundled_omniglot
+from fedmeta.build import build_vertical, bundled_omniglot
+from fedmeta.config import load_config
 from fedmeta.data import ClientData, EpisodeSampler
 from fedmeta.data.omniglot import load_omniglot_arrays
 from fedmeta.learners.protonet import prototype_logits, prototypes
 from fedmeta.models import MLP
 from fedmeta.optim import adam
 from fedmeta.seeding import seeded
+from fedmeta.vertical.fewshot import femnist_pools
 from fedmeta.vertical.protonet import (episode_loss, episode_rows, meta_test, meta_train,
                                        width_slices)
 from fedmeta.vertical.split import Traffic, exchange
+from test_cli import fedmeta
 
 
 def test_exchange_gives_the_whole_networks_episode_gradient():
@@ -55,3 +60,20 @@ def test_two_halves_beat_the_label_partys_half_on_unseen_characters():
         # 30 rows of 32 float32 embeddings up, their gradients down, per episode
         assert (traffic.up, traffic.down) == ((parties - 1) * 300 * 30 * 32 * 4,) * 2
     assert accuracy["vertical"] > accuracy["label party"] + 0.04 > 0.2 + 0.04, accuracy
+
+
+def test_femnist_strips_meta_test_on_writers_held_out(shared_data, tmp_path):
+    path = shared_data / "femnist.npz"
+    train, test = femnist_pools(path, seed=0)
+    with np.load(path) as arrays:
+        assert len(train) + len(test) == len(arrays["labels"])
+    assert 0.1 < len(test) / (len(train) + len(test)) < 0.3  # 20% of the writers
+    config = load_config("configs/vertical_femnist_strips.toml",
+                         [f"vertical.path='{path}'", "vertical.steps=100",
+                          "vertical.test_episodes=50", "vertical.repeats=1"])
+    summary, _ = build_vertical(config)()
+    assert summary["results"]["vertical"]["accuracy"]["mean"] > 0.3  # 5-way: chance 0.2
+    missing = fedmeta("run", "configs/vertical_femnist_strips.toml", "--out", tmp_path / "r",
+                      "--set", f"vertical.path='{tmp_path / 'none.npz'}'")
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+    assert not (tmp_path / "r").exists()

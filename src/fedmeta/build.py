@@ -10,9 +10,10 @@ import torch
 
 from fedmeta.attacks import Attack
 from fedmeta.config import Config, EvalConfig, TaskConfig
-from fedmeta.data import (ColdStartSampler, EpisodeSampler, FederatedDataset,
-                          fashion_mnist_federated, femnist_federated, hold_out_validation,
-                          load_fashion_mnist, movielens_federated, omniglot_federated, own_splits,
+from fedmeta.data import (ColdStartSampler, EpisodeSampler, FederatedDataset, TaskSampler,
+                          TextTaskSampler, fashion_mnist_federated, femnist_federated,
+                          hold_out_validation, load_fashion_mnist, movielens_federated,
+                          omniglot_federated, own_splits, shakespeare_federated,
                           synthetic_federated, validation_count)
 from fedmeta.engine.experiment import Experiment, build_schedule, client_sample_rate
 from fedmeta.device import resolve_device
@@ -48,7 +49,7 @@ from fedmeta.server.aggregate import Summation, mean, plain_sum
 from fedmeta.server.compression import stochastic_quantization, topk_error_feedback
 from fedmeta.server.pipeline import Pipeline
 from fedmeta.server.robust import ROBUST_RULES, norm_bounding
-from fedmeta.vertical.fewshot import run_fewshot
+from fedmeta.vertical.fewshot import femnist_pools, omniglot_pools, run_fewshot
 from fedmeta.vertical.tabular import aligned_parties, run_tabular
 
 LEARNERS: dict[str, type[Learner]] = {
@@ -60,6 +61,7 @@ LEARNERS: dict[str, type[Learner]] = {
 }
 SYNTHETIC_TEST_CLIENTS = 100
 OWN_SPLITS = ("fashion-mnist",)  # datasets whose held-out data are the training clients' own
+TEXT = ("shakespeare",)  # datasets of next-character tasks (fedmeta.data.text_tasks)
 
 
 def bundled_omniglot() -> Path:
@@ -83,9 +85,9 @@ def check_horizontal(config: Config) -> None:
 
 
 def build_datasets(config: Config) -> Datasets:
-    """The config's clients. Omniglot, FEMNIST and MovieLens hold `data.validation_fraction`
-    of the training side's clients (background alphabets, training writers, training users)
-    out for meta-validation;
+    """The config's clients. Omniglot, FEMNIST, Shakespeare and MovieLens hold
+    `data.validation_fraction` of the training side's clients (background alphabets, training
+    writers, training roles, training users) out for meta-validation;
     Synthetic generates as many more clients of a seed of their own; Fashion-MNIST's held-out
     data are its training clients' own (`own_splits`)."""
     check_horizontal(config)
@@ -108,6 +110,10 @@ def build_datasets(config: Config) -> Datasets:
             background, test = omniglot_federated(
                 path, partition=data.partition, num_clients=data.num_clients,
                 rotations=data.rotations, seed=config.seed, download=data.download)
+        elif data.dataset == "shakespeare":
+            background, test = shakespeare_federated(
+                path, test_fraction=data.test_fraction, seed=config.seed,
+                min_samples=data.min_samples, download=data.download)
         else:
             split = movielens_federated if data.rates else femnist_federated
             background, test = split(path, test_fraction=data.test_fraction, seed=config.seed,
@@ -224,7 +230,10 @@ def build_privacy_budget(config: Config, num_clients: int) -> PrivacyBudget | No
 
 
 def head_size(config: Config, kind: str, num_classes: int) -> int | None:
-    """Outputs of the model's head for a learner whose `head` is `kind` (None: no head)."""
+    """Outputs of the model's head for a learner whose `head` is `kind` (None: no head). On
+    text every task's labels are the vocabulary's, so every head has `num_classes` outputs."""
+    if config.data.dataset in TEXT:
+        return num_classes
     if kind == "ways" and config.eval.ways != config.task.ways:
         raise UserError(f"config error: {config.learner.algorithm} meta-learns a "
                         f"{config.task.ways}-way head, so eval.ways must equal task.ways "
@@ -255,6 +264,14 @@ def check_supported(config: Config, cls: type[Learner]) -> None:
                         "the clients' only from their updates as sent: aggregation.rule = "
                         "'mean', no compression, norm_bound, secure aggregation, user-level DP "
                         "or canaries")
+    if config.data.dataset in TEXT and not cls.text_tasks:
+        supported = sorted(k for k, c in LEARNERS.items() if c.text_tasks)
+        raise UserError(f"config error: {name} does not learn next-character tasks, whose "
+                        f"labels are one vocabulary ({', '.join(supported)} do); "
+                        f"data.dataset is {config.data.dataset!r}")
+    if config.data.dataset in TEXT and config.eval.personalization_episodes:
+        raise UserError("config error: a text client's own split is its task already (support "
+                        "before its split, query after): set eval.personalization_episodes = 0")
     if config.data.rates and not rates_new_users(cls):
         supported = sorted(k for k, c in LEARNERS.items() if rates_new_users(c))
         raise UserError(f"config error: {config.data.dataset}'s new users are predicted by a "
@@ -299,6 +316,9 @@ def check_deployable(config: Config) -> None:
         raise UserError(f"{config.data.dataset}'s held-out data are each training client's own "
                         "splits, which fedmeta's Flower nodes do not hold yet: run it with "
                         "`fedmeta run`")
+    if config.data.dataset in TEXT:
+        raise UserError(f"{config.data.dataset}'s text clients do not run on fedmeta's Flower "
+                        "nodes yet: run it with `fedmeta run`")
 
 
 def sample_privacy(config: Config) -> dict[str, float]:
@@ -310,13 +330,15 @@ def sample_privacy(config: Config) -> dict[str, float]:
             "sample_noise_multiplier": privacy.sample_noise_multiplier}
 
 
-def episode_sampler(config: Config, section: TaskConfig | EvalConfig
-                    ) -> EpisodeSampler | ColdStartSampler:
-    """The episodes `section` (`task`: training's, `eval`: held-out clients') describes:
-    `ways` classes of `shots` support and `queries` query examples, or on ratings a user's
-    first `shots` ratings and `queries` later ones."""
+def episode_sampler(config: Config, section: TaskConfig | EvalConfig) -> TaskSampler:
+    """The tasks `section` (`task`: training's, `eval`: held-out clients') describes: `ways`
+    classes of `shots` support and `queries` query examples; on text a role's own `shots`
+    support and `queries` query samples; on ratings a user's first `shots` ratings and
+    `queries` later ones."""
     if config.data.rates:
         return ColdStartSampler(section.shots, section.queries)
+    if config.data.dataset in TEXT:
+        return TextTaskSampler(section.shots, section.queries)
     return EpisodeSampler(section.ways, section.shots, section.queries)
 
 
@@ -352,7 +374,10 @@ def build_vertical(config: Config) -> Callable[[], tuple[dict, list[dict]]]:
     bad parties fail before a run directory exists). Called, it returns the run's summary
     and each repeat's results."""
     if config.vertical.data == "omniglot-strips":
-        return partial(run_fewshot, config, bundled_omniglot())
+        return partial(run_fewshot, config, omniglot_pools(bundled_omniglot()))
+    if config.vertical.data == "femnist-strips":
+        with config_errors():
+            return partial(run_fewshot, config, femnist_pools(config.vertical.path, config.seed))
     return partial(run_tabular, config, aligned_parties(config))
 
 

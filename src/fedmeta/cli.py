@@ -14,7 +14,7 @@ from rich.console import Console
 
 from fedmeta.bench.measure import run_benchmarks
 from fedmeta.bench.workloads import WORKLOADS
-from fedmeta.build import OWN_SPLITS, build_datasets, build_experiment, build_vertical
+from fedmeta.build import OWN_SPLITS, TEXT, build_datasets, build_experiment, build_vertical
 from fedmeta.config import Config, load_config
 from fedmeta.data.client_files import save_client
 from fedmeta.resume import restore_run, resume
@@ -202,9 +202,9 @@ def cmd_privacy(args: argparse.Namespace) -> None:
 def cmd_export_clients(args: argparse.Namespace) -> None:
     """One file per client, for the machines of a deployment (`fedmeta.data.client_files`)."""
     config = load_config(args.config, args.set)
-    if config.data.dataset in OWN_SPLITS:
-        raise UserError(f"{config.data.dataset}'s held-out data are each client's own splits; "
-                        "export-clients writes whole clients (omniglot, femnist, synthetic)")
+    if config.data.dataset in OWN_SPLITS + TEXT:
+        raise UserError(f"export-clients writes clients of examples (omniglot, femnist, "
+                        f"synthetic), not {config.data.dataset}'s")
     train, validation, test = build_datasets(config)
     if args.clients is not None and not 1 <= args.clients <= train.num_clients:
         raise UserError(f"--clients must be in [1, {train.num_clients}], got {args.clients}")

@@ -29,9 +29,11 @@ class Section(BaseModel):
 class DataConfig(Section):
     # fashion-mnist: PFLlib's personalized-FL benchmark, held-out data the training clients'
     # own (75/25 train/test each; validation_fraction of each train part for validation)
+    # shakespeare: LEAF's, a client per role, next-character tasks (model.name = "char-lstm")
     # movielens: each user a client, cold-start rating prediction (MeLU): a new user's support
     # its first eval.shots ratings in time, its query the rest (model.name = "melu")
-    dataset: Literal["omniglot", "femnist", "synthetic", "fashion-mnist", "movielens"] = "omniglot"
+    dataset: Literal["omniglot", "femnist", "synthetic", "fashion-mnist", "shakespeare",
+                     "movielens"] = "omniglot"
     # a local file; "bundled" = the compact Omniglot inside the package
     path: str | None = Field(None, min_length=1)
     download: bool = False
@@ -42,6 +44,9 @@ class DataConfig(Section):
     classes_per_client: int = Field(2, ge=1, le=10)  # of "pathological"
     rotations: bool = False
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    # shakespeare: a role is a client when its text gives at least this many samples before
+    # its split (support) and after it (query); LEAF's minimum samples per user
+    min_samples: int = Field(1, ge=1, le=10**7)
     # of the training side's clients, held out for meta-validation (rounded up); 0 = none, and
     # then no evaluation during training and no early stopping
     validation_fraction: float = Field(0.15, ge=0, lt=1)
@@ -86,10 +91,10 @@ class TaskConfig(Section):
 
 
 class ModelConfig(Section):
-    # rating models (movielens): melu, MeLU's; mf, matrix factorization whose user side is
-    # personal (fedmeta.models.mf)
-    name: Literal["conv4", "mlp", "melu", "mf"] = "conv4"
-    hidden: int = Field(64, ge=1, le=4096)
+    # char-lstm: LEAF's character model (shakespeare); rating models (movielens): melu, MeLU's;
+    # mf, matrix factorization whose user side is personal (fedmeta.models.mf)
+    name: Literal["conv4", "mlp", "char-lstm", "melu", "mf"] = "conv4"
+    hidden: int = Field(64, ge=1, le=4096)  # char-lstm: each LSTM layer's units (LEAF's 256)
     embedding: int = Field(32, ge=1, le=4096)  # melu: each embedding's width; mf: the factors'
     batch_norm: bool = False  # mlp: batch norm after each hidden layer (conv4 always has it)
 
@@ -300,8 +305,11 @@ class VerticalConfig(Section):
     # (`party_files`, the label party's first; on Flower each party's node config names its
     # own, and party_files stays empty): a header `id,<columns>`, the label party's
     # with a `label` column of class numbers 0..C-1; "omniglot-strips": few-shot, the bundled
-    # Omniglot's characters cut into `parties` vertical strips (vertical ProtoNets)
-    data: Literal["breast-cancer", "files", "omniglot-strips"] = "breast-cancer"
+    # Omniglot's characters cut into `parties` vertical strips (vertical ProtoNets);
+    # "femnist-strips": FEMNIST's characters so cut, training writers' against new writers'
+    data: Literal["breast-cancer", "files", "omniglot-strips", "femnist-strips"] = (
+        "breast-cancer")
+    path: str | None = None  # femnist-strips' file (None: $FEDMETA_DATA, then the cache)
     party_files: list[str] = Field([], max_length=64)
     parties: int = Field(3, ge=2, le=28)
     holding: float = Field(0.8, gt=0, le=1)
@@ -315,6 +323,7 @@ class VerticalConfig(Section):
     lr: float = Field(0.01, gt=0)
     # omniglot-strips: meta-training episodes (one a step) of the background alphabets, and
     # meta-test episodes of the evaluation alphabets' characters, the same for every setting
+    # (femnist-strips: of the training writers', and of 20% of the writers held out)
     ways: int = Field(5, ge=2, le=1000)
     shots: int = Field(1, ge=1, le=1000)
     queries: int = Field(5, ge=1, le=1000)
@@ -335,6 +344,8 @@ class VerticalConfig(Section):
         if self.party_files and self.data != "files":
             raise ValueError("vertical.party_files go with vertical.data = 'files', and only "
                              "with it")
+        if self.path is not None and self.data != "femnist-strips":
+            raise ValueError("vertical.path goes with vertical.data = 'femnist-strips' only")
         for side in ("embedding", "gradient"):
             noise = getattr(self, f"{side}_noise")
             if noise != "none" and (getattr(self, f"{side}_clip") is None
@@ -383,6 +394,16 @@ class Config(Section):
             raise ValueError(f"federation = {self.federation!r} does not read "
                              f"[{unread[0]}]: remove it, or set federation = "
                              f"{'horizontal' if vertical else 'vertical'!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _text_model(self) -> "Config":
+        """Text clients and the character model go together."""
+        text, char = self.data.dataset == "shakespeare", self.model.name == "char-lstm"
+        if text != char:
+            raise ValueError(f"model.name = 'char-lstm' reads text and data.dataset = "
+                             f"'shakespeare' needs it; got {self.model.name!r} on "
+                             f"{self.data.dataset!r}")
         return self
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedmeta.data import (ClientData, Episodes, EpisodeSampler, FederatedDataset,
+from fedmeta.data import (ClientData, Episodes, FederatedDataset, TaskSampler,
                           as_float_input, episodes_from_arrays, split_support_query)
 from fedmeta.data.npz import data_error, load_npz
 from fedmeta.errors import UserError
@@ -175,11 +175,11 @@ def load_episodes(path: Path) -> Episodes:
 
 
 def eligible_clients(clients: Sequence[ClientData],
-                     sampler: EpisodeSampler) -> list[ClientData]:
+                     sampler: TaskSampler) -> list[ClientData]:
     """The clients that can supply `sampler`'s episodes; UserError if none can, a warning if
     only a minority can (the others are not evaluated)."""
     eligible = [client for client in clients if sampler.eligible(client)]
-    shape = f"{sampler.ways}-way {sampler.shots}-shot {sampler.queries}-query episodes"
+    shape = str(sampler)
     if not eligible:
         raise UserError(f"no held-out client has enough data for {shape}")
     if 2 * len(eligible) < len(clients):
@@ -190,7 +190,7 @@ def eligible_clients(clients: Sequence[ClientData],
 
 
 def meta_test(learner: Learner, params: Params, clients: Sequence[ClientData],
-              sampler: EpisodeSampler, episodes: int,
+              sampler: TaskSampler, episodes: int,
               generator: torch.Generator) -> MetaTestResult:
     """Accuracy over `episodes` episodes drawn from uniformly chosen eligible clients, with how
     many of the held-out `clients` were eligible."""

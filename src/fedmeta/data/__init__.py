@@ -13,8 +13,10 @@ from fedmeta.data.movielens import movielens_federated
 from fedmeta.data.omniglot import load_omniglot_arrays, omniglot_federated
 from fedmeta.data.partition import dirichlet_partition, key_partition, random_partition, shard_partition
 from fedmeta.data.sources import ChecksumError, DatasetNotFound, resolve_dataset
+from fedmeta.data.shakespeare import TextFederatedDataset, shakespeare_federated
 from fedmeta.data.synthetic import SyntheticFederatedDataset, synthetic_federated
 from fedmeta.data.fashion_mnist import fashion_mnist_federated, load_fashion_mnist
+from fedmeta.data.text_tasks import TaskSampler, TextTaskSampler
 from fedmeta.data.validation import hold_out_validation, own_splits, validation_count
 
 __all__ = [
@@ -28,6 +30,9 @@ __all__ = [
     "FederatedDataset",
     "NotEnoughData",
     "SyntheticFederatedDataset",
+    "TaskSampler",
+    "TextFederatedDataset",
+    "TextTaskSampler",
     "TooFewRatings",
     "as_float_input",
     "dirichlet_partition",
@@ -43,6 +48,7 @@ __all__ = [
     "own_splits",
     "random_partition",
     "resolve_dataset",
+    "shakespeare_federated",
     "shard_partition",
     "split_support_query",
     "synthetic_federated",

@@ -6,6 +6,7 @@ class's contiguous run of examples; classes and examples are picked by argsort o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -67,10 +68,15 @@ torch.export.register_dataclass(Episodes)  # a pytree node, so torch.func.vmap b
 class EpisodeSampler:
     """Samples ``ways``-way episodes with ``shots`` support and ``queries`` query examples per class."""
 
+    shared_labels: ClassVar[bool] = False  # labels are each episode's own 0..N-1
+
     def __init__(self, ways: int, shots: int, queries: int) -> None:
         if ways < 1 or shots < 1 or queries < 0:
             raise ValueError(f"need ways >= 1, shots >= 1, queries >= 0; got {ways}, {shots}, {queries}")
         self.ways, self.shots, self.queries = ways, shots, queries
+
+    def __str__(self) -> str:
+        return f"{self.ways}-way {self.shots}-shot {self.queries}-query episodes"
 
     def with_queries(self, queries: int) -> EpisodeSampler:
         return EpisodeSampler(self.ways, self.shots, queries)

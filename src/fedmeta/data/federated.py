@@ -173,9 +173,12 @@ class ArrayFederatedDataset(FederatedDataset):
 
 
 def as_float_input(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images [..., H, W] -> float32 [..., 1, H, W] in [0, 1]; float features pass through."""
+    """uint8 images [..., H, W] -> float32 [..., 1, H, W] in [0, 1]; float features pass
+    through, as float32; int64 token ids (text) pass through, for the model to embed."""
     if x.dtype == torch.uint8:
         return (x.to(torch.float32) / 255.0).unsqueeze(-3)
+    if x.dtype == torch.int64:
+        return x
     return x if x.dtype == torch.float32 else x.to(torch.float32)
 
 

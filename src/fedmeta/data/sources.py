@@ -2,7 +2,8 @@
 
 Omniglot (Lake, Salakhutdinov, Tenenbaum 2015) comes from brendenlake/omniglot's zips, checked
 against their published md5 and converted to our npz format; FEMNIST (LEAF, Caldas et al. 2018)
-has no single download file and is converted from LEAF's preprocessed json.
+has no single download file and is converted from LEAF's preprocessed json; Shakespeare (LEAF)
+is built from Project Gutenberg's complete works.
 """
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ _LEAF_HOWTO = (
     "FEMNIST has no single download file: run LEAF's preprocessing (git clone "
     "https://github.com/TalwalkarLab/leaf && cd leaf/data/femnist && ./preprocess.sh -s niid "
     "--sf 0.05 -k 0 -t sample) and pass path=leaf/data/femnist/data (or its all_data directory)"
+)
+
+_SHAKESPEARE_HOWTO = (
+    "Shakespeare has no download file: build shakespeare.npz (the format of "
+    "fedmeta.data.shakespeare: roles' texts, offsets, split points, LEAF's vocabulary) from "
+    "Project Gutenberg's eBook #100, https://www.gutenberg.org/ebooks/100"
 )
 
 
@@ -75,9 +82,13 @@ DATASETS: dict[str, DatasetSpec] = {
     "femnist": DatasetSpec(
         "femnist.npz", "77cc9df1db8ef809c0f31f174806995c451e5e1fefcd552db6a4a1ee25cc1381", howto=_LEAF_HOWTO
     ),
+    "shakespeare": DatasetSpec(
+        "shakespeare.npz", "ced758d118da65dbb3526d9f7c1bedc8d34bf6ffe88fc527bfa5e33f79efc819",
+        howto=_SHAKESPEARE_HOWTO,
+    ),
     "movielens": DatasetSpec(
         "movielens.npz", "d0e3219b69257ac1cd104e249f149b66a477488841aacf199056e062be1c5b0c",
-        howto=_MOVIELENS_HOWTO
+        howto=_MOVIELENS_HOWTO,
     ),
 }
 

@@ -13,6 +13,9 @@ import math
 import numpy as np
 
 from fedmeta.data.federated import ArrayFederatedDataset
+from fedmeta.data.shakespeare import TextFederatedDataset
+
+Clients = ArrayFederatedDataset | TextFederatedDataset  # datasets whose clients subset
 
 
 def validation_count(num_clients: int, fraction: float) -> int:
@@ -21,8 +24,8 @@ def validation_count(num_clients: int, fraction: float) -> int:
     return math.ceil(fraction * num_clients - 1e-9) if fraction > 0 else 0
 
 
-def hold_out_validation(dataset: ArrayFederatedDataset, fraction: float,
-                        seed: int) -> tuple[ArrayFederatedDataset, ArrayFederatedDataset]:
+def hold_out_validation(dataset: Clients, fraction: float,
+                        seed: int) -> tuple[Clients, Clients]:
     """(the clients left to meta-train, the meta-validation clients): `validation_count`
     clients of `dataset` drawn at random by `seed`, each side in the dataset's order.
     ValueError if no client would be left to train."""

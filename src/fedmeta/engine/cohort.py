@@ -12,9 +12,14 @@ model and the device, measured by `fedmeta bench` (BENCHMARKS.md):
 - with convolutions and per-client weights, vmap becomes grouped convolutions, which the CPU
   runs slower than one plain convolution per client (Conv-4 on Omniglot: 1.5x slower
   for first-order MAML, 2.4x for MAML); a GPU is where grouped convolutions should pay
-  (not measured yet).
+  (not measured yet);
+- the character LSTM's 80 sequential steps of small matrix products are per-call overhead
+  that vmap does not remove on the CPU: a cohort of 4 (LSTM 256, Shakespeare) ran 2.1x
+  slower under vmap than looped for FedAvg, 1.35x for FOMAML, 1.64x for MAML (0.88x in one
+  earlier MAML measurement under another load).
 
-`auto` applies that rule: `vmap` unless the model has convolutions and runs on the CPU.
+`auto` applies that rule: `vmap` unless the model has convolutions or LSTM layers and runs on
+the CPU.
 `chunk_size` bounds memory: at most that many clients' activations are alive at once.
 A learner whose clients keep personal state (`Learner.keeps_state`) runs the loop: each
 client's round reads and returns its own state.
@@ -32,6 +37,7 @@ from torch.func import vmap
 from fedmeta.data import ClientData, NotEnoughData
 from fedmeta.device import local_precision, to_device
 from fedmeta.learners.base import Learner
+from fedmeta.models.char_lstm import LSTMLayer
 from fedmeta.optim import apply_updates
 from fedmeta.params import Params, broadcast, tree_stack
 
@@ -82,9 +88,10 @@ def failure(error: Exception) -> str:
 
 
 def choose_execution(model: nn.Module, device: torch.device) -> Literal["loop", "vmap"]:
-    """The measured rule: per-client loop for convolutional models on the CPU, vmap otherwise."""
-    convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    return "loop" if convolutional and device.type == "cpu" else "vmap"
+    """The measured rule: per-client loop for convolutional and recurrent models on the CPU,
+    vmap otherwise."""
+    looped = any(isinstance(m, (nn.modules.conv._ConvNd, LSTMLayer)) for m in model.modules())
+    return "loop" if looped and device.type == "cpu" else "vmap"
 
 
 def stack_batches(batches: Sequence[Any]) -> Any:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from fedmeta.attacks import Attack
 from fedmeta.config import Config, Scheduled
-from fedmeta.data import ColdStartSampler, EpisodeSampler, FederatedDataset
+from fedmeta.data import FederatedDataset, TaskSampler
 from fedmeta.engine.client_state import CLIENTS, initial_states
 from fedmeta.engine.faults import Faults
 from fedmeta.learners.base import Learner
@@ -27,7 +27,7 @@ class Experiment:
     test: FederatedDataset
     learner: Learner
     pipeline: Pipeline
-    eval_sampler: EpisodeSampler | ColdStartSampler  # the latter: new users of a rating dataset
+    eval_sampler: TaskSampler
     privacy: PrivacyBudget | None = None
     audit: CanaryAudit | None = None
     attack: Attack | None = None

@@ -129,11 +129,9 @@ def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: boo
     result = {k.removeprefix("test_"): v
               for k, v in simulation.evaluate(params, config.eval.final_episodes,
                                               per_client=True, states=states).items()}
-    ev = config.eval
     splits = experiment.held_out == "splits"
     task = ("each training client's own test split" if splits
-            else f"new users' later ratings after their first {ev.shots}" if config.data.rates
-            else f"{ev.ways}-way {ev.shots}-shot")
+            else str(experiment.eval_sampler))
     summary = {
         "name": config.name, "rounds": rounds, "train_seconds": train_seconds,
         "device": describe_device(experiment.learner.device),

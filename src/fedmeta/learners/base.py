@@ -39,8 +39,10 @@ keys passed to the constructor beyond the common ones; a `personalized` learner 
 client's update on the server (`server_round`); one that `takes_num_clients` gets the number
 of training clients (pFedHN's embeddings, SCAFFOLD's control update); `sample_level_dp`
 says its local loss is a mean over examples, so DP-SGD's per-example clipping bounds an
-example's influence; `regression` that it also trains a model whose outputs are values scored
-by squared error (a rating model, `fedmeta.models.melu`) rather than logits.
+example's influence; `text_tasks` that it learns tasks whose labels are one vocabulary shared
+by every task (next-character prediction) as well as episodes of their own classes;
+`regression` that it also trains a model whose outputs are values scored by squared error (a
+rating model, `fedmeta.models.melu`) rather than logits.
 """
 
 import copy
@@ -84,6 +86,8 @@ class Learner(ABC):
     fits_new_state: ClassVar[bool] = False  # on ratings, a new user fits its own (`adapt`)
     takes_num_clients: ClassVar[bool] = False  # takes num_clients, the training clients' count
     plain_sgd: ClassVar[bool] = False  # needs plain SGD on the clients and x += mean on the server
+    # learns tasks whose labels are one vocabulary for all (text, fedmeta.data.text_tasks)
+    text_tasks: ClassVar[bool] = True
     regression: ClassVar[bool] = False  # also trains rating models (`criterion`)
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,

@@ -7,7 +7,9 @@ Training: the model's head has one output per global class of the training clien
 local optimizer on minibatches of `batch_size` of its own labeled examples (global labels,
 which must lie in 0..num_classes-1; no episodes; a smaller client's minibatch is all of it).
 
-Meta-test clients hold classes never seen in training, so the global head cannot score them:
+Meta-test clients hold classes never seen in training, so the global head cannot score them
+(on text, where every task's labels are the vocabulary the head was trained on, `fedavg`
+predicts with the global model as it is and `fedavg-ft` fine-tunes it, head included):
 
 - `fedavg` scores each query by its nearest class mean of the penultimate features over the
   support set (no weight adaptation; the prototype rule of Snell et al. 2017);
@@ -69,7 +71,7 @@ class FedAvg(Learner):
         n, size = len(client), self.batch_size
         picks = torch.rand(steps, n, generator=generator).argsort(1)[:, :size]
         x, y = as_float_input(client.x[picks]), client.y[picks]  # [steps, min(n, size), ...]
-        mask = torch.ones(size, dtype=x.dtype)
+        mask = torch.ones(size)
         if n < size:
             x = torch.cat([x, x.new_zeros(steps, size - n, *x.shape[2:])], 1)
             y = torch.cat([y, y.new_zeros(steps, size - n)], 1)
@@ -100,7 +102,7 @@ class FedAvg(Learner):
         return self.loss(params, x.unsqueeze(0), y.unsqueeze(0))
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
-        if self.rates:  # the global model predicts any user's ratings as it is
+        if self.sampler.shared_labels:  # ratings, next characters: as it is
             return params
         return prototypes(self.features(params, support_x), support_y)
 
@@ -119,7 +121,7 @@ class FedAvg(Learner):
         return model
 
     def query_logits(self, params: Params, state: Any, query_x: torch.Tensor) -> torch.Tensor:
-        if self.rates:
+        if self.sampler.shared_labels:
             return self.forward(state, query_x)
         return prototype_logits(self.features(params, query_x), state)
 
@@ -139,7 +141,8 @@ class FedAvgFT(FedAvg):
         self.finetune_lr = finetune_lr
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
-        fresh = params if self.rates else self.fresh_head(params, int(support_y.max()) + 1)
+        fresh = (params if self.sampler.shared_labels
+                 else self.fresh_head(params, int(support_y.max()) + 1))
         tuned, _ = sgd_steps(lambda p: self.loss(p, support_x, support_y), fresh,
                              self.finetune_lr, self.finetune_steps)
         return tuned

@@ -56,6 +56,8 @@ class PerFedAvg(MAML):
 class PerFedAvgHF(PerFedAvg):
     """The Hessian-free variant (exact Hessian-vector products)."""
 
+    text_tasks = False  # halves its queries class by class
+
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
                  local_steps: int = 1, tasks_per_step: int = 1, **inner: float | int | None) -> None:
         super().__init__(model, sampler.with_queries(2 * sampler.queries), local_optimizer,

@@ -1,8 +1,10 @@
-"""A vertical few-shot run: the bundled Omniglot's characters cut into vertical strips, one a
-party, the first party's with the labels; vertical ProtoNets (`protonet`) meta-trained on
-episodes of the background alphabets and meta-tested on episodes of the evaluation
-alphabets' unseen characters, against the label party's strip alone and the whole image
-(centralized), on the same episodes, over `vertical.repeats` seeds.
+"""A vertical few-shot run: images cut into vertical strips, one a party, the first party's
+with the labels; vertical ProtoNets (`protonet`) meta-trained on episodes of one pool of
+characters and meta-tested on episodes of another, against the label party's strip alone and
+the whole image (centralized), on the same episodes, over `vertical.repeats` seeds. The
+pools: the bundled Omniglot's background alphabets, and its evaluation alphabets' unseen
+characters (`omniglot-strips`); or FEMNIST's training writers, and writers held out (the same
+62 classes by new hands, `femnist-strips`).
 
 The parties' examples are the same images by construction, so no PSI runs here (the tabular
 runs align theirs). Protection applies to what crosses as in the tabular runs; an example's
@@ -15,7 +17,8 @@ from pathlib import Path
 import torch
 
 from fedmeta.config import Config
-from fedmeta.data import ClientData, EpisodeSampler
+from fedmeta.data import ClientData, EpisodeSampler, FederatedDataset
+from fedmeta.data.femnist import femnist_federated
 from fedmeta.data.omniglot import load_omniglot_arrays
 from fedmeta.evaluation import mean_ci95
 from fedmeta.models import MLP
@@ -36,6 +39,17 @@ def omniglot_pools(path: str | Path) -> tuple[ClientData, ClientData]:
                           torch.from_numpy(arrays["char_id"][mask]).long())
 
     return pool(background), pool(~background)
+
+
+def femnist_pools(path: str | Path | None, seed: int) -> tuple[ClientData, ClientData]:
+    """Every training writer's examples, and every held-out writer's (20% of the writers,
+    drawn by `seed`)."""
+    return tuple(pooled(side) for side in femnist_federated(path, seed=seed))
+
+
+def pooled(clients: FederatedDataset) -> ClientData:
+    parts = [clients.client(i) for i in range(clients.num_clients)]
+    return ClientData(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
 
 
 def setting_slicers(parties: int) -> dict[str, tuple[Slicer, int]]:
@@ -72,11 +86,11 @@ def one_repeat(config: Config, pools: tuple[ClientData, ClientData], repeat: int
     return row
 
 
-def run_fewshot(config: Config, path: str | Path) -> tuple[dict, list[dict]]:
-    """The summary of a vertical few-shot run on the Omniglot file `path`, and each repeat's
-    row (meta-test accuracy ± its 95% CI over episodes, per setting)."""
+def run_fewshot(config: Config, pools: tuple[ClientData, ClientData]) -> tuple[dict, list[dict]]:
+    """The summary of a vertical few-shot run on `pools` (meta-training's and meta-test's
+    examples), and each repeat's row (meta-test accuracy ± its 95% CI over episodes, per
+    setting)."""
     vertical = config.vertical
-    pools = omniglot_pools(path)
     rows = [one_repeat(config, pools, repeat) for repeat in range(vertical.repeats)]
     up, down = protections(vertical)
     results = {}
