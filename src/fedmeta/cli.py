@@ -202,9 +202,12 @@ def cmd_privacy(args: argparse.Namespace) -> None:
 def cmd_export_clients(args: argparse.Namespace) -> None:
     """One file per client, for the machines of a deployment (`fedmeta.data.client_files`)."""
     config = load_config(args.config, args.set)
-    if config.data.dataset in OWN_SPLITS + TEXT:
+    if config.data.dataset in OWN_SPLITS:
+        raise UserError(f"{config.data.dataset}'s held-out data are each client's own splits; "
+                        "export-clients writes whole clients (omniglot, femnist, synthetic)")
+    if config.data.dataset in TEXT:
         raise UserError(f"export-clients writes clients of examples (omniglot, femnist, "
-                        f"synthetic), not {config.data.dataset}'s")
+                        f"synthetic), not {config.data.dataset}'s text")
     train, validation, test = build_datasets(config)
     if args.clients is not None and not 1 <= args.clients <= train.num_clients:
         raise UserError(f"--clients must be in [1, {train.num_clients}], got {args.clients}")
