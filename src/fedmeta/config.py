@@ -98,11 +98,6 @@ class ModelConfig(Section):
     embedding: int = Field(32, ge=1, le=4096)  # melu: each embedding's width; mf: the factors'
     batch_norm: bool = False  # mlp: batch norm after each hidden layer (conv4 always has it)
 
-    @property
-    def rates(self) -> bool:
-        """Whether the model predicts ratings."""
-        return self.name in ("melu", "mf")
-
 
 class Scheduled(Section):
     """A section's `lr` by round: "step" multiplies it by `lr_decay` every `lr_decay_every`
@@ -355,6 +350,9 @@ class VerticalConfig(Section):
         return self
 
 
+MODELS_FOR = {"shakespeare": ("char-lstm",), "movielens": ("melu", "mf")}  # else conv4, mlp
+
+
 class Config(Section):
     name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = Field(0, ge=0, le=2**63 - 1)  # a signed 64-bit integer, as torch takes
@@ -397,22 +395,13 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
-    def _text_model(self) -> "Config":
-        """Text clients and the character model go together."""
-        text, char = self.data.dataset == "shakespeare", self.model.name == "char-lstm"
-        if text != char:
-            raise ValueError(f"model.name = 'char-lstm' reads text and data.dataset = "
-                             f"'shakespeare' needs it; got {self.model.name!r} on "
-                             f"{self.data.dataset!r}")
-        return self
-
-    @model_validator(mode="after")
-    def _rating_model_for_ratings(self) -> "Config":
-        """Ratings need a rating model, and a rating model ratings."""
-        if self.data.rates != self.model.rates:
+    def _model_for_data(self) -> "Config":
+        """Text clients take the character model, ratings a rating model, images and features
+        conv4 or mlp."""
+        models = MODELS_FOR.get(self.data.dataset, ("conv4", "mlp"))
+        if self.model.name not in models:
             raise ValueError(f"data.dataset = {self.data.dataset!r} needs model.name = "
-                             f"{'melu or mf' if self.data.rates else 'conv4 or mlp'!r}, got "
-                             f"{self.model.name!r}")
+                             f"{' or '.join(models)!r}, got {self.model.name!r}")
         return self
 
     @model_validator(mode="after")
