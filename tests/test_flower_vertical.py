@@ -1,7 +1,8 @@
 """A vertical run deployed on Flower: a SuperLink and a SuperNode per party as real processes on
 127.0.0.1 (examples/flower_vertical), each party reading its own CSV. Without protection noise
-the deployment computes the simulation's split network (scores, loss, bytes); a config the
-deployment cannot run fails with its one line."""
+the deployment computes the simulation's split network (scores, loss, bytes): each party's
+worker keeps its state from message to message (PSI keys, rows, model, the step's pull-back);
+more steps are tested in-process (test_vertical_protocol.py)."""
 
 import json
 from pathlib import Path
@@ -15,7 +16,7 @@ from flower_deployment import Deployment
 from test_vertical_cli import write_party
 
 APP = Path(__file__).parents[1] / "examples" / "flower_vertical"
-QUICK = ["vertical.epochs=2", "vertical.batch_size=256"]  # 2 steps: one batch an epoch
+QUICK = ["vertical.epochs=1", "vertical.batch_size=256"]  # one step: the whole batch
 
 
 def test_vertical_run_on_supernodes_matches_the_simulation(tmp_path):
@@ -34,11 +35,6 @@ def test_vertical_run_on_supernodes_matches_the_simulation(tmp_path):
         assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
         (run,) = out.iterdir()
         summary = json.loads((run / "summary.json").read_text())
-        # a config the deployment cannot run: one line, the run failed, nothing written
-        refused = deployment.run(APP, f'vertical.data="breast-cancer" run.out_dir="{out}"')
-        assert refused["status"] == "finished:failed"
-        assert "each party's SuperNode reads its own CSV" in deployment.logs(refused["run-id"])
-        assert len(list(out.iterdir())) == 1
     files_config = ["vertical.data='files'", f"vertical.party_files={[str(f) for f in files]}"]
     config = load_config("configs/vertical_breast_cancer.toml", QUICK + files_config)
     data = aligned_parties(config)

@@ -1,12 +1,14 @@
 """The deployed vertical protocol (fedmeta.vertical.protocol), its parties in this process:
 without protection noise it computes what the simulation computes for its first seed (scores,
 losses, bytes); with noise each party draws its own; parties that are not numbered 0..K-1 with
-the label party first are one-line errors."""
+the label party first are one-line errors, and so is a config whose parties would not be the
+Flower nodes' own files."""
 
 import pytest
 
 from fedmeta.config import load_config
 from fedmeta.errors import UserError
+from fedmeta.flower.vertical_server import run_vertical
 from fedmeta.vertical.parties import breast_cancer_departments
 from fedmeta.vertical.party import PartyRun
 from fedmeta.vertical.protocol import answer, run_deployed
@@ -63,3 +65,8 @@ def test_parties_must_be_numbered_from_the_label_party():
     with pytest.raises(UserError, match="parties 0..K-1"):
         runs = {0: PartyRun(config, label, 0), 2: PartyRun(config, third, 2)}
         run_deployed(config, {p: r.describe() for p, r in runs.items()}, None)
+
+
+def test_flower_refuses_parties_it_would_not_read_from_their_nodes():
+    with pytest.raises(UserError, match="each party's SuperNode reads its own CSV"):
+        run_vertical(None, load_config(CONFIG, QUICK))  # breast-cancer: not the nodes' files
