@@ -7,11 +7,9 @@ every client's episodes have the same shapes and cohorts stack.
 A client's examples must be in the order the user rated (`fedmeta.data.movielens`)."""
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 
-from fedmeta.data.episodes import Episodes, NotEnoughData
+from fedmeta.data.episodes import Episodes, NotEnoughData, SharedTargetsSampler
 from fedmeta.data.federated import ClientData
 
 
@@ -21,18 +19,12 @@ class TooFewRatings(NotEnoughData):
                                   "of its support set")
 
 
-class ColdStartSampler:
+class ColdStartSampler(SharedTargetsSampler):
     """Episodes of one user: support its first `shots` ratings, query `queries` of the others
     (without replacement where it has that many, else with). `ways` is 1: a single task, the
     user's ratings (Per-FedAvg's Hessian-free variant halves the query set by it)."""
 
     ways = 1
-    shared_labels: ClassVar[bool] = True  # targets are ratings, on one scale for every user
-
-    def __init__(self, shots: int, queries: int) -> None:
-        if shots < 1 or queries < 1:
-            raise ValueError(f"need shots >= 1 and queries >= 1; got {shots}, {queries}")
-        self.shots, self.queries = shots, queries
 
     def __str__(self) -> str:
         return f"new users' later ratings after their first {self.shots}"

@@ -122,6 +122,19 @@ class EpisodeSampler:
         )
 
 
+class SharedTargetsSampler:
+    """Tasks of `shots` support and `queries` query examples whose targets mean the same in
+    every task (a vocabulary, a rating scale), not each episode's own 0..N-1: a model's head
+    scores them as it is."""
+
+    shared_labels: ClassVar[bool] = True
+
+    def __init__(self, shots: int, queries: int) -> None:
+        if shots < 1 or queries < 1:
+            raise ValueError(f"need shots >= 1 and queries >= 1; got {shots}, {queries}")
+        self.shots, self.queries = shots, queries
+
+
 def episodes_from_arrays(
     support_x: np.ndarray | torch.Tensor,
     support_y: np.ndarray | torch.Tensor,

@@ -5,26 +5,17 @@ the rest (the client's own `query_mask`). Labels are the vocabulary's, shared by
 """
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 
 from fedmeta.data.cold_start import ColdStartSampler
-from fedmeta.data.episodes import Episodes, EpisodeSampler
+from fedmeta.data.episodes import Episodes, EpisodeSampler, SharedTargetsSampler
 from fedmeta.data.federated import ClientData
 
 
-class TextTaskSampler:
+class TextTaskSampler(SharedTargetsSampler):
     """Tasks of `shots` support and `queries` query samples, each drawn uniformly with
     replacement from its part of a client, so a short role gives tasks of the same shapes
     (cohorts stack)."""
-
-    shared_labels: ClassVar[bool] = True
-
-    def __init__(self, shots: int, queries: int) -> None:
-        if shots < 1 or queries < 1:
-            raise ValueError(f"need shots >= 1 and queries >= 1; got {shots}, {queries}")
-        self.shots, self.queries = shots, queries
 
     def __str__(self) -> str:
         return f"tasks of {self.shots} support and {self.queries} query samples"
