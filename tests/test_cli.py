@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from fedmeta.build import bundled_omniglot
 from fedmeta import cli
 from fedmeta.cli import main
-from fedmeta.data import EpisodeSampler, Episodes, omniglot_federated
+from fedmeta.data import EpisodeSampler, Episodes, load_omniglot_arrays, omniglot_federated
 from fedmeta.resume import restore_run
 from fedmeta.engine.rundir import RunDirectory
 
@@ -129,6 +129,61 @@ def test_grayscale_episodes_score_as_their_1_bit_version_on_a_1_bit_trained_mode
                                          RunDirectory(tiny_run).latest_checkpoint())
     raw = [experiment.learner.accuracy(params, batch) for batch in (episodes, grayscale)]
     assert not torch.equal(*raw)  # the model does see the difference
+
+
+def omniglot_file(path, keep, grayscale=False):
+    """The bundled Omniglot's examples `keep(arrays)` as an Omniglot file of their own (its
+    characters numbered 1..K again); `grayscale`: ink 160-255 on paper 0-99, at random."""
+    a = load_omniglot_arrays(bundled_omniglot())
+    rows = keep(a)
+    images = a["images"][rows]
+    if grayscale:
+        rng = np.random.default_rng(0)
+        images = np.where(images == 255, rng.integers(160, 256, images.shape),
+                          rng.integers(0, 100, images.shape)).astype(np.uint8)
+    char_id = np.unique(a["char_id"][rows], return_inverse=True)[1] + 1
+    np.savez(path, images=images, char_id=char_id,
+             **{key: a[key][rows] for key in ("alphabet", "character", "drawer", "split")})
+    return path
+
+
+def evaluated(capsys, *args):
+    assert main(["eval", *map(str, args), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_eval_meta_tests_every_client_of_a_file(tiny_run, tmp_path, capsys):
+    """`fedmeta eval --clients FILE`: the run's own meta-test alphabets brought as a file of
+    new clients, in grayscale, are preprocessed as the 1-bit training images were and score
+    exactly as the run's held-out evaluation (same clients, same episode stream); a whole
+    Omniglot file brings all of its 50 alphabets."""
+    held_out = evaluated(capsys, tiny_run, "--num-episodes", 20)
+    path = omniglot_file(tmp_path / "new.npz", lambda a: a["split"] == "evaluation", True)
+    new = evaluated(capsys, tiny_run, "--clients", path, "--num-episodes", 20)
+    assert new["accuracy"] == held_out["accuracy"] and new["ci95"] == held_out["ci95"]
+    assert (new["held_out_clients"], new["source"]) == (20, f"clients of {path}")
+    assert evaluated(capsys, tiny_run, "--clients", bundled_omniglot(),
+                     "--num-episodes", 20)["held_out_clients"] == 50
+    assert main(["eval", str(tiny_run), "--clients", str(path), "--num-episodes", "20"]) == 0
+    assert f"20 episodes from 20 of 20 clients of {path}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--clients", "/nonexistent/new.npz"], "/nonexistent/new.npz does not exist"),
+    (["--clients", "EMPTY"], "empty.npz: missing arrays alphabet, character"),
+])
+def test_bad_new_clients_exit_2_with_one_line(tiny_run, tmp_path, args, message, capsys):
+    np.savez(tmp_path / "empty.npz", nothing=np.zeros(1))
+    args = [str(tmp_path / "empty.npz") if a == "EMPTY" else a for a in args]
+    assert main(["eval", str(tiny_run), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_new_clients_or_episodes_not_both(tiny_run, capsys):
+    with pytest.raises(SystemExit) as refusal:
+        main(["eval", str(tiny_run), "--clients", "/x.npz", "--episodes", "/y.npz"])
+    assert refusal.value.code == 2 and "not allowed with" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -12,13 +12,15 @@ from fedmeta.attacks import Attack
 from fedmeta.config import Config, EvalConfig, TaskConfig
 from fedmeta.data import (ColdStartSampler, EpisodeSampler, FederatedDataset, TaskSampler,
                           TextTaskSampler, fashion_mnist_federated, femnist_federated,
-                          hold_out_validation, load_fashion_mnist, movielens_federated,
+                          femnist_writers, hold_out_validation, load_fashion_mnist,
+                          movielens_federated, movielens_users, omniglot_clients,
                           omniglot_federated, own_splits, shakespeare_federated,
-                          synthetic_federated, validation_count)
+                          shakespeare_roles, synthetic_federated, validation_count)
 from fedmeta.engine.experiment import Experiment, build_schedule, client_sample_rate
 from fedmeta.device import resolve_device
 from fedmeta.engine.faults import Faults
 from fedmeta.errors import UserError, config_errors
+from fedmeta.evaluation import one_bit_images
 from fedmeta.learners.anil import ANIL
 from fedmeta.learners.base import Learner
 from fedmeta.learners.fedavg import FedAvg, FedAvgFT
@@ -124,6 +126,34 @@ def build_datasets(config: Config) -> Datasets:
     except ValueError as error:
         raise UserError(f"config error: data.validation_fraction: {error}") from None
     return Datasets(train, validation, test)
+
+
+def build_new_clients(config: Config, path: Path, train: FederatedDataset) -> FederatedDataset:
+    """Every client of the file at `path`, in the format of `config`'s dataset (Omniglot's
+    alphabets of both its splits, FEMNIST's writers, Shakespeare's roles, MovieLens' users in
+    the run's item space), preprocessed as the run's training clients `train` were (1-bit
+    images stay 1-bit): new clients for `fedmeta eval --clients`."""
+    data = config.data
+    if data.dataset == "omniglot":
+        with config_errors():
+            new = omniglot_clients(path, data.partition, data.num_clients, data.rotations,
+                                   config.seed)
+    elif data.dataset == "femnist":
+        new = femnist_writers(path)
+    elif data.dataset == "shakespeare":
+        new = shakespeare_roles(path, data.min_samples)
+    elif data.dataset == "movielens":
+        new = movielens_users(path)
+    else:
+        raise UserError(f"--clients takes a file of new clients (omniglot, femnist, shakespeare "
+                        f"or movielens); this run's dataset is {data.dataset!r}")
+    if new.input_shape != train.input_shape:
+        raise UserError(f"{path}: its clients' inputs are {new.input_shape}, the run's model "
+                        f"takes {train.input_shape}")
+    if new.num_items != train.num_items:
+        raise UserError(f"{path}: its users rate {new.num_items} movies, the run's model knows "
+                        f"{train.num_items}: new users must rate in the run's item space")
+    return new.one_bit() if one_bit_images(train) else new
 
 
 def build_summation(config: Config) -> Summation:

@@ -8,13 +8,15 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
 
 from fedmeta.bench.measure import run_benchmarks
 from fedmeta.bench.workloads import WORKLOADS
-from fedmeta.build import OWN_SPLITS, TEXT, build_datasets, build_experiment, build_vertical
+from fedmeta.build import (OWN_SPLITS, TEXT, build_datasets, build_experiment, build_new_clients,
+                           build_vertical)
 from fedmeta.config import Config, load_config
 from fedmeta.data.client_files import save_client
 from fedmeta.resume import restore_run, resume
@@ -128,18 +130,26 @@ def cmd_eval(args: argparse.Namespace) -> None:
                   "preprocessing": "binarized at 0.5, as the 1-bit training images" if one_bit
                   else "none"}
     else:
+        source = "held-out clients"
+        if args.clients is not None:
+            experiment = replace(experiment, test=build_new_clients(config, args.clients,
+                                                                    experiment.train))
+            source = f"clients of {args.clients}"
         result = Simulation(experiment).evaluate(params, args.num_episodes
                                                  or config.eval.final_episodes, states=states)
         result = {k.removeprefix("test_"): v for k, v in result.items()}
-        result["source"] = "held-out clients"
+        result["source"] = source
     result["round"] = round_index
     if args.json:
         print(json.dumps(result))
     elif "mae" in result:
         print(f"{rating_line(result)} from {result['source']}, round {round_index}")
     else:
+        where = result["source"]
+        if "eligible_clients" in result:
+            where = f"{result['eligible_clients']} of {result['held_out_clients']} {where}"
         print(f"accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI, "
-              f"{result['episodes']} episodes from {result['source']}, round {round_index})")
+              f"{result['episodes']} episodes from {where}, round {round_index})")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -265,7 +275,11 @@ def parser() -> argparse.ArgumentParser:
     run_options(add("demo", cmd_demo, "federated ProtoNets on the bundled Omniglot, offline"))
     evaluate = add("eval", cmd_eval, "evaluate a run's checkpoint on new clients or episodes")
     evaluate.add_argument("run_dir", type=Path)
-    evaluate.add_argument("--episodes", type=Path, help="npz of episodes (see README)")
+    new = evaluate.add_mutually_exclusive_group()
+    new.add_argument("--episodes", type=Path, help="npz of episodes (see README)")
+    new.add_argument("--clients", type=Path, metavar="FILE.npz", help="meta-test on every "
+                     "client of this file, in the run's dataset format (omniglot, femnist, "
+                     "shakespeare, movielens)")
     evaluate.add_argument("--checkpoint", type=Path, help="default: the run's latest")
     evaluate.add_argument("--num-episodes", type=int, help="held-out episodes to draw")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")

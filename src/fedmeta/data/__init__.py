@@ -8,12 +8,12 @@ from fedmeta.data.federated import (
     as_float_input,
     split_support_query,
 )
-from fedmeta.data.femnist import femnist_federated
-from fedmeta.data.movielens import movielens_federated
-from fedmeta.data.omniglot import load_omniglot_arrays, omniglot_federated
+from fedmeta.data.femnist import femnist_federated, femnist_writers
+from fedmeta.data.movielens import movielens_federated, movielens_users
+from fedmeta.data.omniglot import load_omniglot_arrays, omniglot_clients, omniglot_federated
 from fedmeta.data.partition import dirichlet_partition, key_partition, random_partition, shard_partition
 from fedmeta.data.sources import ChecksumError, DatasetNotFound, resolve_dataset
-from fedmeta.data.shakespeare import TextFederatedDataset, shakespeare_federated
+from fedmeta.data.shakespeare import TextFederatedDataset, shakespeare_federated, shakespeare_roles
 from fedmeta.data.synthetic import SyntheticFederatedDataset, synthetic_federated
 from fedmeta.data.fashion_mnist import fashion_mnist_federated, load_fashion_mnist
 from fedmeta.data.text_tasks import TaskSampler, TextTaskSampler
@@ -39,16 +39,20 @@ __all__ = [
     "episodes_from_arrays",
     "fashion_mnist_federated",
     "femnist_federated",
+    "femnist_writers",
     "hold_out_validation",
     "key_partition",
     "load_fashion_mnist",
     "load_omniglot_arrays",
     "movielens_federated",
+    "movielens_users",
+    "omniglot_clients",
     "omniglot_federated",
     "own_splits",
     "random_partition",
     "resolve_dataset",
     "shakespeare_federated",
+    "shakespeare_roles",
     "shard_partition",
     "split_support_query",
     "synthetic_federated",

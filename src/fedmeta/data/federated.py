@@ -163,6 +163,14 @@ class ArrayFederatedDataset(FederatedDataset):
                                      self._transform, self._expansion, self._num_classes,
                                      self.num_items)
 
+    def one_bit(self) -> ArrayFederatedDataset:
+        """The same clients with their uint8 images thresholded at one half (0 or 255), as
+        the bundled 1-bit Omniglot is stored."""
+        x = np.where(self._x >= 128, 255, 0).astype(np.uint8)
+        return ArrayFederatedDataset(self.name, x, self._y, self._indices, self._mask,
+                                     self._transform, self._expansion, self._num_classes,
+                                     self.num_items)
+
     def query_mask_of(self, i: int) -> np.ndarray | None:
         """Which of client ``i``'s examples are its query (None: no such split)."""
         return None if self._mask is None else self._mask[self.client_indices(i)]

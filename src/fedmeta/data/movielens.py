@@ -20,6 +20,7 @@ import numpy as np
 from fedmeta.data.federated import ArrayFederatedDataset
 from fedmeta.data.npz import check_column, check_range, data_error, described, load_npz
 from fedmeta.data.sources import resolve_dataset
+from fedmeta.data.validation import hold_out_test
 
 MIN_RATING, MAX_RATING = 0.5, 5.0
 YEAR_ORIGIN, YEAR_SCALE = 2000.0, 20.0  # years as (year - 2000) / 20; unknown (0) as 2000
@@ -62,19 +63,17 @@ def load_ratings(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[np.ndar
             len(genres))
 
 
+def movielens_users(path: str | Path | None = None, download: bool = False
+                    ) -> ArrayFederatedDataset:
+    """Every user of a ratings file as a client, in the file's item space."""
+    x, ratings, clients, items = load_ratings(resolve_dataset("movielens", path, download))
+    return ArrayFederatedDataset("movielens", x, ratings, clients, num_items=items)
+
+
 def movielens_federated(path: str | Path | None = None, test_fraction: float = 0.2,
                         seed: int = 0, download: bool = False
                         ) -> tuple[ArrayFederatedDataset, ArrayFederatedDataset]:
     """(train users, test users): the users split at random by `seed`, `test_fraction` of
     them (rounded) new users for meta-test."""
     path = resolve_dataset("movielens", path, download)
-    x, ratings, clients, items = load_ratings(path)
-    n_test = int(round(test_fraction * len(clients)))
-    if not 0 < n_test < len(clients):
-        raise data_error(path, f"{len(clients)} users cannot be split into training and "
-                               f"held-out users at test_fraction {test_fraction}")
-    perm = np.random.default_rng(seed).permutation(len(clients))
-    return tuple(
-        ArrayFederatedDataset(f"movielens-{side}", x, ratings, [clients[i] for i in np.sort(ids)],
-                              num_items=items)
-        for side, ids in (("train", perm[n_test:]), ("test", perm[:n_test])))
+    return hold_out_test(movielens_users(path), test_fraction, seed, path, "users")

@@ -20,10 +20,10 @@ from fedmeta.data.sources import resolve_dataset
 _KEYS = ("alphabet", "character", "drawer", "split", "char_id")
 
 
-def load_omniglot_arrays(path: str | Path) -> dict[str, np.ndarray]:
+def load_omniglot_arrays(path: str | Path, both_splits: bool = True) -> dict[str, np.ndarray]:
     """Load ``images`` (uint8 [N,28,28], ink 255 on 0) and the metadata arrays ``_KEYS``, all
-    checked: ``split`` is 'background' or 'evaluation' (both present) and ``char_id`` numbers
-    the characters 1..K, background first.
+    checked: ``split`` is 'background' or 'evaluation' (both present unless not
+    ``both_splits``) and ``char_id`` numbers the characters 1..K, background first.
 
     Also accepts the compact variant storing ``bits`` = np.packbits(images > 127, axis=-1)
     [N,28,4] instead of ``images``. The 105x105 originals are not loaded.
@@ -49,11 +49,12 @@ def load_omniglot_arrays(path: str | Path) -> dict[str, np.ndarray]:
         raise data_error(path, f"split must be 'background' or 'evaluation', "
                                f"got {reprlib.repr(unknown[0])}")
     background, evaluation = char_id[split == "background"], char_id[split == "evaluation"]
-    if not background.size or not evaluation.size:
+    if both_splits and (not background.size or not evaluation.size):
         raise data_error(path, "needs both 'background' (training) and 'evaluation' "
                                "(held-out) examples")
     ids = np.unique(char_id)
-    if not np.array_equal(ids, np.arange(1, ids.size + 1)) or background.max() >= evaluation.min():
+    if not np.array_equal(ids, np.arange(1, ids.size + 1)) or (
+            background.size and evaluation.size and background.max() >= evaluation.min()):
         raise data_error(path, "char_id must number the characters 1..K, background first")
     return {"images": images, **{k: a[k] for k in _KEYS}}
 
@@ -63,6 +64,33 @@ def _rotate4(client: ClientData) -> ClientData:
     x = torch.stack([torch.rot90(client.x, r, dims=(-2, -1)) for r in range(4)], dim=1)
     y = client.y.unsqueeze(1) * 4 + torch.arange(4)
     return ClientData(x.flatten(0, 1), y.flatten())
+
+
+def check_partition(partition: str, num_clients: int | None) -> None:
+    """ValueError unless `partition` names one of Omniglot's partitions, with `num_clients`
+    exactly where it needs one."""
+    if partition not in ("alphabet", "drawer", "random"):
+        raise ValueError(f"partition must be 'alphabet', 'drawer' or 'random', got {partition!r}")
+    if (partition == "random") != (num_clients is not None):
+        raise ValueError("num_clients is required for, and only for, partition='random'")
+
+
+def partitioned(name: str, a: dict[str, np.ndarray], members: np.ndarray, partition: str,
+                num_clients: int | None, rotations: bool, seed: int) -> ArrayFederatedDataset:
+    """The examples `members` of Omniglot arrays `a` as clients by `partition`, labelled
+    char_id - 1 (4 * (char_id - 1) + r with `rotations`)."""
+    labels = a["char_id"].astype(np.int64) - 1
+    if partition == "random":
+        chars, char_of = np.unique(labels[members], return_inverse=True)
+        client_of_char = np.empty(chars.size, dtype=np.int64)
+        for c, ix in enumerate(random_partition(chars.size, num_clients, seed)):
+            client_of_char[ix] = c
+        parts = key_partition(client_of_char[char_of.reshape(-1)])
+    else:
+        parts = key_partition(a[partition][members])
+    return ArrayFederatedDataset(name, a["images"], labels, [members[p] for p in parts],
+                                 transform=_rotate4 if rotations else None,
+                                 expansion=4 if rotations else 1)
 
 
 def omniglot_federated(
@@ -79,25 +107,21 @@ def omniglot_federated(
     example per class), or 'random' (whole characters dealt to ``num_clients`` clients).
     Global label = char_id - 1 (0-based; 4 * (char_id - 1) + r with ``rotations``).
     """
-    if partition not in ("alphabet", "drawer", "random"):
-        raise ValueError(f"partition must be 'alphabet', 'drawer' or 'random', got {partition!r}")
-    if (partition == "random") != (num_clients is not None):
-        raise ValueError("num_clients is required for, and only for, partition='random'")
+    check_partition(partition, num_clients)
     a = load_omniglot_arrays(resolve_dataset("omniglot", path, download))
-    labels = a["char_id"].astype(np.int64) - 1
-    out = []
-    for split in ("background", "evaluation"):
-        members = np.flatnonzero(a["split"] == split)
-        if partition == "random":
-            chars, char_of = np.unique(labels[members], return_inverse=True)
-            client_of_char = np.empty(chars.size, dtype=np.int64)
-            for c, ix in enumerate(random_partition(chars.size, num_clients, seed)):
-                client_of_char[ix] = c
-            parts = key_partition(client_of_char[char_of.reshape(-1)])
-        else:
-            parts = key_partition(a[partition][members])
-        out.append(ArrayFederatedDataset(
-            f"omniglot-{split}", a["images"], labels, [members[p] for p in parts],
-            transform=_rotate4 if rotations else None, expansion=4 if rotations else 1,
-        ))
-    return out[0], out[1]
+    background, evaluation = (
+        partitioned(f"omniglot-{split}", a, np.flatnonzero(a["split"] == split), partition,
+                    num_clients, rotations, seed) for split in ("background", "evaluation"))
+    return background, evaluation
+
+
+def omniglot_clients(path: str | Path, partition: str = "alphabet",
+                     num_clients: int | None = None, rotations: bool = False,
+                     seed: int = 0) -> ArrayFederatedDataset:
+    """Every client of an Omniglot file, whatever its `split` says (a file of new alphabets
+    may hold only 'evaluation' ones), partitioned and rotated as `omniglot_federated` does:
+    new clients for a trained run."""
+    check_partition(partition, num_clients)
+    a = load_omniglot_arrays(resolve_dataset("omniglot", path), both_splits=False)
+    return partitioned("omniglot", a, np.arange(len(a["images"])), partition, num_clients,
+                       rotations, seed)

@@ -20,6 +20,7 @@ import torch
 from fedmeta.data.federated import ClientData, FederatedDataset
 from fedmeta.data.npz import data_error, described, load_npz
 from fedmeta.data.sources import resolve_dataset
+from fedmeta.data.validation import hold_out_test
 
 # LEAF's ALL_LETTERS (leaf/models/utils/language_utils.py); LEAF feeds "\n" as a space
 VOCAB = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
@@ -108,22 +109,22 @@ def sample_counts(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return support, bounds[:, 2] - np.maximum(bounds[:, 1], first)
 
 
-def shakespeare_federated(path: str | Path | None = None, test_fraction: float = 0.2,
-                          seed: int = 0, min_samples: int = 1, download: bool = False
-                          ) -> tuple[TextFederatedDataset, TextFederatedDataset]:
-    """(training roles, meta-test roles): the roles with at least `min_samples` support and
-    query samples each (LEAF's minimum samples per user), split at random by `seed`,
-    `test_fraction` of them to meta-test."""
+def shakespeare_roles(path: str | Path | None = None, min_samples: int = 1,
+                      download: bool = False) -> TextFederatedDataset:
+    """Every role of a Shakespeare file with at least `min_samples` support and query samples
+    each (LEAF's minimum samples per user) as a client."""
     path = resolve_dataset("shakespeare", path, download)
     tokens, bounds = read_roles(path)
     support, query = sample_counts(bounds)
     bounds = bounds[(support >= min_samples) & (query >= min_samples)]
-    n_test = int(round(test_fraction * len(bounds)))
-    if not 0 < n_test < len(bounds):
-        raise data_error(path, f"{len(bounds)} roles with {min_samples} support and query "
-                               f"samples cannot be split into training and held-out clients "
-                               f"at test_fraction {test_fraction}")
-    perm = np.random.default_rng(seed).permutation(len(bounds))
-    corpus = torch.from_numpy(tokens)
-    return tuple(TextFederatedDataset(f"shakespeare-{side}", corpus, bounds[np.sort(ids)])
-                 for side, ids in (("train", perm[n_test:]), ("test", perm[:n_test])))
+    return TextFederatedDataset("shakespeare", torch.from_numpy(tokens), bounds)
+
+
+def shakespeare_federated(path: str | Path | None = None, test_fraction: float = 0.2,
+                          seed: int = 0, min_samples: int = 1, download: bool = False
+                          ) -> tuple[TextFederatedDataset, TextFederatedDataset]:
+    """(training roles, meta-test roles): `shakespeare_roles`, split at random by `seed`,
+    `test_fraction` of them to meta-test."""
+    path = resolve_dataset("shakespeare", path, download)
+    return hold_out_test(shakespeare_roles(path, min_samples), test_fraction, seed, path,
+                         f"roles with {min_samples} support and query samples")

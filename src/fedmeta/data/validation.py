@@ -1,5 +1,6 @@
-"""Meta-validation clients: held out of meta-training like the meta-test clients, and disjoint
-from both, so that everything decided during training (intermediate evaluations, early
+"""Held-out clients. Meta-test clients: a fraction of a dataset's clients drawn by seed, no
+client trained or was selected on. Meta-validation clients: held out of meta-training like the
+meta-test clients, and disjoint from both, so that everything decided during training (intermediate evaluations, early
 stopping, the round whose model is kept) reads them, never the meta-test clients (Vinyals et
 al. 2016 and Snell et al. 2017 keep validation classes out of Omniglot's background set the
 same way; here whole clients: alphabets, writers).
@@ -9,13 +10,30 @@ validation examples are instead a part of each client's training split (`own_spl
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from fedmeta.data.federated import ArrayFederatedDataset
-from fedmeta.data.shakespeare import TextFederatedDataset
+from fedmeta.data.npz import data_error
 
-Clients = ArrayFederatedDataset | TextFederatedDataset  # datasets whose clients subset
+Clients = TypeVar("Clients")  # a dataset whose clients subset (array or text clients)
+
+
+def hold_out_test(dataset: Clients, test_fraction: float, seed: int, path: str | Path,
+                  what: str) -> tuple[Clients, Clients]:
+    """(the training side, the meta-test clients): `test_fraction` of `dataset`'s clients
+    (rounded) drawn at random by `seed`, each side in the dataset's order. One-line UserError
+    naming the file `path` if either side would be empty (`what`: the clients, in words)."""
+    n = dataset.num_clients
+    n_test = int(round(test_fraction * n))
+    if not 0 < n_test < n:
+        raise data_error(path, f"{n} {what} cannot be split into training and held-out clients "
+                               f"at test_fraction {test_fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    return (dataset.subset(f"{dataset.name}-train", np.sort(order[n_test:]).tolist()),
+            dataset.subset(f"{dataset.name}-test", np.sort(order[:n_test]).tolist()))
 
 
 def validation_count(num_clients: int, fraction: float) -> int:
