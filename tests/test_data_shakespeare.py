@@ -8,7 +8,7 @@ import torch
 from fedmeta.build import build_experiment
 from fedmeta.cli import main
 from fedmeta.config import validate
-from fedmeta.data import TextTaskSampler, shakespeare_federated
+from fedmeta.data import OwnExamplesSampler, shakespeare_federated
 from fedmeta.data.shakespeare import VOCAB, WINDOW, read_roles, sample_counts
 from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
@@ -111,7 +111,7 @@ def test_roles_split_disjointly_by_seed(tiny):
 
 def test_tasks_draw_support_before_the_split_and_query_after_it(tiny):
     train, _ = shakespeare_federated(tiny, test_fraction=0.5, seed=0)
-    client, sampler = train.client(0), TextTaskSampler(shots=7, queries=5)
+    client, sampler = train.client(0), OwnExamplesSampler(shots=7, queries=5)
     tasks = sampler.sample(client, 3, torch.Generator().manual_seed(0))
     assert tasks.support_x.shape == (3, 7, WINDOW) and tasks.query_y.shape == (3, 5)
     support = {tuple(x.tolist()) for x in client.x[~client.query_mask]}
@@ -181,7 +181,7 @@ def test_learners_train_and_meta_test_on_roles(tiny, algorithm):
 def test_fedavg_scores_new_roles_with_its_global_model(tiny):
     experiment = build_experiment(validate(text_config(tiny, "fedavg")))
     learner, params = experiment.learner, experiment.learner.init_params()
-    tasks = TextTaskSampler(4, 6).sample(experiment.test.client(0), 2, torch.Generator())
+    tasks = OwnExamplesSampler(4, 6).sample(experiment.test.client(0), 2, torch.Generator())
     predicted = learner.forward(params, tasks.query_x[1]).argmax(-1)
     assert learner.accuracy(params, tasks)[1] == (predicted == tasks.query_y[1]).float().mean()
 

@@ -10,8 +10,9 @@ import torch
 
 from fedmeta.attacks import Attack
 from fedmeta.config import Config, EvalConfig, TaskConfig
-from fedmeta.data import (ColdStartSampler, EpisodeSampler, FederatedDataset, TaskSampler,
-                          TextTaskSampler, fashion_mnist_federated, femnist_federated,
+from fedmeta.data import (ColdStartSampler, EpisodeSampler, FederatedDataset,
+                          OwnExamplesSampler, TaskSampler, fashion_mnist_federated,
+                          femnist_federated,
                           femnist_writers, hold_out_validation, load_fashion_mnist,
                           movielens_federated, movielens_users, omniglot_clients,
                           omniglot_federated, own_splits, shakespeare_federated,
@@ -63,7 +64,7 @@ LEARNERS: dict[str, type[Learner]] = {
 }
 SYNTHETIC_TEST_CLIENTS = 100
 OWN_SPLITS = ("fashion-mnist",)  # datasets whose held-out data are the training clients' own
-TEXT = ("shakespeare",)  # datasets of next-character tasks (fedmeta.data.text_tasks)
+TEXT = ("shakespeare",)  # datasets of next-character tasks (fedmeta.data.own_tasks)
 
 
 def bundled_omniglot() -> Path:
@@ -259,10 +260,17 @@ def build_privacy_budget(config: Config, num_clients: int) -> PrivacyBudget | No
     return budget
 
 
+def global_labels(config: Config) -> bool:
+    """Whether tasks keep the dataset's labels (text always; images and features with
+    `task.labels = "global"`) rather than each episode's own 0..N-1."""
+    return config.data.dataset in TEXT or config.task.labels == "global"
+
+
 def head_size(config: Config, kind: str, num_classes: int) -> int | None:
-    """Outputs of the model's head for a learner whose `head` is `kind` (None: no head). On
-    text every task's labels are the vocabulary's, so every head has `num_classes` outputs."""
-    if config.data.dataset in TEXT:
+    """Outputs of the model's head for a learner whose `head` is `kind` (None: no head). With
+    `global_labels` every task's labels are the dataset's, so every head has `num_classes`
+    outputs."""
+    if global_labels(config):
         return num_classes
     if kind == "ways" and config.eval.ways != config.task.ways:
         raise UserError(f"config error: {config.learner.algorithm} meta-learns a "
@@ -294,14 +302,17 @@ def check_supported(config: Config, cls: type[Learner]) -> None:
                         "the clients' only from their updates as sent: aggregation.rule = "
                         "'mean', no compression, norm_bound, secure aggregation, user-level DP "
                         "or canaries")
-    if config.data.dataset in TEXT and not cls.text_tasks:
-        supported = sorted(k for k, c in LEARNERS.items() if c.text_tasks)
-        raise UserError(f"config error: {name} does not learn next-character tasks, whose "
-                        f"labels are one vocabulary ({', '.join(supported)} do); "
-                        f"data.dataset is {config.data.dataset!r}")
-    if config.data.dataset in TEXT and config.eval.personalization_episodes:
-        raise UserError("config error: a text client's own split is its task already (support "
-                        "before its split, query after): set eval.personalization_episodes = 0")
+    if global_labels(config) and not cls.global_label_tasks:
+        supported = sorted(k for k, c in LEARNERS.items() if c.global_label_tasks)
+        what = ("next-character tasks, whose labels are one vocabulary"
+                if config.data.dataset in TEXT else "tasks with the dataset's labels")
+        raise UserError(f"config error: {name} does not learn {what} ({', '.join(supported)} "
+                        f"do); data.dataset is {config.data.dataset!r}, task.labels "
+                        f"{config.task.labels!r}")
+    if global_labels(config) and config.eval.personalization_episodes:
+        raise UserError("config error: a client's own examples are its tasks already (a text "
+                        "client's support before its split, query after; a writer's LEAF "
+                        "split): set eval.personalization_episodes = 0")
     if config.data.rates and not rates_new_users(cls):
         supported = sorted(k for k, c in LEARNERS.items() if rates_new_users(c))
         raise UserError(f"config error: {config.data.dataset}'s new users are predicted by a "
@@ -362,13 +373,13 @@ def sample_privacy(config: Config) -> dict[str, float]:
 
 def episode_sampler(config: Config, section: TaskConfig | EvalConfig) -> TaskSampler:
     """The tasks `section` (`task`: training's, `eval`: held-out clients') describes: `ways`
-    classes of `shots` support and `queries` query examples; on text a role's own `shots`
-    support and `queries` query samples; on ratings a user's first `shots` ratings and
-    `queries` later ones."""
+    classes of `shots` support and `queries` query examples; with `global_labels` a client's
+    own `shots` support and `queries` query examples; on ratings a user's first `shots`
+    ratings and `queries` later ones."""
     if config.data.rates:
         return ColdStartSampler(section.shots, section.queries)
-    if config.data.dataset in TEXT:
-        return TextTaskSampler(section.shots, section.queries)
+    if global_labels(config):
+        return OwnExamplesSampler(section.shots, section.queries)
     return EpisodeSampler(section.ways, section.shots, section.queries)
 
 

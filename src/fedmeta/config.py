@@ -88,6 +88,12 @@ class TaskConfig(Section):
     # movielens: a training user's episode, its first `shots` ratings and `queries` later ones
     shots: int = Field(1, ge=1, le=1000)
     queries: int = Field(5, ge=1, le=1000)
+    # "episode": `ways` classes relabelled 0..ways-1 a task (few-shot episodes); "global": a
+    # task is `shots` + `queries` of a client's own examples with the dataset's labels
+    # (Per-FedAvg's minibatches; LEAF's split where a client has one) for training and held-out
+    # clients alike, and every head has the dataset's classes: for datasets whose held-out
+    # clients share the training classes (GLOBAL_LABELS); text tasks are always so
+    labels: Literal["episode", "global"] = "episode"
 
 
 class ModelConfig(Section):
@@ -351,6 +357,7 @@ class VerticalConfig(Section):
 
 
 MODELS_FOR = {"shakespeare": ("char-lstm",), "movielens": ("melu", "mf")}  # else conv4, mlp
+GLOBAL_LABELS = ("femnist", "synthetic", "fashion-mnist", "shakespeare")
 
 
 class Config(Section):
@@ -392,6 +399,16 @@ class Config(Section):
             raise ValueError(f"federation = {self.federation!r} does not read "
                              f"[{unread[0]}]: remove it, or set federation = "
                              f"{'horizontal' if vertical else 'vertical'!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _global_labels(self) -> "Config":
+        """Tasks with the dataset's labels only where held-out clients have the training
+        clients' classes."""
+        if self.task.labels == "global" and self.data.dataset not in GLOBAL_LABELS:
+            raise ValueError(f"task.labels = 'global' needs held-out clients with the training "
+                             f"clients' classes ({', '.join(GLOBAL_LABELS)}); "
+                             f"{self.data.dataset}'s are new classes or ratings")
         return self
 
     @model_validator(mode="after")

@@ -16,7 +16,7 @@ from fedmeta.data.sources import ChecksumError, DatasetNotFound, resolve_dataset
 from fedmeta.data.shakespeare import TextFederatedDataset, shakespeare_federated, shakespeare_roles
 from fedmeta.data.synthetic import SyntheticFederatedDataset, synthetic_federated
 from fedmeta.data.fashion_mnist import fashion_mnist_federated, load_fashion_mnist
-from fedmeta.data.text_tasks import TaskSampler, TextTaskSampler
+from fedmeta.data.own_tasks import OwnExamplesSampler, TaskSampler
 from fedmeta.data.validation import hold_out_validation, own_splits, validation_count
 
 __all__ = [
@@ -29,10 +29,10 @@ __all__ = [
     "Episodes",
     "FederatedDataset",
     "NotEnoughData",
+    "OwnExamplesSampler",
     "SyntheticFederatedDataset",
     "TaskSampler",
     "TextFederatedDataset",
-    "TextTaskSampler",
     "TooFewRatings",
     "as_float_input",
     "dirichlet_partition",

@@ -39,8 +39,9 @@ keys passed to the constructor beyond the common ones; a `personalized` learner 
 client's update on the server (`server_round`); one that `takes_num_clients` gets the number
 of training clients (pFedHN's embeddings, SCAFFOLD's control update); `sample_level_dp`
 says its local loss is a mean over examples, so DP-SGD's per-example clipping bounds an
-example's influence; `text_tasks` that it learns tasks whose labels are one vocabulary shared
-by every task (next-character prediction) as well as episodes of their own classes;
+example's influence; `global_label_tasks` that it learns tasks whose labels are the
+dataset's, shared by every task (next-character prediction, `task.labels = "global"`), as
+well as episodes of their own classes;
 `regression` that it also trains a model whose outputs are values scored by squared error (a
 rating model, `fedmeta.models.melu`) rather than logits.
 """
@@ -86,8 +87,8 @@ class Learner(ABC):
     fits_new_state: ClassVar[bool] = False  # on ratings, a new user fits its own (`adapt`)
     takes_num_clients: ClassVar[bool] = False  # takes num_clients, the training clients' count
     plain_sgd: ClassVar[bool] = False  # needs plain SGD on the clients and x += mean on the server
-    # learns tasks whose labels are one vocabulary for all (text, fedmeta.data.text_tasks)
-    text_tasks: ClassVar[bool] = True
+    # learns tasks whose labels are the dataset's, for all (fedmeta.data.own_tasks)
+    global_label_tasks: ClassVar[bool] = True
     regression: ClassVar[bool] = False  # also trains rating models (`criterion`)
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
@@ -255,13 +256,20 @@ class Learner(ABC):
                          generator: torch.Generator) -> torch.Tensor:
         """Which of a client's held-out examples `query` (global labels) it gets right, bool
         [Q]: adapted, as at meta-test, to up to `shots` of its own examples `support` of each
-        of their classes (relabelled 0..c-1); a query class missing there is never right.
-        UserError if the model's head has fewer outputs than the client has classes."""
+        of their classes (relabelled 0..c-1, unless the learner's tasks keep the dataset's
+        labels, `shared_labels`); a query class missing there is never right. UserError if the
+        model's head has fewer outputs than the client has classes."""
         shot_x, shot_y, classes = own_shots(support, shots, generator)
-        self.check_own_classes(len(classes))
+        shared = self.sampler.shared_labels  # a head over the dataset's classes
+        if shared:
+            shot_y = classes[shot_y]
+        else:
+            self.check_own_classes(len(classes))
         state = self.eval_adapt(params, *self.on_device((shot_x, shot_y)))
         with torch.no_grad():
             logits = self.query_logits(params, state, self.on_device(as_float_input(query.x)))
+        if shared:
+            return logits.argmax(-1).cpu() == query.y
         return classes[logits[:, :len(classes)].argmax(-1).cpu()] == query.y
 
     def check_own_classes(self, classes: int) -> None:

@@ -56,7 +56,7 @@ class PerFedAvg(MAML):
 class PerFedAvgHF(PerFedAvg):
     """The Hessian-free variant (exact Hessian-vector products)."""
 
-    text_tasks = False  # halves its queries class by class
+    global_label_tasks = False  # halves its queries class by class
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
                  local_steps: int = 1, tasks_per_step: int = 1, **inner: float | int | None) -> None:

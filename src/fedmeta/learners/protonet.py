@@ -32,7 +32,7 @@ def prototype_logits(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tenso
 class ProtoNet(Learner):
     """Prototypical Networks over the model's embedding (the model has no classifier head)."""
 
-    text_tasks = False  # a prototype per class of a static N-way episode
+    global_label_tasks = False  # a prototype per class of a static N-way episode
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
         """Training episodes have the sampler's ways (a static class count, so cohorts vmap)."""

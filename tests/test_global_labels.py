@@ -1,0 +1,92 @@
+"""Tasks with the dataset's own labels (`task.labels = "global"`, fedmeta.data.own_tasks):
+Per-FedAvg's minibatches on label-skewed clients, LEAF's per-user split of new clients."""
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from fedmeta.build import build_experiment
+from fedmeta.config import load_config
+from fedmeta.data import ClientData, OwnExamplesSampler
+from fedmeta.engine.simulation import Simulation
+from fedmeta.errors import UserError
+from fedmeta.learners.maml import MAML
+from test_personalized_protocol import SMALL, installed
+from tiny import DIM, feature_client, mlp_learner
+
+SYNTHETIC = ["data.dataset='synthetic'", "data.num_clients=40", "model.name='mlp'",
+             "model.hidden=8", "task.labels='global'", "task.shots=3", "task.queries=3",
+             "eval.shots=3", "eval.queries=3", "eval.final_episodes=50"]
+
+
+@given(size=st.integers(2, 30), shots=st.integers(1, 10), queries=st.integers(1, 10),
+       seed=st.integers(0, 2**16))
+def test_a_task_of_a_client_without_a_split_is_distinct_examples(size, shots, queries, seed):
+    client = ClientData(torch.arange(size, dtype=torch.float32)[:, None].expand(size, DIM),
+                        torch.arange(size) % 3)
+    sampler = OwnExamplesSampler(shots, queries)
+    assert sampler.eligible(client) == (size >= shots + queries)
+    if not sampler.eligible(client):
+        with pytest.raises(ValueError, match="cannot supply"):
+            sampler.sample(client, 2, torch.Generator())
+        return
+    tasks = sampler.sample(client, 4, torch.Generator().manual_seed(seed))
+    for e in range(4):
+        rows = torch.cat([tasks.support_x[e, :, 0], tasks.query_x[e, :, 0]]).long()
+        assert len(rows.unique()) == shots + queries  # no example twice, support or query
+        assert torch.equal(torch.cat([tasks.support_y[e], tasks.query_y[e]]), rows % 3)
+
+
+def test_a_meta_learned_global_head_scores_own_examples_by_the_dataset_s_labels():
+    """With the dataset's labels, a client's held-out examples are scored by the argmax over
+    every class (not relabelled to its own, nor cut to its count): with a vanishing inner
+    rate, exactly the global model's prediction."""
+    learner = mlp_learner(MAML, hidden=(6,), ways=7, dtype=torch.float32, inner_lr=1e-12)
+    learner.sampler = OwnExamplesSampler(2, 2)
+    params, client = learner.init_params(), feature_client(classes=4)
+    held = ClientData(client.x[1::3], client.y[1::3] + 3)  # labels 3..6 of the 7
+    correct = learner.personal_correct(params, {}, client, held, 5, torch.Generator())
+    with torch.no_grad():
+        predicted = learner.forward(params, held.x).argmax(-1)
+    assert torch.equal(correct, predicted == held.y)
+
+
+def test_every_new_synthetic_client_is_evaluated_with_the_dataset_s_labels():
+    """Half of LEAF Synthetic's clients hold one class: no N-way episode can evaluate them,
+    a task of their own examples can."""
+    episodes = build_experiment(load_config(None, SYNTHETIC[:3] + ["learner.algorithm='maml'",
+                                                                   "eval.ways=2",
+                                                                   "task.ways=2"]))
+    own = build_experiment(load_config(None, SYNTHETIC + ["learner.algorithm='maml'"]))
+    assert own.learner.model.head.out_features == 10  # the dataset's classes
+    counts = [Simulation(experiment).evaluate(experiment.learner.init_params(), 50)
+              for experiment in (episodes, own)]
+    assert counts[1]["test_eligible_clients"] == counts[1]["test_held_out_clients"] == 100
+    assert counts[0]["test_eligible_clients"] < 75
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["task.labels='global'"], "task.labels = 'global' needs held-out clients with the"),
+    (SYNTHETIC + ["learner.algorithm='protonet'"], "protonet does not learn tasks with the "
+                                                   "dataset's labels"),
+    (SYNTHETIC + ["learner.algorithm='maml'", "eval.personalization_episodes=5"],
+     "own examples are its tasks already")])
+def test_what_global_labels_cannot_do_is_one_line(settings, message):
+    with pytest.raises(UserError, match=message):
+        build_experiment(load_config(None, settings))
+
+
+@installed
+def test_per_fedavg_trains_a_global_head_on_label_skewed_clients():
+    """Per-FedAvg as PFLlib runs it (a 10-class head, two minibatches of a client's own
+    examples a step): each client's test split, scored after one inner step on its own
+    training examples, is predicted far better than by the untrained model."""
+    config = load_config(None, SMALL + ["learner.algorithm='perfedavg-fo'", "server.rounds=10",
+                                        "learner.local_steps=5", "task.labels='global'",
+                                        "task.shots=8", "task.queries=8",
+                                        "learner.inner_lr=0.05"])
+    experiment = build_experiment(config)
+    simulation = Simulation(experiment)
+    untrained = simulation.evaluate(experiment.learner.init_params(), 1)["test_accuracy"]
+    trained = simulation.evaluate(simulation.run(), 1)
+    assert trained["test_clients"] == 20 and trained["test_accuracy"] > untrained + 0.2
