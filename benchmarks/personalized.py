@@ -14,9 +14,11 @@ The training clients are the scored clients: every client takes part in every ro
 The metric the issue names is the mean over clients of each client's accuracy on its own test
 split; PFLlib's code prints the pooled accuracy (all clients' test examples together), so both
 are reported. ProtoNets adapt on up to `eval.shots` of a client's own training examples of
-each class. Not run here: the MAML family and Per-FedAvg (they meta-learn an N-way head, and a
-client holds up to 10 classes), pFedHN (scoring a training client by its own generated model
-is not supported yet).
+each class. Per-FedAvg (first order) and MAML meta-learn the global 10-class head on tasks of
+a client's own examples with the dataset's labels (`task.labels = "global"`: 16 support and 16
+query examples a step, Per-FedAvg's two minibatches), and adapt to up to `eval.shots` of a
+client's own training examples a class before scoring its test split. Not run here: pFedHN
+(scoring a training client by its own generated model is not supported yet).
 
     python benchmarks/personalized.py --runs runs/personalized --settings dir0.1 \
         --seeds 0 1 2 --rounds 100 --out benchmarks/results/personalized-local.jsonl
@@ -43,6 +45,8 @@ COMMON = ["data.dataset='fashion-mnist'", "data.validation_fraction=0.15", "mode
           "learner.lr=0.05", "learner.local_steps=20", "learner.batch_size=16",
           "server.clients_per_round=20", "eval.shots=20", "task.ways=2", "task.shots=5",
           "task.queries=5"]
+GLOBAL_TASKS = ["task.labels='global'", "task.shots=16", "task.queries=16",
+                "learner.inner_lr=0.05"]
 SETTINGS = {"dir0.1": ["data.partition='dirichlet'", "data.dirichlet_beta=0.1"],
             "dir0.5": ["data.partition='dirichlet'", "data.dirichlet_beta=0.5"],
             "dir5": ["data.partition='dirichlet'", "data.dirichlet_beta=5.0"],
@@ -51,7 +55,8 @@ ALGORITHMS = {"local": [], "fedavg": [], "fedavg-ft": ["learner.finetune_steps=2
               "fedprox": ["learner.proximal_mu=0.01"], "scaffold": [],
               "ditto": ["learner.proximal_mu=0.1"], "fedper": [],
               "fedrep": ["learner.head_steps=10"], "fedbn": [],
-              "protonet": ["learner.local_steps=5", "learner.tasks_per_step=4"]}
+              "protonet": ["learner.local_steps=5", "learner.tasks_per_step=4"],
+              "perfedavg-fo": GLOBAL_TASKS, "maml": GLOBAL_TASKS}
 # PFLlib's README table (FMNIST, 20 clients, CNN, 2000 rounds; best round on test)
 PUBLISHED = {"dir0.1": {"fedavg": 85.85, "perfedavg": 95.10, "pfedme": 97.25,
                         "ditto": 97.47, "fedrep": 97.56, "fedala": 97.66, "feddbe": 97.69,
@@ -118,7 +123,7 @@ def table(results: list[dict]) -> str:
                 values = [100 * r[key] for r in runs]
                 spread = statistics.stdev(values) if len(values) > 1 else float("nan")
                 cells.append(f"{statistics.mean(values):.2f} ± {spread:.2f} (n={len(values)})")
-            published = PUBLISHED.get(setting, {}).get(algorithm.replace("-", ""), "")
+            published = PUBLISHED.get(setting, {}).get(algorithm.removesuffix("-fo").replace("-", ""), "")
             seconds = statistics.mean(r["train_seconds"] for r in runs)
             out.append(f"| {algorithm} | {' | '.join(cells)} | {published} | {seconds:.0f} |")
     return "\n".join(out)

@@ -23,8 +23,8 @@ WORKLOADS = {
         "overhead-bound: FedAvg, LEAF Synthetic(1,1), 1,000 clients, cohort 100, MLP 60-64-64-10,"
         " 5 local SGD steps of 32 examples",
         {"data": {"dataset": "synthetic", "num_clients": 1000}, "model": {"name": "mlp"},
-         "task": {"ways": 3, "shots": 2, "queries": 3},
-         "eval": {"ways": 2, "shots": 1, "queries": 1},  # the shape most clients can supply
+         "task": {"labels": "global", "shots": 5, "queries": 5},  # every client evaluated
+         "eval": {"shots": 5, "queries": 5},
          "learner": {"algorithm": "fedavg", "local_steps": 5, "batch_size": 32,
                      "optimizer": "sgd", "lr": 0.05},
          "server": {"clients_per_round": 100}}),
