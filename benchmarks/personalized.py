@@ -123,7 +123,8 @@ def table(results: list[dict]) -> str:
                 values = [100 * r[key] for r in runs]
                 spread = statistics.stdev(values) if len(values) > 1 else float("nan")
                 cells.append(f"{statistics.mean(values):.2f} ± {spread:.2f} (n={len(values)})")
-            published = PUBLISHED.get(setting, {}).get(algorithm.removesuffix("-fo").replace("-", ""), "")
+            pfllib_name = algorithm.removesuffix("-fo").replace("-", "")
+            published = PUBLISHED.get(setting, {}).get(pfllib_name, "")
             seconds = statistics.mean(r["train_seconds"] for r in runs)
             out.append(f"| {algorithm} | {' | '.join(cells)} | {published} | {seconds:.0f} |")
     return "\n".join(out)
