@@ -14,7 +14,8 @@ from fedmeta.data.sources import FEMNIST_CLASSES, resolve_dataset
 from fedmeta.data.validation import hold_out_test
 
 
-def femnist_writers(path: str | Path | None = None, download: bool = False) -> ArrayFederatedDataset:
+def femnist_writers(path: str | Path | None = None,
+                    download: bool = False) -> ArrayFederatedDataset:
     """Every writer of a FEMNIST file as a client, each with LEAF's own train/test split."""
     path = resolve_dataset("femnist", path, download)
     a = load_npz(path, ("images", "labels", "writer", "leaf_split"))

@@ -1,9 +1,9 @@
-"""Held-out clients. Meta-test clients: a fraction of a dataset's clients drawn by seed, no
-client trained or was selected on. Meta-validation clients: held out of meta-training like the
-meta-test clients, and disjoint from both, so that everything decided during training (intermediate evaluations, early
-stopping, the round whose model is kept) reads them, never the meta-test clients (Vinyals et
-al. 2016 and Snell et al. 2017 keep validation classes out of Omniglot's background set the
-same way; here whole clients: alphabets, writers).
+"""Held-out clients. Meta-test clients: a fraction of a dataset's clients drawn by seed, that
+no client trained or was selected on. Meta-validation clients: held out of meta-training like
+the meta-test clients, and disjoint from both, so that everything decided during training
+(intermediate evaluations, early stopping, the round whose model is kept) reads them, never
+the meta-test clients (Vinyals et al. 2016 and Snell et al. 2017 keep validation classes out
+of Omniglot's background set the same way; here whole clients: alphabets, writers).
 
 Where held-out data are the training clients' own (PFLlib's personalized-FL benchmarks), the
 validation examples are instead a part of each client's training split (`own_splits`)."""
