@@ -33,6 +33,10 @@ SETTINGS = {
     "femnist-5w1s": ["data.dataset='femnist'", "task.ways=5", "task.shots=1", "task.queries=2",
                      "eval.ways=5", "eval.shots=1", "eval.queries=2",
                      "eval.personalization_episodes=10"],
+    # a new writer's all classes (LEAF's split: support from its train part, query from its
+    # test part, 62-class head): tasks that 5-way episodes of its characters do not saturate
+    "femnist-writer": ["data.dataset='femnist'", "task.labels='global'", "task.shots=16",
+                       "task.queries=16", "eval.shots=20", "eval.queries=20"],
 }
 META = ["learner.optimizer='adam'", "learner.lr=0.001", "learner.local_steps=5",
         "learner.tasks_per_step=4", "learner.inner_lr=0.4", "learner.inner_steps=1",
