@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 from fedmeta.build import build_experiment
 from fedmeta.config import load_config
-from fedmeta.data import ClientData, OwnExamplesSampler
+from fedmeta.data import ClientData, NotEnoughData, OwnExamplesSampler
 from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
 from fedmeta.learners.maml import MAML
@@ -27,7 +27,7 @@ def test_a_task_of_a_client_without_a_split_is_distinct_examples(size, shots, qu
     sampler = OwnExamplesSampler(shots, queries)
     assert sampler.eligible(client) == (size >= shots + queries)
     if not sampler.eligible(client):
-        with pytest.raises(ValueError, match="cannot supply"):
+        with pytest.raises(NotEnoughData, match="too few for tasks of"):
             sampler.sample(client, 2, torch.Generator())
         return
     tasks = sampler.sample(client, 4, torch.Generator().manual_seed(seed))
@@ -45,10 +45,11 @@ def test_a_meta_learned_global_head_scores_own_examples_by_the_dataset_s_labels(
     learner.sampler = OwnExamplesSampler(2, 2)
     params, client = learner.init_params(), feature_client(classes=4)
     held = ClientData(client.x[1::3], client.y[1::3] + 3)  # labels 3..6 of the 7
-    correct = learner.personal_correct(params, {}, client, held, 5, torch.Generator())
     with torch.no_grad():
+        params["head.bias"][5] = 10.0  # the global model predicts class 5 for everything
         predicted = learner.forward(params, held.x).argmax(-1)
-    assert torch.equal(correct, predicted == held.y)
+    correct = learner.personal_correct(params, {}, client, held, 5, torch.Generator())
+    assert torch.equal(correct, predicted == held.y) and correct.any()
 
 
 def test_every_new_synthetic_client_is_evaluated_with_the_dataset_s_labels():
@@ -71,7 +72,7 @@ def test_every_new_synthetic_client_is_evaluated_with_the_dataset_s_labels():
                                                    "dataset's labels"),
     (SYNTHETIC + ["learner.algorithm='maml'", "eval.personalization_episodes=5"],
      "own examples are its tasks already")])
-def test_what_global_labels_cannot_do_is_one_line(settings, message):
+def test_what_global_labels_cannot_do_is_a_config_error(settings, message):
     with pytest.raises(UserError, match=message):
         build_experiment(load_config(None, settings))
 
@@ -90,3 +91,21 @@ def test_per_fedavg_trains_a_global_head_on_label_skewed_clients():
     untrained = simulation.evaluate(experiment.learner.init_params(), 1)["test_accuracy"]
     trained = simulation.evaluate(simulation.run(), 1)
     assert trained["test_clients"] == 20 and trained["test_accuracy"] > untrained + 0.2
+
+
+def test_clients_too_small_for_a_task_are_skipped_and_label_flips_keep_the_labels():
+    """A Synthetic client with fewer than shots + queries examples is skipped like any client
+    without data for its task (never a failure), and a label-flipping client flips the
+    dataset's labels (no episode to flip)."""
+    experiment = build_experiment(load_config(None, SYNTHETIC + [
+        "learner.algorithm='fomaml'", "task.shots=10", "task.queries=10",
+        "server.clients_per_round=20", "server.rounds=2", "eval.every=0",
+        "attack.kind='label-flip'", "attack.fraction=0.5"]))
+    sizes = [len(experiment.train.client(i)) for i in range(experiment.train.num_clients)]
+    assert min(sizes) < 20 <= max(sizes)
+    logged = []
+    Simulation(experiment).run([lambda r, p, s, metrics: logged.append(metrics)])
+    assert [m["failed"] for m in logged] == [0, 0] and sum(m["skipped"] for m in logged)
+    client = experiment.train.client(0)
+    _, flipped = experiment.attack.poison(experiment.learner, client, 10)
+    assert torch.equal(flipped.y, 9 - client.y)

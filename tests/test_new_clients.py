@@ -47,7 +47,8 @@ def test_new_users_rate_in_the_run_s_item_space(ratings, tmp_path):
     more_movies = write_ratings(tmp_path / "more.npz",
                                 genres=np.ones((ITEMS + 5, GENRES), np.uint8),
                                 year=np.full(ITEMS + 5, 1990, np.int16))
-    with pytest.raises(UserError, match=f"rate {ITEMS + 5} movies, the run's model knows {ITEMS}"):
+    message = f"rate {ITEMS + 5} movies, the run's model knows {ITEMS}"
+    with pytest.raises(UserError, match=message):
         build_new_clients(config, more_movies, train)
 
 
@@ -75,7 +76,8 @@ def test_new_writers_are_every_writer_of_the_file(tmp_path):
     writers = np.repeat(np.arange(10), 12)
     path = tmp_path / "femnist.npz"
     np.savez(path, images=rng.integers(0, 256, (120, 28, 28), dtype=np.uint8),
-             labels=rng.integers(0, 62, 120), writer=writers, leaf_split=(np.arange(120) % 4 == 0).astype(np.uint8))
+             labels=rng.integers(0, 62, 120), writer=writers,
+             leaf_split=(np.arange(120) % 4 == 0).astype(np.uint8))
     config = load_config(None, ["data.dataset='femnist'", f"data.path='{path}'"])
     datasets = build_datasets(config)
     new = build_new_clients(config, path, datasets.train)

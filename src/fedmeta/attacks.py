@@ -80,7 +80,7 @@ class Attack:
         """The learner and data a malicious client trains with."""
         if self.kind not in POISONED_DATA:
             return learner, client
-        if learner.head == "global":
+        if learner.head == "global" or learner.sampler.shared_labels:  # the dataset's labels
             return learner, flipped_labels(client, num_labels)
         return label_flipped(learner), client
 

@@ -166,7 +166,7 @@ class ArrayFederatedDataset(FederatedDataset):
     def one_bit(self) -> ArrayFederatedDataset:
         """The same clients with their uint8 images thresholded at one half (0 or 255), as
         the bundled 1-bit Omniglot is stored."""
-        x = np.where(self._x >= 128, 255, 0).astype(np.uint8)
+        x = np.where(self._x >= 128, np.uint8(255), np.uint8(0))
         return ArrayFederatedDataset(self.name, x, self._y, self._indices, self._mask,
                                      self._transform, self._expansion, self._num_classes,
                                      self.num_items)

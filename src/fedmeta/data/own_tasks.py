@@ -10,8 +10,15 @@ from __future__ import annotations
 import torch
 
 from fedmeta.data.cold_start import ColdStartSampler
-from fedmeta.data.episodes import Episodes, EpisodeSampler, SharedTargetsSampler
+from fedmeta.data.episodes import (Episodes, EpisodeSampler, NotEnoughData,
+                                   SharedTargetsSampler)
 from fedmeta.data.federated import ClientData, as_float_input
+
+
+class TooFewExamples(NotEnoughData):
+    def __init__(self, examples: int, sampler: "OwnExamplesSampler") -> None:
+        ValueError.__init__(self, f"client has {examples} examples (or no support or query "
+                                  f"part of its own split), too few for {sampler}")
 
 
 class OwnExamplesSampler(SharedTargetsSampler):
@@ -33,7 +40,7 @@ class OwnExamplesSampler(SharedTargetsSampler):
     def sample(self, client: ClientData, num_episodes: int, generator: torch.Generator) -> Episodes:
         """`num_episodes` tasks of the client; deterministic given the generator's state."""
         if not self.eligible(client):
-            raise ValueError(f"a client of {len(client)} examples cannot supply {self}")
+            raise TooFewExamples(len(client), self)
         if client.query_mask is None:
             draws = torch.rand(num_episodes, len(client), generator=generator)
             picks = draws.argsort(dim=1)[:, :self.shots + self.queries]

@@ -26,6 +26,8 @@ def hold_out_test(dataset: Clients, test_fraction: float, seed: int, path: str |
     """(the training side, the meta-test clients): `test_fraction` of `dataset`'s clients
     (rounded) drawn at random by `seed`, each side in the dataset's order. One-line UserError
     naming the file `path` if either side would be empty (`what`: the clients, in words)."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     n = dataset.num_clients
     n_test = int(round(test_fraction * n))
     if not 0 < n_test < n:

@@ -256,9 +256,10 @@ class Learner(ABC):
                          generator: torch.Generator) -> torch.Tensor:
         """Which of a client's held-out examples `query` (global labels) it gets right, bool
         [Q]: adapted, as at meta-test, to up to `shots` of its own examples `support` of each
-        of their classes (relabelled 0..c-1, unless the learner's tasks keep the dataset's
-        labels, `shared_labels`); a query class missing there is never right. UserError if the
-        model's head has fewer outputs than the client has classes."""
+        of their classes. Relabelled 0..c-1, a query class missing there is never right, and a
+        head with fewer outputs than the client has classes is a UserError; where the
+        learner's tasks keep the dataset's labels (`shared_labels`), the head's argmax over
+        all classes is the prediction."""
         shot_x, shot_y, classes = own_shots(support, shots, generator)
         shared = self.sampler.shared_labels  # a head over the dataset's classes
         if shared:

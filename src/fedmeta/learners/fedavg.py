@@ -8,8 +8,9 @@ local optimizer on minibatches of `batch_size` of its own labeled examples (glob
 which must lie in 0..num_classes-1; no episodes; a smaller client's minibatch is all of it).
 
 Meta-test clients hold classes never seen in training, so the global head cannot score them
-(on text, where every task's labels are the vocabulary the head was trained on, `fedavg`
-predicts with the global model as it is and `fedavg-ft` fine-tunes it, head included):
+(where tasks keep the dataset's labels, text's vocabulary or `task.labels = "global"`, the
+head was trained on them: `fedavg` predicts with the global model as it is and `fedavg-ft`
+fine-tunes it, head included):
 
 - `fedavg` scores each query by its nearest class mean of the penultimate features over the
   support set (no weight adaptation; the prototype rule of Snell et al. 2017);
@@ -102,7 +103,7 @@ class FedAvg(Learner):
         return self.loss(params, x.unsqueeze(0), y.unsqueeze(0))
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Any:
-        if self.sampler.shared_labels:  # ratings, next characters: as it is
+        if self.sampler.shared_labels:  # the dataset's labels (or ratings): as it is
             return params
         return prototypes(self.features(params, support_x), support_y)
 

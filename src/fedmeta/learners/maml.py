@@ -8,7 +8,8 @@ their own episodes and the server averages the initialisations.
 
 The model's head has one output per episode class (`head = "ways"`) and is meta-learned with
 the body, so meta-test episodes must have as many ways as training episodes; `fedmeta.build`
-rejects configs where they differ. At meta-test time a task takes `eval_inner_steps` steps
+rejects configs where they differ. Where tasks keep the dataset's labels (text,
+`task.labels = "global"`), the head has one output per class of the dataset instead. At meta-test time a task takes `eval_inner_steps` steps
 (default twice `inner_steps`, as MAML evaluates with more steps than it trains with), first
 order, since no meta-gradient is needed there.
 
