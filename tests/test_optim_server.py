@@ -111,4 +111,5 @@ def test_a_round_s_local_rate_follows_the_client_schedule():
               for r in (1, 3)]
     for k in params:
         torch.testing.assert_close(deltas[1][k], deltas[0][k] / 4)
-    assert learner_at_round(learner, load_config(demo_config_path(), []), 3) is learner
+    constant = load_config(demo_config_path(), ["learner.lr_schedule='constant'"])
+    assert learner_at_round(learner, constant, 3) is learner  # no schedule: the learner as is
