@@ -266,6 +266,13 @@ def global_labels(config: Config) -> bool:
     return config.data.dataset in TEXT or config.task.labels == "global"
 
 
+def global_label_tasks(config: Config) -> str:
+    """What a config's `global_labels` tasks are, in words (for one-line refusals)."""
+    if config.data.dataset in TEXT:
+        return f"next-character tasks ({config.data.dataset}), whose labels are one vocabulary"
+    return "tasks with the dataset's labels (task.labels = 'global')"
+
+
 def head_size(config: Config, kind: str, num_classes: int) -> int | None:
     """Outputs of the model's head for a learner whose `head` is `kind` (None: no head). With
     `global_labels` every task's labels are the dataset's, so every head has `num_classes`
@@ -304,11 +311,8 @@ def check_supported(config: Config, cls: type[Learner]) -> None:
                         "or canaries")
     if global_labels(config) and not cls.global_label_tasks:
         supported = sorted(k for k, c in LEARNERS.items() if c.global_label_tasks)
-        what = ("next-character tasks, whose labels are one vocabulary"
-                if config.data.dataset in TEXT else "tasks with the dataset's labels")
-        raise UserError(f"config error: {name} does not learn {what} ({', '.join(supported)} "
-                        f"do); data.dataset is {config.data.dataset!r}, task.labels "
-                        f"{config.task.labels!r}")
+        raise UserError(f"config error: {name} does not learn {global_label_tasks(config)} "
+                        f"({', '.join(supported)} do)")
     if global_labels(config) and config.eval.personalization_episodes:
         raise UserError("config error: a client's own examples are its tasks already (a text "
                         "client's support before its split, query after; a writer's LEAF "
@@ -359,10 +363,8 @@ def check_deployable(config: Config) -> None:
                         "splits, which fedmeta's Flower nodes do not hold yet: run it with "
                         "`fedmeta run`")
     if global_labels(config):  # a node's held-out evaluation draws N-way episodes
-        what = (f"{config.data.dataset}'s text clients" if config.data.dataset in TEXT
-                else "tasks with the dataset's labels (task.labels = 'global')")
-        raise UserError(f"{what} do not run on fedmeta's Flower nodes yet: run it with "
-                        "`fedmeta run`")
+        raise UserError(f"{global_label_tasks(config)} do not run on fedmeta's Flower nodes "
+                        "yet: run it with `fedmeta run`")
 
 
 def sample_privacy(config: Config) -> dict[str, float]:

@@ -109,10 +109,9 @@ def omniglot_federated(
     """
     check_partition(partition, num_clients)
     a = load_omniglot_arrays(resolve_dataset("omniglot", path, download))
-    background, evaluation = (
-        partitioned(f"omniglot-{split}", a, np.flatnonzero(a["split"] == split), partition,
-                    num_clients, rotations, seed) for split in ("background", "evaluation"))
-    return background, evaluation
+    return tuple(partitioned(f"omniglot-{split}", a, np.flatnonzero(a["split"] == split),
+                             partition, num_clients, rotations, seed)
+                 for split in ("background", "evaluation"))
 
 
 def omniglot_clients(path: str | Path, partition: str = "alphabet",
