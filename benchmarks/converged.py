@@ -6,11 +6,13 @@ the round with the best meta-validation accuracy is kept and meta-tested once, o
 `--episodes` episodes of clients no one trained or selected on (Omniglot's 20 evaluation
 alphabets, FEMNIST's held-out writers). Each run is a run directory under `--runs`: a stopped
 sweep started again resumes every unfinished run where it stopped (`fedmeta run --resume`), and
-reads the finished ones' summaries. Settings and hyperparameters are `accuracy.py`'s; the
-published centralized numbers stand beside the federated ones.
+reads the finished ones' summaries. Settings and hyperparameters are `accuracy.py`'s, with
+`--set` overrides after them (a recipe: e.g. wider training episodes and a cosine rate), which
+each result row records; the published centralized numbers stand beside the federated ones.
 
     python benchmarks/converged.py --data ../shared/data --runs runs/converged \
-        --settings omniglot-5w1s --algorithms protonet maml --out results.jsonl
+        --settings omniglot-5w1s --algorithms protonet maml --out results.jsonl \\
+        --set task.ways=20 learner.lr_schedule="'cosine'" server.rounds=2000
 """
 
 import argparse
@@ -45,7 +47,7 @@ def device() -> str:
 
 def run_one(job: tuple) -> dict:
     """Train (or resume, or read) one run directory to its selected, meta-tested model."""
-    algorithm, setting, data_dir, runs, every, patience, hours, episodes, threads = job
+    algorithm, setting, data_dir, runs, every, patience, hours, episodes, threads, recipe = job
     torch.set_num_threads(threads)
     path = Path(runs) / f"{algorithm}-{setting}"
     run = RunDirectory(path)
@@ -61,7 +63,7 @@ def run_one(job: tuple) -> dict:
                 f"data.path='{os.path.join(data_dir, dataset + '.npz')}'",
                 f"eval.every={every}", f"eval.patience={patience}", "eval.episodes=300",
                 f"eval.final_episodes={episodes}", f"run.checkpoint_every={every}",
-                f"run.time_budget_seconds={3600 * hours}"])
+                f"run.time_budget_seconds={3600 * hours}", *recipe])
             train_and_summarize(Simulation(build_experiment(config)),
                                 RunDirectory.create(config, path), False)
     summary = json.loads(run.summary_path.read_text())
@@ -69,6 +71,7 @@ def run_one(job: tuple) -> dict:
             "selected_round": summary["selected"]["round"],
             "val_accuracy": summary["selected"].get("accuracy"),
             "train_seconds": round(summary["train_seconds"], 1), "device": device(),
+            "recipe": list(recipe),
             **{f"test_{k}": v for k, v in summary["meta_test"].items()
                if k != "per_client_accuracy"}}
 
@@ -82,13 +85,14 @@ def table(results: list[dict]) -> str:
         if not rows:
             continue
         out += [f"\n{setting}\n", "| algorithm | meta-test % ± 95% CI | published (centralized) "
-                "| selected / trained rounds | training wall time | device |",
-                "| --- | --- | --- | --- | --- | --- |"]
+                "| selected / trained rounds | training wall time | device | recipe |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in sorted(rows, key=lambda r: list(ALGORITHMS).index(r["algorithm"])):
             published = PUBLISHED.get(r["algorithm"], {}).get(setting, "")
             out.append(f"| {r['algorithm']} | {100 * r['test_accuracy']:.2f} ± "
                        f"{100 * r['test_ci95']:.2f} | {published} | {r['selected_round']} / "
-                       f"{r['rounds']} | {r['train_seconds'] / 3600:.2f} h | {r['device']} |")
+                       f"{r['rounds']} | {r['train_seconds'] / 3600:.2f} h | {r['device']} | "
+                       f"{' '.join(r.get('recipe', [])) or '-'} |")
     return "\n".join(out)
 
 
@@ -105,6 +109,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides after the setting's and algorithm's")
     parser.add_argument("--table", type=Path, help="only print the tables of this results file")
     parser.add_argument("--out", type=Path, help="append one JSON line per run here")
     args = parser.parse_args()
@@ -114,7 +120,8 @@ def main() -> None:
     if not args.data:
         parser.error("--data is needed to run")
     jobs = [(a, s, args.data, args.runs, args.every, args.patience, args.max_hours,
-             args.episodes, args.threads) for s in args.settings for a in args.algorithms]
+             args.episodes, args.threads, args.set)
+            for s in args.settings for a in args.algorithms]
     print(table(run_jobs(run_one, jobs, args.jobs, args.out)))
 
 

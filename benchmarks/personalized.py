@@ -17,8 +17,11 @@ are reported. ProtoNets adapt on up to `eval.shots` of a client's own training e
 each class. Per-FedAvg (first order) and MAML meta-learn the global 10-class head on tasks of
 a client's own examples with the dataset's labels (`task.labels = "global"`: 16 support and 16
 query examples a step, Per-FedAvg's two minibatches), and adapt to up to `eval.shots` of a
-client's own training examples a class before scoring its test split. Not run here: pFedHN
-(scoring a training client by its own generated model is not supported yet).
+client's own training examples a class before scoring its test split. pFedHN's hypernetwork
+(server Adam) generates each client's ProtoNet model from its embedding; a client is scored by
+prototypes of that model from up to `eval.shots` of its own training examples a class.
+`--set` adds config overrides to every run (e.g. `model.batch_norm=false`, as PFLlib's models
+have no batch norm), which the rows and the table record.
 
     python benchmarks/personalized.py --runs runs/personalized --settings dir0.1 \
         --seeds 0 1 2 --rounds 100 --out benchmarks/results/personalized-local.jsonl
@@ -56,7 +59,9 @@ ALGORITHMS = {"local": [], "fedavg": [], "fedavg-ft": ["learner.finetune_steps=2
               "ditto": ["learner.proximal_mu=0.1"], "fedper": [],
               "fedrep": ["learner.head_steps=10"], "fedbn": [],
               "protonet": ["learner.local_steps=5", "learner.tasks_per_step=4"],
-              "perfedavg-fo": GLOBAL_TASKS, "maml": GLOBAL_TASKS}
+              "perfedavg-fo": GLOBAL_TASKS, "maml": GLOBAL_TASKS,
+              "pfedhn": ["learner.local_steps=5", "learner.tasks_per_step=4",
+                         "server.optimizer='adam'", "server.lr=0.001"]}
 # PFLlib's README table (FMNIST, 20 clients, CNN, 2000 rounds; best round on test)
 PUBLISHED = {"dir0.1": {"fedavg": 85.85, "perfedavg": 95.10, "pfedme": 97.25,
                         "ditto": 97.47, "fedrep": 97.56, "fedala": 97.66, "feddbe": 97.69,
@@ -87,7 +92,7 @@ def run_one(algorithm: str, setting: str, seed: int, args: argparse.Namespace) -
     config = load_config(None, COMMON + SETTINGS[setting] + ALGORITHMS[algorithm] + [
         f"learner.algorithm='{algorithm}'", f"name='{name}'", f"seed={seed}",
         f"server.rounds={args.rounds}", f"eval.every={args.every}",
-        f"run.checkpoint_every={args.every}"])
+        f"run.checkpoint_every={args.every}", *args.set])
     simulation = Simulation(build_experiment(config))
     simulation.check_data()
     run = RunDirectory.create(config, args.runs / name)
@@ -98,7 +103,8 @@ def run_one(algorithm: str, setting: str, seed: int, args: argparse.Namespace) -
             "accuracy": result["accuracy"], "ci95_over_clients": result["ci95"],
             "pooled_accuracy": result["pooled_accuracy"], "p10": result["client_p10"],
             **best_on_test(simulation, run),
-            "train_seconds": round(summary["train_seconds"], 1), "device": device()}
+            "train_seconds": round(summary["train_seconds"], 1), "device": device(),
+            "overrides": args.set}
 
 
 def table(results: list[dict]) -> str:
@@ -109,7 +115,9 @@ def table(results: list[dict]) -> str:
         rows = [r for r in results if r["setting"] == setting]
         if not rows:
             continue
-        out += [f"\n{setting} ({rows[0]['rounds']} rounds, {rows[0]['device']})\n",
+        overrides = " ".join(rows[0].get("overrides", []))
+        out += [f"\n{setting} ({rows[0]['rounds']} rounds, {rows[0]['device']}"
+                f"{', ' + overrides if overrides else ''})\n",
                 "| algorithm | mean over clients, selected on validation, % (mean ± std over "
                 "seeds) | pooled, selected on validation, % | pooled, best round on test "
                 "(PFLlib's way), % | PFLlib published (pooled, best on test) | seconds a run |",
@@ -139,6 +147,8 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
     parser.add_argument("--settings", nargs="+", default=["dir0.1"], choices=SETTINGS)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides after the setting's and algorithm's")
     parser.add_argument("--table", type=Path, help="only print the tables of this results file")
     parser.add_argument("--out", type=Path, help="append one JSON line per run here")
     args = parser.parse_args()

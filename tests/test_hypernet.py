@@ -2,16 +2,19 @@
 differences), each client gets its own model, a new client learns only its embedding, and a
 federated run learns."""
 
+import numpy as np
 import pytest
 import torch
 
 from fedmeta.build import build_experiment
 from fedmeta.config import load_config
+from fedmeta.data import ArrayFederatedDataset, own_splits
 from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
+from fedmeta.evaluation import own_split_test
 from fedmeta.learners.hypernet import PFedHN
 from fedmeta.server import Round
-from tiny import float_episodes, mlp_learner
+from tiny import feature_client, float_episodes, mlp_learner
 
 CLIENTS = 4
 
@@ -83,6 +86,38 @@ def test_a_new_client_learns_only_its_embedding_on_its_support_set(learner):
         torch.testing.assert_close(mean_model[k], v.detach())
     assert learner.support_loss(tuned, sx, sy) < learner.support_loss(mean_model, sx, sy)
     assert all(torch.equal(params[k], before[k]) for k in params)  # the server's are unchanged
+
+
+def test_each_training_client_scores_its_own_split_with_the_model_it_is_sent():
+    """PFLlib's protocol under pFedHN: client i's own test split is scored by prototypes, from
+    its own training examples, of the model its embedding generates."""
+    torch.manual_seed(0)
+    learner = mlp_learner(PFedHN, ways=None, dtype=torch.float32, num_clients=CLIENTS,
+                          embedding_dim=3, hypernet_hidden=6)
+    for head in learner.hypernet.heads:
+        torch.nn.init.normal_(head.weight, std=0.5)
+    params = learner.init_params()
+    own = [feature_client(per_class=6, seed=s) for s in range(CLIENTS)]
+    sizes = np.cumsum([0] + [len(c.y) for c in own])
+    dataset = ArrayFederatedDataset(
+        "toy", torch.cat([c.x for c in own]).numpy(), torch.cat([c.y for c in own]).numpy(),
+        [np.arange(a, b) for a, b in zip(sizes[:-1], sizes[1:])],
+        np.arange(sizes[-1]) % 3 == 0)
+    train, _, test = own_splits(dataset, 0.0, 0)
+
+    scored, personal_correct = [], learner.personal_correct
+    learner.personal_correct = lambda model, *args: scored.append(model) or personal_correct(
+        model, *args)
+    result, _ = own_split_test(learner, params, None, train, test, 2,
+                               torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    for i, model in enumerate(scored):
+        generated = learner.generate(params, params["embeddings.weight"][i])
+        for k, v in generated.items():
+            torch.testing.assert_close(model[k], v, rtol=0, atol=0)
+        correct = personal_correct(generated, {}, train.client(i), test.client(i), 2, g)
+        assert result.per_client_accuracy[i] == correct.float().mean().item()
+    assert len(scored) == CLIENTS
 
 
 @pytest.mark.parametrize("setting", ["aggregation.rule=median", "aggregation.secure=ckks",

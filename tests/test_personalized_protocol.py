@@ -105,7 +105,6 @@ def test_a_flower_node_keeps_its_client_s_state_as_the_simulation_keeps_it(algor
 
 
 @pytest.mark.parametrize("settings,message", [
-    (["data.dataset='fashion-mnist'", "learner.algorithm='pfedhn'"], "generates each"),
     (["model.name='mlp'", "model.batch_norm=true", "learner.algorithm='fedavg'",
       "privacy.sample_clip_norm=1.0"], "batch_norm")])
 def test_what_the_protocol_or_the_model_cannot_do_is_one_line(settings, message):

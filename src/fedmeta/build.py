@@ -322,10 +322,6 @@ def check_supported(config: Config, cls: type[Learner]) -> None:
         raise UserError(f"config error: {config.data.dataset}'s new users are predicted by a "
                         f"shared model adapted on their first ratings, or fit their personal "
                         f"params there ({', '.join(supported)}); learner.algorithm is {name!r}")
-    if cls.personalized and config.data.dataset in OWN_SPLITS:
-        raise UserError(f"config error: {name} generates each training client's model on the "
-                        f"server; scoring {config.data.dataset}'s clients on their own splits "
-                        "with it is not supported yet")
     if config.model.batch_norm and config.privacy.sample_clip_norm:
         raise UserError("config error: sample-level DP-SGD runs each example on its own, which "
                         "model.batch_norm cannot normalize: set model.batch_norm = false")

@@ -125,17 +125,18 @@ def own_split_test(learner: Learner, params: Params, states: Params | None,
                    train: FederatedDataset, held: FederatedDataset, shots: int,
                    generator: torch.Generator) -> tuple[MetaTestResult, float]:
     """PFLlib's personalized-FL metric: each training client scores its own held-out examples
-    (client i of `held`) with what it learned, from its personal state in `states` (the
-    table of `fedmeta.engine.client_state`) and its own training examples (client i of
-    `train`, up to `shots` a class where it adapts: `Learner.personal_correct`). Returns the
-    mean over clients of each one's accuracy, with a 95% CI over clients (`episodes`: the
-    examples scored), and the pooled accuracy (all clients' examples together, the number
-    PFLlib's code prints)."""
+    (client i of `held`) with what it learned: the params the server sends it
+    (`Learner.client_params`: its own generated model under pFedHN), its personal state in
+    `states` (the table of `fedmeta.engine.client_state`) and its own training examples
+    (client i of `train`, up to `shots` a class where it adapts: `Learner.personal_correct`).
+    Returns the mean over clients of each one's accuracy, with a 95% CI over clients
+    (`episodes`: the examples scored), and the pooled accuracy (all clients' examples
+    together, the number PFLlib's code prints)."""
     if learner.keeps_state and states is None:
         raise ValueError("own_split_test needs the personal states of a learner that keeps them")
     clients = [i for i in range(held.num_clients) if held.client_size(i)]
-    correct = [learner.personal_correct(params, state, train.client(i), held.client(i), shots,
-                                        generator)
+    correct = [learner.personal_correct(own_params(learner, params, i), state, train.client(i),
+                                        held.client(i), shots, generator)
                for i, state in zip(clients, table_rows(states, clients))]
     if not correct:
         raise UserError("no training client holds held-out examples to score")
@@ -145,6 +146,12 @@ def own_split_test(learner: Learner, params: Params, states: Params | None,
                             accuracy, float(np.percentile(per_client.numpy(), 10)),
                             tuple(per_client.tolist()))
     return result, float(torch.cat(correct).float().mean())
+
+
+def own_params(learner: Learner, params: Params, client: int) -> Params:
+    """What the server sends training client `client` (`Learner.client_params`)."""
+    sent = learner.client_params(params, torch.tensor([client], dtype=torch.int64))
+    return {k: v[0] for k, v in sent.items()}
 
 
 def one_bit_images(dataset: FederatedDataset) -> bool:
