@@ -13,12 +13,14 @@ import torch
 from flwr.common.config import flatten_dict
 
 from fedmeta.build import Datasets, build_experiment
+from fedmeta.cli import main as cli
 from fedmeta.config import apply_overrides, validate
 from fedmeta.data.client_files import clients_federated
 from fedmeta.engine.checkpoint import load_checkpoint
 from fedmeta.engine.simulation import Simulation
 from fedmeta.privacy.encryption import CkksKeys
 from flower_deployment import BIN, ENV, Deployment, make_node_key
+from ratings_file import write_ratings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -243,6 +245,46 @@ def test_secagg_plus_over_tls_with_authenticated_nodes_and_a_dropout(tmp_path, c
     got = final_params(tmp_path / "secagg", 1)
     for key in expected:  # within SecAgg+'s fixed-point rounding (16 / 2^22 per level)
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_rating_clients_on_supernodes_match_the_simulation(tmp_path):
+    """Phones' users (MovieLens' format, synthetic ratings) as SuperNodes reading their own
+    files: FedMeta-MAML of a MeLU-shaped model, and FCF (FedRep of a matrix factorization,
+    each node keeping its user's vector), end as the simulation of the same files; the
+    held-out nodes score themselves as new users (MAE, RMSE, NDCG@10), the server averages."""
+    config = tmp_path / "export.toml"
+    ratings_file = write_ratings(tmp_path / "ratings.npz", users=30)
+    config.write_text(f"[model]\nname = 'melu'\n[data]\ndataset = 'movielens'\n"
+                      f"validation_fraction = 0.2\npath = '{ratings_file}'\n")
+    assert cli(["export-clients", str(config), str(tmp_path / "clients"), "--clients", "4",
+                "--validation", "1", "--held-out", "2"]) == 0
+    files, validation, held_out = (sorted((tmp_path / "clients").glob(f"{prefix}_*.npz"))
+                                   for prefix in ("client", "validation", "heldout"))
+    ratings = ["data.dataset=movielens", f"data.path={ratings_file}", "model.embedding=8", "task.shots=5", "task.queries=5",
+               "eval.shots=5", "eval.every=2", "learner.optimizer=sgd", "learner.lr=0.05"]
+    runs = {"maml": ["model.name=melu", "learner.algorithm=maml", "learner.inner_lr=0.05",
+                     "learner.eval_inner_steps=2"],
+            "fcf": ["model.name=mf", "learner.algorithm=fedrep", "learner.head_steps=2",
+                    "learner.batch_size=8", "learner.personal_l2=0.1"]}
+    with Deployment(tmp_path / "deployment") as deployment:
+        deployment.start_superlink()
+        start_nodes(deployment, files, held_out, None, validation)
+        for name, overrides in runs.items():
+            overrides = OVERRIDES + ratings + overrides + [f"run.out_dir={tmp_path / name}"]
+            status = deployment.run(APP, run_config(overrides))
+            assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
+            simulated = simulation(files, validation, held_out, overrides)
+            expected, want = simulated_run(simulated)
+            got = final_params(tmp_path / name, 2)
+            assert got.keys() == expected.keys()
+            for key in expected:
+                torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
+            got_rounds = logged_metrics(tmp_path / name)
+            assert got_rounds[1]["val_mae"] == pytest.approx(want[1]["val_mae"], rel=1e-4)
+            (run,) = (tmp_path / name).iterdir()
+            meta_test = json.loads((run / "summary.json").read_text())["meta_test"]
+            assert meta_test["clients"] == 2 and meta_test["mae"] > 0
 
 
 def processes_naming(text: str) -> list[int]:

@@ -95,7 +95,8 @@ def test_a_flower_node_keeps_its_client_s_state_as_the_simulation_keeps_it(algor
         expected = simulation.gather(round_index, params, state[CLIENTS]).rows
         content = RecordDict({"arrays": ArrayRecord(params), "config": ConfigRecord(
             config_message(config, round=round_index,
-                           **{"num-classes": experiment.train.num_classes}))})
+                           **{"num-classes": experiment.train.num_classes,
+                              "num-items": experiment.train.num_items}))})
         for row, client in enumerate(expected.clients.tolist()):
             reply = node.train(content, {"partition-id": client})
             delta = reply["arrays"].to_torch_state_dict()

@@ -351,9 +351,6 @@ def check_deployable(config: Config) -> None:
     if algorithm == "scaffold":
         raise UserError("scaffold on Flower: a node would keep a control variate the server "
                         "dropped (a late reply, an aborted round): run it with `fedmeta run`")
-    if config.data.rates:
-        raise UserError(f"{config.data.dataset} on Flower is not supported yet: run it with "
-                        "`fedmeta run`")
     if config.data.dataset in OWN_SPLITS:
         raise UserError(f"{config.data.dataset}'s held-out data are each training client's own "
                         "splits, which fedmeta's Flower nodes do not hold yet: run it with "

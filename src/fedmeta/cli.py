@@ -214,10 +214,11 @@ def cmd_export_clients(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.set)
     if config.data.dataset in OWN_SPLITS:
         raise UserError(f"{config.data.dataset}'s held-out data are each client's own splits; "
-                        "export-clients writes whole clients (omniglot, femnist, synthetic)")
+                        "export-clients writes whole clients (omniglot, femnist, synthetic, "
+                        "movielens)")
     if config.data.dataset in TEXT:
         raise UserError(f"export-clients writes clients of examples (omniglot, femnist, "
-                        f"synthetic), not {config.data.dataset}'s text")
+                        f"synthetic) or ratings (movielens), not {config.data.dataset}'s text")
     train, validation, test = build_datasets(config)
     if args.clients is not None and not 1 <= args.clients <= train.num_clients:
         raise UserError(f"--clients must be in [1, {train.num_clients}], got {args.clients}")
@@ -232,7 +233,8 @@ def cmd_export_clients(args: argparse.Namespace) -> None:
     client_id = 0
     for prefix, (count, clients) in counts.items():
         for i in range(count):
-            save_client(args.out / f"{prefix}_{i:05d}.npz", clients.client(i), client_id)
+            save_client(args.out / f"{prefix}_{i:05d}.npz", clients.client(i), client_id,
+                        clients.num_items)
             client_id += 1
     print(f"wrote {counts['client'][0]} training, {counts['validation'][0]} meta-validation and "
           f"{counts['heldout'][0]} held-out client files to {args.out}")

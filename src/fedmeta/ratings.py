@@ -79,11 +79,20 @@ def cold_start_test(predict: Predictor, clients: Sequence[ClientData],
     `shots` and scored on the rest. UserError if no user has that many."""
     check_users(clients, sampler)
     scored = [sampler.split(client) for client in clients if sampler.eligible(client)]
-    scores = torch.tensor([user_scores(predict(support, query.x), query.y)
-                           for support, query in scored], dtype=torch.float64)
-    (mae, mae_ci), (rmse, rmse_ci), (ndcg, ndcg_ci) = (mean_ci95(scores[:, j]) for j in range(3))
-    return RatingResult(mae, mae_ci, rmse, rmse_ci, ndcg, ndcg_ci, len(scored), len(clients),
-                        sum(len(query) for _, query in scored), tuple(scores[:, 0].tolist()))
+    return rating_result([user_scores(predict(support, query.x), query.y)
+                          for support, query in scored], len(clients),
+                         sum(len(query) for _, query in scored))
+
+
+def rating_result(scores: Sequence[Sequence[float]], held_out: int,
+                  ratings: int) -> RatingResult:
+    """The means over users, with 95% CIs, of each scored user's (MAE, RMSE, NDCG@10)
+    (`user_scores`: computed here, or on the user's own machine in a deployment), of
+    `held_out` users, `ratings` query ratings in all."""
+    table = torch.tensor(scores, dtype=torch.float64).reshape(-1, 3)
+    (mae, mae_ci), (rmse, rmse_ci), (ndcg, ndcg_ci) = (mean_ci95(table[:, j]) for j in range(3))
+    return RatingResult(mae, mae_ci, rmse, rmse_ci, ndcg, ndcg_ci, len(table), held_out,
+                        ratings, tuple(table[:, 0].tolist()))
 
 
 def learner_predictor(learner: Learner, params: Params) -> Predictor:

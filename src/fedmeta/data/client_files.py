@@ -2,8 +2,10 @@
 
 An `.npz` with `x` (uint8 images [n, H, W] or float32 features [n, d]), `y` (int64 labels),
 `client_id` (the client's index in the federation, which seeds its draws so a deployment
-reproduces a simulation) and, optionally, `query_mask` (its own query split). Loaded without
-pickle; every field is checked, so a bad file fails with one line naming it.
+reproduces a simulation) and, optionally, `query_mask` (its own query split). A rating client
+(a phone's user, `fedmeta.data.movielens`) holds its ratings as float32 `y`, in the order it
+gave them, and `num_items`: the item space its features' column 0 indexes, the run's model's.
+Loaded without pickle; every field is checked, so a bad file fails with one line naming it.
 """
 
 from pathlib import Path
@@ -14,20 +16,24 @@ import torch
 from fedmeta.atomic import atomic_path
 from fedmeta.data.federated import ArrayFederatedDataset, ClientData, FederatedDataset
 from fedmeta.data.npz import check_column, data_error, described, load_npz
+from fedmeta.errors import UserError
 
 
-def save_client(path: Path, client: ClientData, client_id: int) -> None:
-    """Write one client's file (to a temporary name, then renamed)."""
+def save_client(path: Path, client: ClientData, client_id: int, num_items: int = 0) -> None:
+    """Write one client's file (to a temporary name, then renamed); `num_items`: a rating
+    client's item space."""
     arrays = {"x": client.x.numpy(), "y": client.y.numpy(), "client_id": np.int64(client_id)}
     if client.query_mask is not None:
         arrays["query_mask"] = client.query_mask.numpy()
+    if num_items:
+        arrays["num_items"] = np.int64(num_items)
     with atomic_path(path, ".tmp.npz") as tmp:  # numpy would add .npz to another name
         np.savez_compressed(tmp, **arrays)
 
 
-def load_client(path: str | Path) -> tuple[int, ClientData]:
-    """(client id, its data) from a client file."""
-    arrays = load_npz(path, ("x", "y", "client_id"), optional=("query_mask",))
+def load_client(path: str | Path) -> tuple[int, ClientData, int]:
+    """(client id, its data, its item space: 0 unless a rating client) from a client file."""
+    arrays = load_npz(path, ("x", "y", "client_id"), optional=("query_mask", "num_items"))
     x, y, client_id = arrays["x"], arrays["y"], arrays["client_id"]
     images, features = x.dtype == np.uint8 and x.ndim == 3, x.dtype == np.float32 and x.ndim >= 2
     if not (images or features) or not x.size:
@@ -35,9 +41,13 @@ def load_client(path: str | Path) -> tuple[int, ClientData]:
                                f"n > 0, got {described(x)}")
     if features and not np.isfinite(x).all():
         raise data_error(path, "x has NaN or infinite values")
-    check_column(path, "y", y, len(x), "iu")
+    num_items = rating_items(path, arrays.get("num_items"), x, features)
+    check_column(path, "y", y, len(x), "f" if num_items else "iu")
+    if num_items and not np.isfinite(y).all():
+        raise data_error(path, "y (ratings) has NaN or infinite values")
     if y.min() < 0:
-        raise data_error(path, f"y has a negative label ({y.min()})")
+        raise data_error(path, f"y has a negative {'rating' if num_items else 'label'} "
+                               f"({y.min()})")
     if client_id.shape != () or client_id.dtype.kind not in "iu" or client_id < 0:
         raise data_error(path, f"client_id must be one non-negative integer, "
                                f"got {described(client_id)}")
@@ -45,21 +55,45 @@ def load_client(path: str | Path) -> tuple[int, ClientData]:
     if mask is not None and (mask.dtype != np.bool_ or mask.shape != y.shape):
         raise data_error(path, f"query_mask must be {len(y)} booleans, got {described(mask)}")
     return int(client_id), ClientData(
-        torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)),
-        None if mask is None else torch.from_numpy(mask))
+        torch.from_numpy(x), torch.from_numpy(y.astype(np.float32 if num_items else np.int64)),
+        None if mask is None else torch.from_numpy(mask)), num_items
+
+
+def rating_items(path: str | Path, num_items: np.ndarray | None, x: np.ndarray,
+                 features: bool) -> int:
+    """A rating client's item space (0: not a rating client), checked against the items its
+    features' column 0 indexes."""
+    if num_items is None:
+        return 0
+    if num_items.shape != () or num_items.dtype.kind not in "iu" or num_items < 1:
+        raise data_error(path, f"num_items must be one positive integer, got "
+                               f"{described(num_items)}")
+    items = x[:, 0] if features and x.ndim == 2 else None
+    if items is None or (items != np.round(items)).any() or not (
+            0 <= items.min() and items.max() < num_items):
+        raise data_error(path, f"a rating client's x must be float32 features [n, d] whose "
+                               f"column 0 is an item index in [0, {int(num_items)})")
+    return int(num_items)
 
 
 def clients_federated(paths: list[Path]) -> FederatedDataset:
     """Client files as a federation, client `i` the file whose `client_id` is `i`-th smallest
     (so seeded draws match a deployment over the same files), its label space the files'
-    labels 0..max, as a deployment's server counts it (a global head fits either)."""
-    loaded = sorted((load_client(path) for path in paths), key=lambda pair: pair[0])
-    clients = [client for _, client in loaded]
+    labels 0..max, as a deployment's server counts it (a global head fits either); rating
+    clients' files must share one item space."""
+    loaded = sorted((load_client(path) for path in paths), key=lambda file: file[0])
+    clients = [client for _, client, _ in loaded]
+    items = {num_items for _, _, num_items in loaded}
+    if len(items) > 1:
+        raise UserError(f"data error: the client files index different item spaces "
+                        f"(num_items {sorted(items)})")
     sizes = np.cumsum([0] + [len(c) for c in clients])
     masks = [c.query_mask for c in clients]
     query_mask = None if any(m is None for m in masks) else torch.cat(masks).numpy()
     labels = torch.cat([c.y for c in clients]).numpy()
+    num_items = items.pop() if items else 0
     return ArrayFederatedDataset(
         "clients", torch.cat([c.x for c in clients]).numpy(), labels,
         [np.arange(a, b) for a, b in zip(sizes[:-1], sizes[1:])], query_mask,
-        num_classes=int(labels.max()) + 1 if len(labels) else 0)
+        num_classes=None if num_items else int(labels.max()) + 1 if len(labels) else 0,
+        num_items=num_items)

@@ -60,9 +60,9 @@ def check_images(path: str | Path, images: np.ndarray) -> None:
 
 def check_column(path: str | Path, name: str, array: np.ndarray, n: int, kinds: str) -> None:
     """One value per example: shape [n], dtype of a numpy kind in `kinds` ("i" signed, "u"
-    unsigned integers, "U" strings)."""
+    unsigned integers, "f" floats, "U" strings)."""
     if array.shape != (n,) or array.dtype.kind not in kinds:
-        expected = {"i": "integer", "u": "integer", "U": "string"}
+        expected = {"i": "integer", "u": "integer", "f": "float", "U": "string"}
         types = " or ".join(sorted({expected[kind] for kind in kinds}))
         raise data_error(path, f"{name} must be {n} {types} values (one per example), "
                                f"got {described(array)}")

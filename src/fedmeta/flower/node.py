@@ -3,7 +3,8 @@ content and the node's config (`--node-config`) and returns the reply's content.
 `fedmeta.flower.client_app` calls them, in a node's long-lived worker on a deployment
 (`fedmeta.flower.node_worker`) or in-process in Flower's simulation.
 
-A deployed node's config names its data file (`data-path`, see `fedmeta.data.client_files`),
+A deployed node's config names its data file (`data-path`, see `fedmeta.data.client_files`:
+a phone's user's ratings too, scored as a new user by MAE, RMSE and NDCG@10 when held out),
 whether the client is held out for evaluation only, as a meta-test client (`held-out`) or a
 meta-validation one (`validation`), and, for CKKS aggregation, the shared secret-key context
 (`ckks-key`, written by `fedmeta ckks-keys`). The data never leaves the node, only params
@@ -22,7 +23,7 @@ refuses such learners.
 from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -31,10 +32,10 @@ from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
 from fedmeta.build import (Datasets, build_client_stage, build_datasets, build_learner,
-                           fixed_denominator)
+                           episode_sampler, fixed_denominator)
 from fedmeta.engine.experiment import learner_at_round
 from fedmeta.config import Config
-from fedmeta.data import ClientData, EpisodeSampler, NotEnoughData
+from fedmeta.data import ClientData, ColdStartSampler, NotEnoughData
 from fedmeta.data.client_files import load_client
 from fedmeta.data.federated import float_input_shape
 from fedmeta.seeding import EVAL_STREAM, client_generator, seeded
@@ -45,6 +46,7 @@ from fedmeta.flower.secagg import from_arrays, to_parameters
 from fedmeta.learners.base import Learner, Update
 from fedmeta.params import Params, flatten_rows, owned, unflatten
 from fedmeta.privacy.encryption import decrypt, encrypt, load_context
+from fedmeta.ratings import learner_predictor, user_scores
 from fedmeta.server.aggregate import coefficients
 from fedmeta.server.chain import Round
 
@@ -60,11 +62,11 @@ def version(path: str) -> tuple[str, int, int]:
 
 
 @lru_cache(maxsize=4)
-def loaded_client(path: str, mtime_ns: int, size: int) -> tuple[int, ClientData]:
+def loaded_client(path: str, mtime_ns: int, size: int) -> tuple[int, ClientData, int]:
     return load_client(path)
 
 
-def local_client(path: str) -> tuple[int, ClientData]:
+def local_client(path: str) -> tuple[int, ClientData, int]:
     return loaded_client(*version(path))
 
 
@@ -76,9 +78,10 @@ def parsed(config_json: str) -> Config:
 
 @lru_cache(maxsize=4)
 def learner_for(config_json: str, input_shape: tuple[int, ...], num_classes: int,
-                device: str) -> Learner:
+                num_items: int, device: str) -> Learner:
     torch.set_num_threads(1)  # one client per process; SuperNodes may share a machine
-    return build_learner(parsed(config_json), input_shape, num_classes, device=device)
+    return build_learner(parsed(config_json), input_shape, num_classes, device=device,
+                         num_items=num_items)
 
 
 @lru_cache(maxsize=2)
@@ -109,20 +112,31 @@ def simulated_datasets(config_json: str) -> Datasets:
     return build_datasets(parsed(config_json))
 
 
-def node_client(settings: Any, node: dict[str, Any]) -> tuple[int, ClientData, str]:
-    """(client id, its data, its role: "train", "val" or "test") of this node; `settings`: the
-    config record of the message (it carries the fedmeta config)."""
+class NodeClient(NamedTuple):
+    """A node's client: its id, its data, its role ("train", "val" or "test") and the item
+    space its ratings index (0 unless a rating client)."""
+
+    client_id: int
+    data: ClientData
+    role: str
+    num_items: int
+
+
+def node_client(settings: Any, node: dict[str, Any]) -> NodeClient:
+    """This node's client; `settings`: the config record of the message (it carries the
+    fedmeta config)."""
     if "data-path" in node:
-        client_id, client = local_client(str(node["data-path"]))
+        client_id, client, num_items = local_client(str(node["data-path"]))
         role = ("test" if node.get("held-out", False) else
                 "val" if node.get("validation", False) else "train")
-        return client_id, client, role
+        return NodeClient(client_id, client, role, num_items)
     partition = int(node["partition-id"])
     first = 0
     for role, clients in zip(("train", "val", "test"),
                              simulated_datasets(str(settings["fedmeta"]))):
         if partition < first + clients.num_clients:
-            return partition, clients.client(partition - first), role
+            return NodeClient(partition, clients.client(partition - first), role,
+                              clients.num_items)
         first += clients.num_clients
     raise UserError(f"node partition-id {partition}: the config has only {first} clients")
 
@@ -138,18 +152,19 @@ def node_learner(settings: Any, node: dict[str, Any],
     "auto"), whatever the server computes on."""
     text = str(settings["fedmeta"])
     learner = learner_for(text, input_shape(client), int(settings["num-classes"]),
-                          str(node.get("device", "auto")))
+                          int(settings["num-items"]), str(node.get("device", "auto")))
     return parsed(text), learner
 
 
 def describe(content: RecordDict, node: dict[str, Any]) -> RecordDict:
     """The node's client as the server needs to know it: id, example count, input shape,
-    classes, role; the simulated clients' counts (in Flower's simulation); the public part
-    of its CKKS key, if it holds one."""
-    client_id, client, role = node_client(content["config"], node)
+    classes (1 for ratings: one output), item space, role; the simulated clients' counts (in
+    Flower's simulation); the public part of its CKKS key, if it holds one."""
+    client_id, client, role, num_items = node_client(content["config"], node)
+    classes = 1 if client.y.is_floating_point() else int(client.y.max()) + 1
     record = ConfigRecord({"client-id": client_id, "num-examples": len(client),
-                           "input-shape": list(input_shape(client)),
-                           "num-classes": int(client.y.max()) + 1, "role": role})
+                           "input-shape": list(input_shape(client)), "num-classes": classes,
+                           "num-items": num_items, "role": role})
     if "data-path" not in node:  # a partition of Flower's simulation
         record["simulated-clients"] = [clients.num_clients for clients in simulated_datasets(
             str(content["config"]["fedmeta"]))]
@@ -164,7 +179,7 @@ def local_update(settings: Any, node: dict[str, Any],
     """The node's client update from the params the server sent it, as arrays in the order of
     the learner's `client_model`, and its personal state, which it keeps (None: too little
     data)."""
-    client_id, client, _ = node_client(settings, node)
+    client_id, client, _, _ = node_client(settings, node)
     config, learner = node_learner(settings, node, client)
     params = from_arrays(arrays, learner.client_model(learner.init_params()))
     round_index = int(settings["round"])
@@ -243,20 +258,34 @@ def decrypt_sum(content: RecordDict, node: dict[str, Any]) -> RecordDict:
 
 def evaluate(content: RecordDict, node: dict[str, Any]) -> RecordDict:
     """Meta-test on the node's own classes: adapt on each episode's support set, score its
-    query set."""
-    client_id, client, _ = node_client(content["config"], node)
+    query set. A rating client is scored as a new user (`fedmeta.ratings`): adapted on its
+    first `eval.shots` ratings, its (MAE, RMSE, NDCG@10) on all the later ones."""
+    client_id, client, _, _ = node_client(content["config"], node)
     config, learner = node_learner(content["config"], node, client)
     params = learner.on_device({k: owned(v) for k, v in
                                 content["arrays"].to_torch_state_dict().items()})
-    ev = config.eval
+    sampler = episode_sampler(config, config.eval)
+    if isinstance(sampler, ColdStartSampler):
+        return RecordDict({"metrics": MetricRecord(new_user_scores(learner, params, client,
+                                                                   sampler))})
     try:
-        episodes = EpisodeSampler(ev.ways, ev.shots, ev.queries).sample(
-            client, config.flower.eval_episodes_per_client,
-            seeded(config.seed, EVAL_STREAM, client_id))
+        episodes = sampler.sample(client, config.flower.eval_episodes_per_client,
+                                  seeded(config.seed, EVAL_STREAM, client_id))
     except NotEnoughData:
         return RecordDict({"metrics": MetricRecord({"accuracies": []})})
     accuracies = learner.accuracy(params, episodes).tolist()
     return RecordDict({"metrics": MetricRecord({"accuracies": accuracies})})
+
+
+def new_user_scores(learner: Learner, params: Params, client: ClientData,
+                    sampler: ColdStartSampler) -> dict[str, Any]:
+    """The metrics of a held-out rating client: `scores` its (MAE, RMSE, NDCG@10) as a new
+    user and `ratings` how many it scored; no scores if it has too few ratings."""
+    if not sampler.eligible(client):
+        return {"scores": [], "ratings": 0}
+    support, query = sampler.split(client)
+    return {"scores": list(user_scores(learner_predictor(learner, params)(support, query.x),
+                                       query.y)), "ratings": len(query)}
 
 
 HANDLERS: dict[str, Callable[[RecordDict, dict[str, Any]], RecordDict]] = {

@@ -7,7 +7,8 @@ simulation samples clients, so a deployment over the clients' files reproduces a
 of them. Each round it sends the global params to the cohort and waits `flower.round_timeout`
 seconds: clients that fail or do not answer in time are left out and logged, and the round
 goes on if at least `server.min_clients` replied (else the model stays as it was). Held-out
-nodes only evaluate: they adapt to episodes of their own classes and score them, the
+nodes only evaluate: they adapt to episodes of their own classes and score them (a rating
+client, a phone's user: adapted to its first ratings, its later ones scored), the
 meta-validation nodes (`validation = true`) during training, the meta-test nodes
 (`held-out = true`) once, at the end.
 
@@ -47,6 +48,7 @@ from fedmeta.flower.messages import (DECRYPT, DESCRIBE, EVALUATE, PING, TRAIN,
                                      config_from_run_config, config_message)
 from fedmeta.params import Params, tree_stack, unflatten
 from fedmeta.privacy.encryption import add_encrypted, load_context
+from fedmeta.ratings import rating_result
 
 log = logging.getLogger("fedmeta.flower")
 
@@ -80,6 +82,15 @@ class RemoteClients(FederatedDataset):
     def num_classes(self) -> int:
         return max((int(node["num-classes"]) for node in self.described), default=0)
 
+    @property
+    def num_items(self) -> int:
+        """The item space the nodes' ratings index (0: no rating clients); one for all."""
+        spaces = {int(node["num-items"]) for node in self.described}
+        if len(spaces) > 1:
+            raise UserError(f"data error: the nodes' ratings index different item spaces "
+                            f"(num_items {sorted(spaces)})")
+        return spaces.pop() if spaces else 0
+
 
 class FlowerFederation(Simulation):
     """A `Simulation` whose clients are SuperNodes reached through Flower's `Grid`."""
@@ -109,8 +120,10 @@ class FlowerFederation(Simulation):
             raise UserError("aggregation.secure = 'ckks' but no node holds a CKKS key "
                             "(node config ckks-key)")
         self.public_context = None if public_key is None else load_context(public_key)
-        # the training nodes' label space, the server's learner's too (a global head's size)
-        self.num_classes = RemoteClients(train).num_classes
+        # the training nodes' label space and item space, the server's learner's too (a
+        # global head's size, a rating model's item embeddings), sent with every message
+        self.spaces = {"num-classes": RemoteClients(train).num_classes,
+                       "num-items": RemoteClients(described).num_items}
         experiment = build_experiment(config, Datasets(
             RemoteClients(train), RemoteClients(validation), RemoteClients(test)))
         experiment.holds_client_states = False  # each node keeps its client's
@@ -185,7 +198,7 @@ class FlowerFederation(Simulation):
     def content(self, params: Params, **values: Any) -> RecordDict:
         return RecordDict({"arrays": ArrayRecord(to_device(params, HOST)),
                            "config": ConfigRecord(config_message(
-            self.config, **{"num-classes": self.num_classes, **values}))})
+            self.config, **self.spaces, **values))})
 
     def train_replies(self, round_index: int, params: Params, cohort: list[int]) -> list[Message]:
         """Each cohort node's reply to the params the learner sends it: the global params in
@@ -234,8 +247,7 @@ class FlowerFederation(Simulation):
             reported, total = secagg_plus_sum(
                 self.grid, self.context, self.config, round_index, params,
                 [self.train_nodes[c] for c in cohort],
-                config_message(self.config, round=round_index,
-                               **{"num-classes": self.num_classes}))
+                config_message(self.config, round=round_index, **self.spaces))
         metrics = {"round": round_index, "clients": len(reported),
                    "skipped": len(cohort) - len(reported),
                    **round_bytes(self.config, params, len(cohort), len(reported))}
@@ -269,13 +281,21 @@ class FlowerFederation(Simulation):
     def evaluate(self, params: Params, episodes: int, per_client: bool = False,
                  on: Held = "test", states: Params | None = None) -> dict[str, Any]:
         """Federated evaluation: every held-out node `on` ("test": meta-test, "val":
-        meta-validation) adapts to episodes of its own classes (no node keeps personal
-        `states`)."""
+        meta-validation) adapts to episodes of its own classes, or a rating client as a new
+        user to its first ratings (no node keeps personal `states`)."""
         nodes = self.held_out_nodes[on]
         if not nodes:
             return {}
-        replies = self.send(EVALUATE, nodes, self.content(params))
-        accuracies = [torch.tensor(list(r.content["metrics"]["accuracies"])) for r in replies]
+        replies = [r.content["metrics"] for r in self.send(EVALUATE, nodes,
+                                                           self.content(params))]
+        if self.config.data.rates:
+            scored = [r for r in replies if len(r["scores"])]
+            if not scored:
+                return {}
+            result = rating_result([list(r["scores"]) for r in scored], len(replies),
+                                   sum(int(r["ratings"]) for r in scored))
+            return {f"{on}_{key}": value for key, value in result.as_dict(per_client).items()}
+        accuracies = [torch.tensor(list(r["accuracies"])) for r in replies]
         accuracies = [a for a in accuracies if len(a)]
         if not accuracies:
             return {}
