@@ -1,10 +1,7 @@
 """Rating clients (a phone's user, MovieLens' format) on fedmeta's Flower app: their files
 carry their ratings and item space, their nodes train as the simulation's clients and score
-themselves as new users, and the server's run equals the simulation's. In-process: each
-message goes to the node handler Flower would call (its simulation mode, node
-`partition-id`); `test_flower_deployment` starts real SuperNodes."""
-
-from types import SimpleNamespace
+themselves as new users, and the server's run equals the simulation's (nodes in-process:
+`in_process_flower`; `test_flower_deployment` starts real SuperNodes)."""
 
 import numpy as np
 import pytest
@@ -17,9 +14,8 @@ from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize
 from fedmeta.errors import UserError
-from fedmeta.flower import node
-from fedmeta.flower.messages import DESCRIBE, EVALUATE, TRAIN
-from fedmeta.flower.server_app import FlowerFederation, RemoteClients
+from fedmeta.flower.server_app import RemoteClients
+from in_process_flower import in_process_federation
 from ratings_file import ITEMS, write_ratings
 from test_cli import fedmeta
 
@@ -27,22 +23,10 @@ SMALL = ["model.embedding=8", "model.hidden=8", "task.shots=5", "task.queries=5"
          "eval.shots=5", "server.clients_per_round=4", "server.rounds=3", "eval.every=1",
          "run.checkpoint_every=0", "data.validation_fraction=0.2"]
 
-HANDLER = {DESCRIBE: "describe", TRAIN: "train", EVALUATE: "evaluate"}  # as client_app's
-
 
 @pytest.fixture(scope="module")
 def path(tmp_path_factory):
     return write_ratings(tmp_path_factory.mktemp("ratings") / "ratings.npz", users=30)
-
-
-def in_process(self, message_type, nodes, content):
-    """`FlowerFederation.send` with each node's handler called here, the node of id `p` being
-    Flower simulation's partition `p`."""
-    contents = content if isinstance(content, list) else [content] * len(nodes)
-    handler = node.HANDLERS[HANDLER[message_type]]
-    return [SimpleNamespace(content=handler(record, {"partition-id": p}),
-                            metadata=SimpleNamespace(src_node_id=p))
-            for p, record in zip(nodes, contents)]
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "fedavg-ft"])
@@ -55,9 +39,7 @@ def test_a_rating_federation_on_flower_runs_as_the_simulation(path, tmp_path, mo
         config, tmp_path / "simulated"), False)
     sizes = [experiment.train.num_clients, experiment.validation.num_clients,
              experiment.test.num_clients]
-    monkeypatch.setattr(FlowerFederation, "send", in_process)
-    grid = SimpleNamespace(get_node_ids=lambda: list(range(sum(sizes))))
-    federation = FlowerFederation(grid, config)
+    federation = in_process_federation(config, sum(sizes), monkeypatch)
     assert federation.spaces == {"num-classes": 1, "num-items": ITEMS}
     assert [len(federation.train_nodes), *map(len, federation.held_out_nodes.values())] == sizes
     deployed = train_and_summarize(federation, RunDirectory.create(config, tmp_path / "flower"),

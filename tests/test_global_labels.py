@@ -1,16 +1,19 @@
 """Tasks with the dataset's own labels (`task.labels = "global"`, fedmeta.data.own_tasks):
 Per-FedAvg's minibatches on label-skewed clients, LEAF's per-user split of new clients."""
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, strategies as st
 
 from fedmeta.build import build_experiment
-from fedmeta.config import load_config
+from fedmeta.config import load_config, validate
 from fedmeta.data import ClientData, NotEnoughData, OwnExamplesSampler
 from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
 from fedmeta.learners.maml import MAML
+from in_process_flower import in_process_federation
+from test_data_shakespeare import arrays as shakespeare_arrays, text_config
 from test_personalized_protocol import SMALL, installed
 from tiny import DIM, feature_client, mlp_learner
 
@@ -109,3 +112,28 @@ def test_clients_too_small_for_a_task_are_skipped_and_label_flips_keep_the_label
     client = experiment.train.client(0)
     _, flipped = experiment.attack.poison(experiment.learner, client, 10)
     assert torch.equal(flipped.y, 9 - client.y)
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "shakespeare"])
+def test_tasks_with_the_dataset_s_labels_run_on_flower_s_nodes_as_simulated(
+        dataset, tmp_path, monkeypatch):
+    """Nodes in Flower's simulation mode (in-process), each a client of the config: the
+    same global head (the dataset's label space, LEAF's 80 characters for text), the same
+    rounds as the simulation; every held-out node scores tasks of its own examples."""
+    if dataset == "synthetic":
+        config = load_config(None, SYNTHETIC + ["learner.algorithm='perfedavg-fo'",
+                                                "server.rounds=2", "server.clients_per_round=4",
+                                                "eval.every=0"])
+    else:
+        np.savez(tmp_path / "shakespeare.npz", **shakespeare_arrays())
+        config = validate(text_config(tmp_path / "shakespeare.npz", "maml"))
+    experiment = build_experiment(config)
+    simulated = Simulation(experiment).run()
+    nodes = sum(d.num_clients for d in (experiment.train, experiment.validation,
+                                        experiment.test))
+    federation = in_process_federation(config, nodes, monkeypatch)
+    deployed = federation.run()
+    for key, value in simulated.items():
+        torch.testing.assert_close(deployed[key], value, rtol=1e-5, atol=1e-7)
+    result = federation.evaluate(deployed, 0)
+    assert result["test_clients"] == experiment.test.num_clients

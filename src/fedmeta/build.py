@@ -342,8 +342,7 @@ def check_deployable(config: Config) -> None:
     SCAFFOLD (a node keeps its new control variate even when the server drops its late reply
     or aborts the round, and the server's c would stop being the clients' mean), or a
     client's own held-out split beside its training data (fedmeta's nodes do not hold one
-    yet), or tasks with the dataset's labels (a node's held-out evaluation draws N-way
-    episodes)."""
+    yet)."""
     algorithm = config.learner.algorithm
     if algorithm == "local":
         raise UserError("local-only clients send nothing: there is nothing to deploy "
@@ -355,9 +354,6 @@ def check_deployable(config: Config) -> None:
         raise UserError(f"{config.data.dataset}'s held-out data are each training client's own "
                         "splits, which fedmeta's Flower nodes do not hold yet: run it with "
                         "`fedmeta run`")
-    if global_labels(config):  # a node's held-out evaluation draws N-way episodes
-        raise UserError(f"{global_label_tasks(config)} do not run on fedmeta's Flower nodes "
-                        "yet: run it with `fedmeta run`")
 
 
 def sample_privacy(config: Config) -> dict[str, float]:

@@ -113,12 +113,14 @@ def simulated_datasets(config_json: str) -> Datasets:
 
 
 class NodeClient(NamedTuple):
-    """A node's client: its id, its data, its role ("train", "val" or "test") and the item
-    space its ratings index (0 unless a rating client)."""
+    """A node's client: its id, its data, its role ("train", "val" or "test"), the label space
+    it knows (its file's labels 0..max, 1 for ratings; in Flower's simulation the config's
+    dataset's) and the item space its ratings index (0 unless a rating client)."""
 
     client_id: int
     data: ClientData
     role: str
+    num_classes: int
     num_items: int
 
 
@@ -129,14 +131,15 @@ def node_client(settings: Any, node: dict[str, Any]) -> NodeClient:
         client_id, client, num_items = local_client(str(node["data-path"]))
         role = ("test" if node.get("held-out", False) else
                 "val" if node.get("validation", False) else "train")
-        return NodeClient(client_id, client, role, num_items)
+        classes = 1 if client.y.is_floating_point() else int(client.y.max()) + 1
+        return NodeClient(client_id, client, role, classes, num_items)
     partition = int(node["partition-id"])
     first = 0
     for role, clients in zip(("train", "val", "test"),
                              simulated_datasets(str(settings["fedmeta"]))):
         if partition < first + clients.num_clients:
             return NodeClient(partition, clients.client(partition - first), role,
-                              clients.num_items)
+                              clients.num_classes, clients.num_items)
         first += clients.num_clients
     raise UserError(f"node partition-id {partition}: the config has only {first} clients")
 
@@ -158,13 +161,12 @@ def node_learner(settings: Any, node: dict[str, Any],
 
 def describe(content: RecordDict, node: dict[str, Any]) -> RecordDict:
     """The node's client as the server needs to know it: id, example count, input shape,
-    classes (1 for ratings: one output), item space, role; the simulated clients' counts (in
-    Flower's simulation); the public part of its CKKS key, if it holds one."""
-    client_id, client, role, num_items = node_client(content["config"], node)
-    classes = 1 if client.y.is_floating_point() else int(client.y.max()) + 1
+    label space, item space, role; the simulated clients' counts (in Flower's simulation);
+    the public part of its CKKS key, if it holds one."""
+    client_id, client, role, num_classes, num_items = node_client(content["config"], node)
     record = ConfigRecord({"client-id": client_id, "num-examples": len(client),
-                           "input-shape": list(input_shape(client)), "num-classes": classes,
-                           "num-items": num_items, "role": role})
+                           "input-shape": list(input_shape(client)),
+                           "num-classes": num_classes, "num-items": num_items, "role": role})
     if "data-path" not in node:  # a partition of Flower's simulation
         record["simulated-clients"] = [clients.num_clients for clients in simulated_datasets(
             str(content["config"]["fedmeta"]))]
@@ -179,7 +181,7 @@ def local_update(settings: Any, node: dict[str, Any],
     """The node's client update from the params the server sent it, as arrays in the order of
     the learner's `client_model`, and its personal state, which it keeps (None: too little
     data)."""
-    client_id, client, _, _ = node_client(settings, node)
+    client_id, client, *_ = node_client(settings, node)
     config, learner = node_learner(settings, node, client)
     params = from_arrays(arrays, learner.client_model(learner.init_params()))
     round_index = int(settings["round"])
@@ -260,7 +262,7 @@ def evaluate(content: RecordDict, node: dict[str, Any]) -> RecordDict:
     """Meta-test on the node's own classes: adapt on each episode's support set, score its
     query set. A rating client is scored as a new user (`fedmeta.ratings`): adapted on its
     first `eval.shots` ratings, its (MAE, RMSE, NDCG@10) on all the later ones."""
-    client_id, client, _, _ = node_client(content["config"], node)
+    client_id, client, *_ = node_client(content["config"], node)
     config, learner = node_learner(content["config"], node, client)
     params = learner.on_device({k: owned(v) for k, v in
                                 content["arrays"].to_torch_state_dict().items()})
