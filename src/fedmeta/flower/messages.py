@@ -1,16 +1,18 @@
 """What the ServerApp and the ClientApp say to each other (Flower Message API records).
 
-- `query.describe` -> the node's client id, example count, input shape, class count, role
-  and, if it holds a CKKS key, the key's public part;
+- `query.describe` -> the node's client id, example count, input shape, label space, item
+  space (a rating client's), role and, if it holds a CKKS key, the key's public part;
 - `train.update` (params, round, config) -> the client's delta (or, with CKKS, its weighted delta
   encrypted), its weight and mean local loss;
 - `query.decrypt` (an encrypted sum) -> its plaintext, from a key holder;
-- `evaluate` (params) -> accuracy over episodes of the node's own classes;
+- `evaluate` (params) -> accuracy over episodes (or tasks) of the node's own data, or a
+  rating client's MAE, RMSE and NDCG@10 as a new user;
 - `query.ping` -> nothing: the round trip of a no-op ClientApp, Flower's own floor;
 - `train` (legacy FitIns, under Flower's SecAgg+ workflow) -> the client's delta as FitRes,
   which `secaggplus_mod` masks before it leaves the node.
 
-The fedmeta config travels with every message as JSON, so both sides build the same learner.
+The fedmeta config travels with every message as JSON, with the label and item spaces the
+server's learner has, so both sides build the same learner.
 """
 
 import os
