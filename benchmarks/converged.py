@@ -10,7 +10,7 @@ reads the finished ones' summaries. Settings and hyperparameters are `accuracy.p
 `--set` overrides after them (a recipe: e.g. wider training episodes and a cosine rate), which
 each result row records; the published centralized numbers stand beside the federated ones.
 
-    python benchmarks/converged.py --data ../shared/data --runs runs/converged \
+    python benchmarks/converged.py --data ../shared/data --runs runs/converged \\
         --settings omniglot-5w1s --algorithms protonet maml --out results.jsonl \\
         --set task.ways=20 learner.lr_schedule="'cosine'" server.rounds=2000
 """
