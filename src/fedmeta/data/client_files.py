@@ -76,6 +76,12 @@ def rating_items(path: str | Path, num_items: np.ndarray | None, x: np.ndarray,
     return int(num_items)
 
 
+def label_space(y: torch.Tensor) -> int:
+    """The label space a client file's targets show: its labels 0..max, 1 for ratings (one
+    output), as a deployment's server counts it."""
+    return 1 if y.is_floating_point() else int(y.max()) + 1 if len(y) else 0
+
+
 def clients_federated(paths: list[Path]) -> FederatedDataset:
     """Client files as a federation, client `i` the file whose `client_id` is `i`-th smallest
     (so seeded draws match a deployment over the same files), its label space the files'
@@ -90,10 +96,8 @@ def clients_federated(paths: list[Path]) -> FederatedDataset:
     sizes = np.cumsum([0] + [len(c) for c in clients])
     masks = [c.query_mask for c in clients]
     query_mask = None if any(m is None for m in masks) else torch.cat(masks).numpy()
-    labels = torch.cat([c.y for c in clients]).numpy()
-    num_items = items.pop() if items else 0
+    labels = torch.cat([c.y for c in clients])
     return ArrayFederatedDataset(
-        "clients", torch.cat([c.x for c in clients]).numpy(), labels,
+        "clients", torch.cat([c.x for c in clients]).numpy(), labels.numpy(),
         [np.arange(a, b) for a, b in zip(sizes[:-1], sizes[1:])], query_mask,
-        num_classes=None if num_items else int(labels.max()) + 1 if len(labels) else 0,
-        num_items=num_items)
+        num_classes=label_space(labels), num_items=items.pop() if items else 0)

@@ -36,7 +36,7 @@ from fedmeta.build import (Datasets, build_client_stage, build_datasets, build_l
 from fedmeta.engine.experiment import learner_at_round
 from fedmeta.config import Config
 from fedmeta.data import ClientData, ColdStartSampler, NotEnoughData
-from fedmeta.data.client_files import load_client
+from fedmeta.data.client_files import label_space, load_client
 from fedmeta.data.federated import float_input_shape
 from fedmeta.seeding import EVAL_STREAM, client_generator, seeded
 from fedmeta.device import HOST, local_precision, to_device
@@ -131,8 +131,7 @@ def node_client(settings: Any, node: dict[str, Any]) -> NodeClient:
         client_id, client, num_items = local_client(str(node["data-path"]))
         role = ("test" if node.get("held-out", False) else
                 "val" if node.get("validation", False) else "train")
-        classes = 1 if client.y.is_floating_point() else int(client.y.max()) + 1
-        return NodeClient(client_id, client, role, classes, num_items)
+        return NodeClient(client_id, client, role, label_space(client.y), num_items)
     partition = int(node["partition-id"])
     first = 0
     for role, clients in zip(("train", "val", "test"),
