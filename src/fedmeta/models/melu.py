@@ -9,6 +9,10 @@ MeLU pools a multi-valued attribute) and its year. ml-latest-small has no user a
 `user.weight` [1, embedding]: the same initialisation for every user, made a user's own by
 adaptation on its support set. MeLU adapts only the decision-making layers on a user's
 ratings (`learner.inner_params = ["mlp.", "head."]`); the embeddings are learned globally.
+
+The movie table starts at zero, not at random: a movie few training users rated then stays
+near its genre and year prior instead of carrying noise the MLP reads as signal (measured in
+BENCHMARKS.md: 2.0% lower MAE on new users than N(0, 0.1) at K = 10).
 """
 
 import torch
@@ -30,8 +34,8 @@ class MeLU(nn.Module):
         self.genre = nn.Linear(genres, embedding, bias=False)
         self.year = nn.Linear(1, embedding)
         self.user = nn.Embedding(1, embedding)
-        for table in (self.item, self.user):
-            nn.init.normal_(table.weight, std=0.1)
+        nn.init.zeros_(self.item.weight)
+        nn.init.normal_(self.user.weight, std=0.1)
         self.mlp = nn.Sequential(nn.Linear(4 * embedding, hidden), nn.ReLU(),
                                  nn.Linear(hidden, hidden), nn.ReLU())
         self.head = nn.Linear(hidden, 1)
