@@ -15,6 +15,7 @@ from fedmeta.cli import main
 from fedmeta.data import EpisodeSampler, Episodes, load_omniglot_arrays, omniglot_federated
 from fedmeta.resume import restore_run
 from fedmeta.engine.rundir import RunDirectory
+from fedmeta.engine.simulation import Simulation
 
 TINY = ["model.hidden=8", "server.rounds=2", "server.clients_per_round=2", "eval.every=1",
         "eval.episodes=10", "eval.final_episodes=20", "task.ways=5", "learner.local_steps=2",
@@ -166,6 +167,25 @@ def test_eval_meta_tests_every_client_of_a_file(tiny_run, tmp_path, capsys):
                      "--num-episodes", 20)["held_out_clients"] == 50
     assert main(["eval", str(tiny_run), "--clients", str(path), "--num-episodes", "20"]) == 0
     assert f"20 episodes from 20 of 20 clients of {path}" in capsys.readouterr().out
+
+
+def test_eval_scores_other_tasks_with_the_kept_model(tiny_run, capsys):
+    """`--set eval.*` scores the run's kept model on other tasks (the demo's ProtoNets at
+    3-way 2-shot) exactly as an experiment built with those settings does; a key that would
+    change the model or its data is refused in one line."""
+    sets = ["eval.ways=3", "eval.shots=2"]
+    other = evaluated(capsys, tiny_run, "--num-episodes", 20, *[a for s in sets
+                                                                for a in ("--set", s)])
+    experiment, *_, (round_index, params, _) = restore_run(
+        RunDirectory.open(tiny_run, "eval"), RunDirectory(tiny_run).latest_checkpoint(),
+        overrides=sets)
+    assert (experiment.config.eval.ways, experiment.config.eval.shots) == (3, 2)
+    direct = Simulation(experiment).evaluate(params, 20)
+    assert (other["accuracy"], other["round"], other["overrides"]) == (
+        direct["test_accuracy"], round_index, sets)
+    assert main(["eval", str(tiny_run), "--set", "task.ways=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "eval --set takes eval.* keys" in err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -109,9 +109,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     if args.num_episodes is not None and args.num_episodes < 1:
         raise UserError(f"--num-episodes must be at least 1, got {args.num_episodes}")
+    for text in args.set:  # the model and its data are the run's: only the evaluation varies
+        if not text.startswith("eval."):
+            raise UserError(f"eval --set takes eval.* keys (the tasks scored), got {text!r}")
     run = RunDirectory.open(args.run_dir, "eval")
     experiment, params, state, round_index, selected = restore_run(
-        run, args.checkpoint or run.latest_checkpoint(), args.device)
+        run, args.checkpoint or run.latest_checkpoint(), args.device, args.set)
     states = state.get(CLIENTS)
     if selected is not None:  # the model the run kept, as its summary meta-tested it
         round_index, params, states = selected
@@ -140,6 +143,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         result = {k.removeprefix("test_"): v for k, v in result.items()}
         result["source"] = source
     result["round"] = round_index
+    if args.set:
+        result["overrides"] = args.set
     if args.json:
         print(json.dumps(result))
     elif "mae" in result:
@@ -287,6 +292,8 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--device", help="evaluate on this device (cpu, cuda, cuda:N, auto) "
                           "instead of the run's run.device")
+    evaluate.add_argument("--set", action="append", default=[], metavar="eval.KEY=VALUE",
+                          help="score other tasks with the same model, e.g. --set eval.ways=20")
     report = add("report", cmd_report, "plots and a self-contained HTML page comparing runs")
     report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     report.add_argument("--out", type=Path, help="report directory (default: RUN_DIR/report of "

@@ -13,14 +13,15 @@ from fedmeta.errors import UserError
 from fedmeta.params import Params
 
 
-def restore_run(run: RunDirectory, checkpoint: Path, device: str | None = None) -> tuple[
-        Experiment, Params, dict, int, Selected | None]:
-    """What the config of `run` builds, on `device` (None: its `run.device`; checkpoints hold
-    host tensors, so any device reads any run's), with `checkpoint` restored into it:
-    (experiment, params, run state, the checkpoint's round, the round selected by then with
-    its params and clients' personal states, if any)."""
-    experiment = build_experiment(load_config(run.config_path,
-                                              [f"run.device={device}"] if device else []))
+def restore_run(run: RunDirectory, checkpoint: Path, device: str | None = None,
+                overrides: list[str] = ()) -> tuple[Experiment, Params, dict, int,
+                                                    Selected | None]:
+    """What the config of `run`, with `overrides` after it, builds on `device` (None: its
+    `run.device`; checkpoints hold host tensors, so any device reads any run's), with
+    `checkpoint` restored into it: (experiment, params, run state, the checkpoint's round, the
+    round selected by then with its params and clients' personal states, if any)."""
+    experiment = build_experiment(load_config(
+        run.config_path, [*overrides, *([f"run.device={device}"] if device else [])]))
     initial = experiment.learner.init_params()
     state = experiment.initial_state(initial)
     read = read_checkpoint(checkpoint)  # once: params, state and selection
