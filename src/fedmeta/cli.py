@@ -18,7 +18,7 @@ from fedmeta.bench.workloads import WORKLOADS
 from fedmeta.build import (OWN_SPLITS, TEXT, build_datasets, build_experiment, build_new_clients,
                            build_vertical)
 from fedmeta.config import Config, load_config
-from fedmeta.data.client_files import save_client
+from fedmeta.data.client_files import save_client, save_role
 from fedmeta.resume import restore_run, resume
 from fedmeta.atomic import write_atomic, write_atomic_bytes
 from fedmeta.engine.client_state import CLIENTS
@@ -220,10 +220,7 @@ def cmd_export_clients(args: argparse.Namespace) -> None:
     if config.data.dataset in OWN_SPLITS:
         raise UserError(f"{config.data.dataset}'s held-out data are each client's own splits; "
                         "export-clients writes whole clients (omniglot, femnist, synthetic, "
-                        "movielens)")
-    if config.data.dataset in TEXT:
-        raise UserError(f"export-clients writes clients of examples (omniglot, femnist, "
-                        f"synthetic) or ratings (movielens), not {config.data.dataset}'s text")
+                        "movielens, shakespeare)")
     train, validation, test = build_datasets(config)
     if args.clients is not None and not 1 <= args.clients <= train.num_clients:
         raise UserError(f"--clients must be in [1, {train.num_clients}], got {args.clients}")
@@ -238,8 +235,11 @@ def cmd_export_clients(args: argparse.Namespace) -> None:
     client_id = 0
     for prefix, (count, clients) in counts.items():
         for i in range(count):
-            save_client(args.out / f"{prefix}_{i:05d}.npz", clients.client(i), client_id,
-                        clients.num_items)
+            path = args.out / f"{prefix}_{i:05d}.npz"
+            if config.data.dataset in TEXT:
+                save_role(path, clients, i, client_id)
+            else:
+                save_client(path, clients.client(i), client_id, clients.num_items)
             client_id += 1
     print(f"wrote {counts['client'][0]} training, {counts['validation'][0]} meta-validation and "
           f"{counts['heldout'][0]} held-out client files to {args.out}")

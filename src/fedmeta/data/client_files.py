@@ -5,10 +5,14 @@ An `.npz` with `x` (uint8 images [n, H, W] or float32 features [n, d]), `y` (int
 reproduces a simulation) and, optionally, `query_mask` (its own query split). A rating client
 (a phone's user, `fedmeta.data.movielens`) holds its ratings as float32 `y`, in the order it
 gave them, and `num_items`: the item space its features' column 0 indexes, the run's model's.
+A speaking role (`fedmeta.data.shakespeare`) is a Shakespeare file of that one role (`text`,
+`offsets`, `split_point`, `vocab`) with its `client_id`: the node draws its 80-character
+windows from its text, as the simulation does from the corpus.
 Loaded without pickle; every field is checked, so a bad file fails with one line naming it.
 """
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -16,7 +20,19 @@ import torch
 from fedmeta.atomic import atomic_path
 from fedmeta.data.federated import ArrayFederatedDataset, ClientData, FederatedDataset
 from fedmeta.data.npz import check_column, data_error, described, load_npz
+from fedmeta.data.shakespeare import (ROLE_ARRAYS, VOCAB, TextFederatedDataset, checked_roles,
+                                      roles_federated, sample_counts)
 from fedmeta.errors import UserError
+
+
+class ClientFile(NamedTuple):
+    """A client file's client: its id, its data, the label space it shows (its labels 0..max,
+    1 for ratings, LEAF's vocabulary for a role) and its item space (0 unless ratings)."""
+
+    client_id: int
+    data: ClientData
+    num_classes: int
+    num_items: int
 
 
 def save_client(path: Path, client: ClientData, client_id: int, num_items: int = 0) -> None:
@@ -27,14 +43,33 @@ def save_client(path: Path, client: ClientData, client_id: int, num_items: int =
         arrays["query_mask"] = client.query_mask.numpy()
     if num_items:
         arrays["num_items"] = np.int64(num_items)
+    write_client(path, arrays)
+
+
+def save_role(path: Path, roles: TextFederatedDataset, i: int, client_id: int) -> None:
+    """Write role `i` of `roles` as its client's file."""
+    write_client(path, {**roles.role_arrays(i), "client_id": np.int64(client_id)})
+
+
+def write_client(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_path(path, ".tmp.npz") as tmp:  # numpy would add .npz to another name
         np.savez_compressed(tmp, **arrays)
 
 
-def load_client(path: str | Path) -> tuple[int, ClientData, int]:
-    """(client id, its data, its item space: 0 unless a rating client) from a client file."""
-    arrays = load_npz(path, ("x", "y", "client_id"), optional=("query_mask", "num_items"))
-    x, y, client_id = arrays["x"], arrays["y"], arrays["client_id"]
+def load_client(path: str | Path) -> ClientFile:
+    """The client of a client file, checked."""
+    arrays = load_npz(path, ("client_id",), optional=("x", "y", "query_mask", "num_items",
+                                                      *ROLE_ARRAYS))
+    client_id = arrays["client_id"]
+    if client_id.shape != () or client_id.dtype.kind not in "iu" or client_id < 0:
+        raise data_error(path, f"client_id must be one non-negative integer, "
+                               f"got {described(client_id)}")
+    if "text" in arrays:
+        return ClientFile(int(client_id), role(path, arrays), len(VOCAB), 0)
+    missing = [key for key in ("x", "y") if key not in arrays]
+    if missing:
+        raise data_error(path, f"missing arrays {', '.join(missing)}")
+    x, y = arrays["x"], arrays["y"]
     images, features = x.dtype == np.uint8 and x.ndim == 3, x.dtype == np.float32 and x.ndim >= 2
     if not (images or features) or not x.size:
         raise data_error(path, f"x must be uint8 images [n, H, W] or float32 features [n, d], "
@@ -48,15 +83,26 @@ def load_client(path: str | Path) -> tuple[int, ClientData, int]:
     if y.min() < 0:
         raise data_error(path, f"y has a negative {'rating' if num_items else 'label'} "
                                f"({y.min()})")
-    if client_id.shape != () or client_id.dtype.kind not in "iu" or client_id < 0:
-        raise data_error(path, f"client_id must be one non-negative integer, "
-                               f"got {described(client_id)}")
     mask = arrays.get("query_mask")
     if mask is not None and (mask.dtype != np.bool_ or mask.shape != y.shape):
         raise data_error(path, f"query_mask must be {len(y)} booleans, got {described(mask)}")
-    return int(client_id), ClientData(
+    data = ClientData(
         torch.from_numpy(x), torch.from_numpy(y.astype(np.float32 if num_items else np.int64)),
-        None if mask is None else torch.from_numpy(mask)), num_items
+        None if mask is None else torch.from_numpy(mask))
+    return ClientFile(int(client_id), data, label_space(data.y), num_items)
+
+
+def role(path: str | Path, arrays: dict[str, np.ndarray]) -> ClientData:
+    """A role file's client: one role with a support and a query sample at least."""
+    missing = [key for key in ROLE_ARRAYS if key not in arrays]
+    if missing:
+        raise data_error(path, f"missing arrays {', '.join(missing)} (a role's text has them)")
+    tokens, bounds = checked_roles(path, arrays)
+    support, query = sample_counts(bounds)
+    if len(bounds) != 1 or support[0] < 1 or query[0] < 1:
+        raise data_error(path, "a role's file holds one role with a support and a query "
+                               "sample (over 80 characters before its split point)")
+    return TextFederatedDataset(str(path), torch.from_numpy(tokens), bounds).client(0)
 
 
 def rating_items(path: str | Path, num_items: np.ndarray | None, x: np.ndarray,
@@ -86,10 +132,15 @@ def clients_federated(paths: list[Path]) -> FederatedDataset:
     """Client files as a federation, client `i` the file whose `client_id` is `i`-th smallest
     (so seeded draws match a deployment over the same files), its label space the files'
     labels 0..max, as a deployment's server counts it (a global head fits either); rating
-    clients' files must share one item space."""
-    loaded = sorted((load_client(path) for path in paths), key=lambda file: file[0])
-    clients = [client for _, client, _ in loaded]
-    items = {num_items for _, _, num_items in loaded}
+    clients' files must share one item space; role files form their roles' corpus."""
+    loaded = sorted((load_client(path) for path in paths), key=lambda file: file.client_id)
+    clients = [file.data for file in loaded]
+    roles = [file.data.x.dtype == torch.int64 for file in loaded]  # windows of a text
+    if any(roles):
+        if not all(roles):
+            raise UserError("data error: the client files mix roles' text with examples")
+        return roles_federated("clients", clients)
+    items = {file.num_items for file in loaded}
     if len(items) > 1:
         raise UserError(f"data error: the client files index different item spaces "
                         f"(num_items {sorted(items)})")

@@ -69,15 +69,31 @@ class TextFederatedDataset(FederatedDataset):
     def num_classes(self) -> int:
         return len(VOCAB)
 
+    def role_arrays(self, i: int) -> dict[str, np.ndarray]:
+        """Role `i` alone as a Shakespeare file's arrays (newlines read as spaces), the file a
+        deployed node of that role holds (`fedmeta.data.client_files`)."""
+        start, split, end = (int(b) for b in self._bounds[self._check_index(i)])
+        ascii_of = np.frombuffer(VOCAB.encode("ascii"), np.uint8)
+        return {"text": ascii_of[self._tokens[start:end].numpy()],
+                "offsets": np.array([0, end - start]), "split_point": np.array([split - start]),
+                "vocab": np.array([VOCAB])}
+
     def subset(self, name: str, clients: Sequence[int]) -> TextFederatedDataset:
         """The clients at positions `clients`, in that order, over the same corpus."""
         return TextFederatedDataset(name, self._tokens, self._bounds[list(clients)])
 
 
+ROLE_ARRAYS = ("text", "offsets", "split_point", "vocab")  # a Shakespeare file's
+
+
 def read_roles(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(tokens [N], bounds [C, 3]: each role's start, split and end) of a Shakespeare npz,
     validated: one line naming the file for any fault."""
-    a = load_npz(path, ("text", "offsets", "split_point", "vocab"))
+    return checked_roles(path, load_npz(path, ROLE_ARRAYS))
+
+
+def checked_roles(path: str | Path, a: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """`read_roles` of the arrays `a` read from `path`."""
     text, offsets, split, vocab = a["text"], a["offsets"], a["split_point"], a["vocab"]
     if vocab.shape != (1,) or vocab.dtype.kind != "U" or vocab[0] != VOCAB:
         raise data_error(path, f"vocab must be LEAF's 80 characters, one string, got "
@@ -100,6 +116,16 @@ def read_roles(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if tokens is None:
         raise data_error(path, "text holds a character outside LEAF's vocabulary")
     return tokens, np.stack([starts, starts + split.astype(np.int64), ends], 1)
+
+
+def roles_federated(name: str, roles: Sequence[ClientData]) -> TextFederatedDataset:
+    """Roles as `TextFederatedDataset.client` gives them, one corpus again: a role's text is
+    its first window, then every target; its split, where its first query target lies."""
+    texts = [torch.cat([role.x[0], role.y]) for role in roles]
+    starts = np.cumsum([0] + [len(text) for text in texts])[:-1]
+    splits = [WINDOW + int(role.query_mask.int().argmax()) for role in roles]
+    bounds = np.stack([starts, starts + splits, starts + [len(t) for t in texts]], 1)
+    return TextFederatedDataset(name, torch.cat(texts), bounds.astype(np.int64))
 
 
 def sample_counts(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -4,13 +4,14 @@ content and the node's config (`--node-config`) and returns the reply's content.
 (`fedmeta.flower.node_worker`) or in-process in Flower's simulation.
 
 A deployed node's config names its data file (`data-path`, see `fedmeta.data.client_files`:
-a phone's user's ratings too, scored as a new user by MAE, RMSE and NDCG@10 when held out),
-whether the client is held out for evaluation only, as a meta-test client (`held-out`) or a
-meta-validation one (`validation`), and, for CKKS aggregation, the shared secret-key context
-(`ckks-key`, written by `fedmeta ckks-keys`). The data never leaves the node, only params
-deltas (or their encryption) and metrics do. In Flower's simulation a node has only a
-`partition-id`: it is client `partition-id` of the config's training, then meta-validation,
-then meta-test clients (`build_datasets`), numbered on.
+a phone's user's ratings too, scored as a new user by MAE, RMSE and NDCG@10 when held out,
+and a speaking role's text), whether the client is held out for evaluation only, as a
+meta-test client (`held-out`) or a meta-validation one (`validation`), and, for CKKS
+aggregation, the shared secret-key context (`ckks-key`, written by `fedmeta ckks-keys`). The
+data never leaves the node, only params deltas (or their encryption) and metrics do. In
+Flower's simulation a node has only a `partition-id`: it is client `partition-id` of the
+config's training, then meta-validation, then meta-test clients (`build_datasets`), numbered
+on.
 
 A client of a learner that keeps personal state (`Learner.keeps_state`: Ditto's personal model,
 FedPer's head, FedBN's norms) keeps it in the node's process, for the run of the message
@@ -36,7 +37,7 @@ from fedmeta.build import (Datasets, build_client_stage, build_datasets, build_l
 from fedmeta.engine.experiment import learner_at_round
 from fedmeta.config import Config
 from fedmeta.data import ClientData, ColdStartSampler, NotEnoughData
-from fedmeta.data.client_files import label_space, load_client
+from fedmeta.data.client_files import ClientFile, load_client
 from fedmeta.data.federated import float_input_shape
 from fedmeta.seeding import EVAL_STREAM, client_generator, seeded
 from fedmeta.device import HOST, local_precision, to_device
@@ -62,11 +63,11 @@ def version(path: str) -> tuple[str, int, int]:
 
 
 @lru_cache(maxsize=4)
-def loaded_client(path: str, mtime_ns: int, size: int) -> tuple[int, ClientData, int]:
+def loaded_client(path: str, mtime_ns: int, size: int) -> ClientFile:
     return load_client(path)
 
 
-def local_client(path: str) -> tuple[int, ClientData, int]:
+def local_client(path: str) -> ClientFile:
     return loaded_client(*version(path))
 
 
@@ -115,7 +116,8 @@ def simulated_datasets(config_json: str) -> Datasets:
 class NodeClient(NamedTuple):
     """A node's client: its id, its data, its role ("train", "val" or "test"), the label space
     it knows (its file's labels 0..max, 1 for ratings; in Flower's simulation the config's
-    dataset's) and the item space its ratings index (0 unless a rating client)."""
+    dataset's, LEAF's vocabulary for a role) and the item space its ratings index (0 unless a
+    rating client)."""
 
     client_id: int
     data: ClientData
@@ -128,10 +130,10 @@ def node_client(settings: Any, node: dict[str, Any]) -> NodeClient:
     """This node's client; `settings`: the config record of the message (it carries the
     fedmeta config)."""
     if "data-path" in node:
-        client_id, client, num_items = local_client(str(node["data-path"]))
+        file = local_client(str(node["data-path"]))
         role = ("test" if node.get("held-out", False) else
                 "val" if node.get("validation", False) else "train")
-        return NodeClient(client_id, client, role, label_space(client.y), num_items)
+        return NodeClient(file.client_id, file.data, role, file.num_classes, file.num_items)
     partition = int(node["partition-id"])
     first = 0
     for role, clients in zip(("train", "val", "test"),
