@@ -5,6 +5,7 @@ parts only."""
 
 import json
 import shutil
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from fedmeta.flower import node
 from fedmeta.flower.messages import config_message
 from fedmeta.flower.server_app import FlowerFederation
 from fedmeta.learners.fedavg import FedAvg
+from in_process_flower import in_process_federation
 from test_resume import assert_same_run
 from test_validation import Spy
 from tiny import feature_client, mlp_learner
@@ -66,7 +68,6 @@ def test_a_global_head_scores_each_held_out_example_as_it_predicts_it():
 
 @pytest.mark.parametrize("settings,message", [
     (["learner.algorithm='local'"], "nothing to deploy"),
-    (["learner.algorithm='scaffold'", "learner.optimizer='sgd'"], "dropped"),
     (["data.dataset='fashion-mnist'"], "own splits")])
 def test_flower_refuses_what_a_deployment_cannot_do(settings, message):
     with pytest.raises(UserError, match=message):
@@ -100,6 +101,70 @@ def test_a_flower_node_keeps_its_client_s_state_as_the_simulation_keeps_it(algor
             for k, v in expected.deltas.items():
                 torch.testing.assert_close(delta[k], v[row], rtol=0, atol=1e-6)
         params, state, _ = simulation.round(round_index, params, state)
+
+
+def train_message(config, experiment, params, round_index, **values) -> RecordDict:
+    return RecordDict({"arrays": ArrayRecord(params), "config": ConfigRecord(config_message(
+        config, round=round_index, **{"num-classes": experiment.train.num_classes,
+                                      "num-items": experiment.train.num_items}, **values))})
+
+
+def test_a_scaffold_node_makes_a_control_variate_its_own_once_the_server_used_its_reply(
+        monkeypatch):
+    """Three rounds of six Synthetic clients, half a round: told the round its last reply was
+    used in (`released-round`), each node's update equals the simulation's from the control
+    variate c_i the simulation keeps; told otherwise, a node goes on from the c_i it had,
+    as the simulation does when a round is not released."""
+    monkeypatch.setattr(node, "PERSONAL", OrderedDict())
+    config = load_config(None, ["data.dataset='synthetic'", "data.num_clients=6",
+                                "model.name='mlp'", "model.hidden=8", "learner.optimizer='sgd'",
+                                "learner.lr=0.05", "learner.local_steps=2",
+                                "learner.batch_size=8", "server.clients_per_round=3",
+                                "eval.every=0", "learner.algorithm='scaffold'"])
+    experiment = build_experiment(config)
+    simulation = Simulation(experiment)
+    params = experiment.learner.init_params()
+    state = experiment.initial_state(params)
+    released = {}
+
+    def replies(round_index, params, rows, released):
+        for row, client in enumerate(rows.clients.tolist()):
+            reply = node.train(train_message(config, experiment, params, round_index, **{
+                "released-round": released.get(client, -1)}), {"partition-id": client})
+            delta = reply["arrays"].to_torch_state_dict()
+            for k, v in rows.deltas.items():
+                torch.testing.assert_close(delta[k], v[row], rtol=0, atol=1e-6)
+    for round_index in (1, 2, 3):
+        rows = simulation.gather(round_index, params, state[CLIENTS]).rows
+        replies(round_index, params, rows, released)
+        before, (params, state, _) = state, simulation.round(round_index, params, state)
+        released.update(dict.fromkeys(rows.clients.tolist(), round_index))
+    # round 3 not released after all: its clients' next rounds go on from what they had before
+    rows = simulation.gather(4, params, before[CLIENTS]).rows
+    assert set(rows.clients.tolist()) & {c for c, r in released.items() if r == 3}
+    replies(4, params, rows, {c: r for c, r in released.items() if r < 3})
+
+
+def test_scaffold_deployed_on_client_files_ends_as_the_simulation(tmp_path, monkeypatch):
+    """The ServerApp's federation (nodes in-process, each holding its exported client file)
+    tells each node which of its replies it used, and ends with the simulation's model and
+    control variate."""
+    monkeypatch.setattr(node, "PERSONAL", OrderedDict())
+    (tmp_path / "c.toml").write_text("[data]\ndataset = 'synthetic'\nnum_clients = 8\n")
+    assert main(["export-clients", str(tmp_path / "c.toml"), str(tmp_path / "files")]) == 0
+    config = load_config(tmp_path / "c.toml", [
+        "model.name='mlp'", "model.hidden=8", "learner.optimizer='sgd'", "learner.lr=0.05",
+        "learner.local_steps=2", "learner.batch_size=8", "server.clients_per_round=3",
+        "server.rounds=4", "eval.every=0", "learner.algorithm='scaffold'"])
+    simulated = Simulation(build_experiment(config)).run()
+    federation = in_process_federation(config, [
+        {"data-path": str(path)} for path in sorted((tmp_path / "files").glob("*.npz"))],
+        monkeypatch)
+    deployed = federation.run()
+    for key, value in simulated.items():
+        torch.testing.assert_close(deployed[key], value, rtol=1e-5, atol=1e-7)
+    assert any(k.startswith("control.") and v.abs().sum() > 0 for k, v in deployed.items())
+    assert set(federation.released.values()) <= {1, 2, 3, 4} and 4 in federation.released.values()
 
 
 @pytest.mark.parametrize("settings,message", [

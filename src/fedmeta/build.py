@@ -339,17 +339,12 @@ def rates_new_users(cls: type[Learner]) -> bool:
 
 def check_deployable(config: Config) -> None:
     """UserError for what a deployment cannot do: local-only training (nothing to deploy),
-    SCAFFOLD (a node keeps its new control variate even when the server drops its late reply
-    or aborts the round, and the server's c would stop being the clients' mean), or a
-    client's own held-out split beside its training data (fedmeta's nodes do not hold one
-    yet)."""
+    or a client's own held-out split beside its training data (fedmeta's nodes do not hold
+    one yet)."""
     algorithm = config.learner.algorithm
     if algorithm == "local":
         raise UserError("local-only clients send nothing: there is nothing to deploy "
                         "(`fedmeta run` gives the local-only reference)")
-    if algorithm == "scaffold":
-        raise UserError("scaffold on Flower: a node would keep a control variate the server "
-                        "dropped (a late reply, an aborted round): run it with `fedmeta run`")
     if config.data.dataset in OWN_SPLITS:
         raise UserError(f"{config.data.dataset}'s held-out data are each training client's own "
                         "splits, which fedmeta's Flower nodes do not hold yet: run it with "

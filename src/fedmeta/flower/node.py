@@ -17,8 +17,11 @@ A client of a learner that keeps personal state (`Learner.keeps_state`: Ditto's 
 FedPer's head, FedBN's norms) keeps it in the node's process, for the run of the message
 (`personal_states`): a deployed node's long-lived worker holds it from round to round, what
 each round left it (a finite state), whether or not the server used the round's reply; a node
-restarted starts it afresh. Flower's simulation spreads its clients over processes, so it
-refuses such learners.
+restarted starts it afresh. A learner that `commits_state` (SCAFFOLD, whose server keeps its
+control variate the mean of the clients') keeps a round's new state pending instead, and
+makes it its own when a later train message says the server used that round's reply
+(`released-round`), as the simulation keeps only what a released round left. Flower's
+simulation spreads its clients over processes, so it refuses such learners.
 """
 
 from collections import OrderedDict
@@ -94,14 +97,22 @@ def ckks_context(path: str):
     return loaded_context(*version(path))
 
 
-PERSONAL: OrderedDict[str, dict[int, Params]] = OrderedDict()  # run -> client id -> state
+class PersonalStates(NamedTuple):
+    """A run's clients' personal states in this process, by client id: those kept, and for a
+    learner that `commits_state`, each client's last new one with the round that left it."""
+
+    kept: dict[int, Params]
+    pending: dict[int, tuple[int, Params]]
+
+
+PERSONAL: OrderedDict[str, PersonalStates] = OrderedDict()  # by run
 RUNS_KEPT = 4  # a SuperLink may run several at once
 
 
-def personal_states(run: str) -> dict[int, Params]:
-    """The personal states this process keeps for `run` (its id and config), by client id:
-    those of the `RUNS_KEPT` runs messaged last."""
-    PERSONAL.setdefault(run, {})
+def personal_states(run: str) -> PersonalStates:
+    """The personal states this process keeps for `run` (its id and config): those of the
+    `RUNS_KEPT` runs messaged last."""
+    PERSONAL.setdefault(run, PersonalStates({}, {}))
     PERSONAL.move_to_end(run)
     while len(PERSONAL) > RUNS_KEPT:
         PERSONAL.popitem(last=False)
@@ -187,15 +198,22 @@ def local_update(settings: Any, node: dict[str, Any],
     params = from_arrays(arrays, learner.client_model(learner.init_params()))
     round_index = int(settings["round"])
     states = personal_states(f"{node.get('run-id')}:{settings['fedmeta']}")
+    if learner.commits_state:
+        left_in, state = states.pending.pop(client_id, (None, None))
+        if left_in is not None and left_in == int(settings["released-round"]):
+            states.kept[client_id] = state
     try:
         with local_precision(learner.device, config.run.precision):
             update = learner_at_round(learner, config, round_index).client_update(
                 params, client, client_generator(config.seed, round_index, client_id),
-                states.get(client_id))
+                states.kept.get(client_id))
     except NotEnoughData:
         return config, None
     if learner.keeps_state and all(v.isfinite().all() for v in update.state.values()):
-        states[client_id] = update.state
+        if learner.commits_state:
+            states.pending[client_id] = (round_index, update.state)
+        else:
+            states.kept[client_id] = update.state
     return config, update
 
 

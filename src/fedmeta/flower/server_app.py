@@ -128,6 +128,10 @@ class FlowerFederation(Simulation):
             RemoteClients(train), RemoteClients(validation), RemoteClients(test)))
         experiment.holds_client_states = False  # each node keeps its client's
         super().__init__(experiment)
+        # each training client's last round whose reply a released round used, which a node
+        # of a learner that `commits_state` needs to know (`node.local_update`)
+        self.released: dict[int, int] = {}
+        self.reported: list[int] = []  # the training clients whose replies this round has
         self.check_validation()
         self.check_secagg_weights([int(n["num-examples"]) for n in train])
 
@@ -209,6 +213,10 @@ class FlowerFederation(Simulation):
             sent = learner.client_params(params, torch.tensor(cohort, dtype=torch.int64))
             content = [self.content({k: v[i] for k, v in sent.items()}, round=round_index)
                        for i in range(len(nodes))]
+        elif learner.commits_state:
+            content = [self.content(params, round=round_index,
+                                    **{"released-round": self.released.get(c, -1)})
+                       for c in cohort]
         else:
             content = self.content(params, round=round_index)
         replies = self.send(TRAIN, nodes, content)
@@ -224,6 +232,7 @@ class FlowerFederation(Simulation):
             return concatenated([], {k: v[None] for k, v in model.items()}, skipped, {})
         metrics = [r.content["metrics"] for r in replies]
         position = {self.train_nodes[c]: i for i, c in enumerate(cohort)}
+        self.reported = [cohort[position[r.metadata.src_node_id]] for r in replies]
         device = self.experiment.learner.device
         return CohortUpdates(
             to_device(tree_stack(dict(r.content["arrays"].to_torch_state_dict())
@@ -231,6 +240,15 @@ class FlowerFederation(Simulation):
             torch.tensor([float(m["weight"]) for m in metrics], device=device),
             torch.tensor([float(m["loss"]) for m in metrics], device=device), skipped,
             [position[r.metadata.src_node_id] for r in replies])
+
+    def round(self, round_index: int, params: Params,
+              server_state: dict[str, Any]) -> tuple[Params, dict[str, Any], dict[str, Any]]:
+        """`Simulation.round`, noting which clients' replies a released round used."""
+        self.reported = []
+        params, server_state, metrics = super().round(round_index, params, server_state)
+        if "aborted" not in metrics:
+            self.released.update(dict.fromkeys(self.reported, round_index))
+        return params, server_state, metrics
 
     def gather(self, round_index: int, params: Params,
                states: Params | None = None) -> Gathered:

@@ -84,6 +84,9 @@ class Learner(ABC):
     personalized: ClassVar[bool] = False  # a model per client: sends each client its own
     sample_level_dp: ClassVar[bool] = False  # takes sample_clip_norm, sample_noise_multiplier
     keeps_state: ClassVar[bool] = False  # each client keeps a personal state across rounds
+    # a client's new state counts only once the server has used its update (SCAFFOLD's c_i,
+    # whose mean the server's c must stay): a deployed node holds it until told so
+    commits_state: ClassVar[bool] = False
     fits_new_state: ClassVar[bool] = False  # on ratings, a new user fits its own (`adapt`)
     takes_num_clients: ClassVar[bool] = False  # takes num_clients, the training clients' count
     plain_sgd: ClassVar[bool] = False  # needs plain SGD on the clients and x += mean on the server

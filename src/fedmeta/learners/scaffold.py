@@ -50,6 +50,7 @@ def control_part(params: Params) -> Params:
 class Scaffold(FedAvg):
     hyperparameters = ("batch_size", "lr")
     keeps_state = True
+    commits_state = True
     takes_num_clients = True
     plain_sgd = True
 
