@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from flwr.common.config import flatten_dict
@@ -21,6 +22,7 @@ from fedmeta.engine.simulation import Simulation
 from fedmeta.privacy.encryption import CkksKeys
 from flower_deployment import BIN, ENV, Deployment, make_node_key
 from ratings_file import write_ratings
+from test_data_shakespeare import arrays as shakespeare_arrays
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -329,3 +331,50 @@ def test_the_readmes_simulation_recipe_runs_flwr_run_local(tmp_path):
     finally:
         for pid in processes_naming(str(home)):
             os.kill(pid, signal.SIGTERM)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["scaffold", "roles"])
+def test_scaffold_and_speaking_roles_on_supernodes_match_the_simulation(tmp_path, kind):
+    """SuperNodes reading their exported files end as the simulation of the same files:
+    SCAFFOLD's nodes (each holding its control variate until the server says it used the
+    reply) over Synthetic clients, and FedMeta-MAML's over speaking roles (LEAF's text,
+    each node a role's file), the held-out roles scoring their own next characters."""
+    config = tmp_path / "export.toml"
+    if kind == "scaffold":
+        config.write_text("[data]\ndataset = 'synthetic'\nnum_clients = 6\n")
+        overrides = ["data.dataset=synthetic", "data.num_clients=6", "model.name=mlp",
+                     "data.path=unread",  # Synthetic clients are generated
+                     "learner.algorithm=scaffold", "learner.optimizer=sgd", "learner.lr=0.05",
+                     "learner.batch_size=8", "server.rounds=3"]
+        export = ["--clients", "4", "--validation", "1", "--held-out", "1"]
+    else:
+        np.savez(tmp_path / "shakespeare.npz", **shakespeare_arrays())
+        config.write_text(f"[data]\ndataset = 'shakespeare'\npath = '{tmp_path}/shakespeare.npz'"
+                          "\ntest_fraction = 0.34\nvalidation_fraction = 0.25\n"
+                          "[model]\nname = 'char-lstm'\n")
+        overrides = ["data.dataset=shakespeare", f"data.path={tmp_path}/shakespeare.npz",
+                     "data.test_fraction=0.34", "data.validation_fraction=0.25",
+                     "model.name=char-lstm", "learner.algorithm=maml", "task.shots=4",
+                     "task.queries=4", "eval.shots=4", "eval.queries=4",
+                     "server.clients_per_round=2"]
+        export = ["--validation", "1", "--held-out", "2"]
+    assert cli(["export-clients", str(config), str(tmp_path / "clients"), *export]) == 0
+    files, validation, held_out = (sorted((tmp_path / "clients").glob(f"{prefix}_*.npz"))
+                                   for prefix in ("client", "validation", "heldout"))
+    overrides = OVERRIDES + overrides + [f"run.out_dir={tmp_path / 'run'}"]
+    with Deployment(tmp_path / "deployment") as deployment:
+        deployment.start_superlink()
+        start_nodes(deployment, files, held_out, None, validation)
+        status = deployment.run(APP, run_config(overrides))
+        assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
+    expected, _ = simulated_run(simulation(files, validation, held_out, overrides))
+    rounds = validate(app_config(overrides)).server.rounds
+    got = final_params(tmp_path / "run", rounds)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
+    if kind == "roles":
+        (run,) = (tmp_path / "run").iterdir()
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["meta_test"]["clients"] == len(held_out)
