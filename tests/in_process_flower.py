@@ -1,8 +1,7 @@
 """fedmeta's Flower ServerApp with its nodes in this process: each message goes straight to
 the node handler Flower would call, with the node config it would pass (a `partition-id` of
 its simulation mode, or a deployed node's client file), so a federation runs without Flower's
-processes. The real thing, with
-SuperLink and SuperNodes, is `test_flower_deployment`."""
+processes. The real thing, with SuperLink and SuperNodes, is `test_flower_deployment`."""
 
 from types import SimpleNamespace
 

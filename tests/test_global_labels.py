@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from fedmeta.build import build_datasets, build_experiment
+from fedmeta.build import build_experiment
 from fedmeta.cli import main
 from fedmeta.config import load_config, validate
 from fedmeta.data import ClientData, NotEnoughData, OwnExamplesSampler
@@ -115,17 +115,16 @@ def test_clients_too_small_for_a_task_are_skipped_and_label_flips_keep_the_label
     assert torch.equal(flipped.y, 9 - client.y)
 
 
-def role_files(raw: dict, tmp_path) -> list[dict]:
-    """The roles of the config `raw` exported by `fedmeta export-clients`, as deployed
-    nodes' configs."""
+def role_files(raw: dict, experiment, tmp_path) -> list[dict]:
+    """The roles of `experiment`, of the config `raw`, exported by `fedmeta export-clients`,
+    as deployed nodes' configs."""
     toml = tmp_path / "c.toml"
     toml.write_text("".join(f"[{section}]\n" + "".join(f"{key} = {value!r}\n"
                                                        for key, value in raw[section].items())
                             for section in ("data", "model")))
-    config = validate(raw)
-    train, validation, test = build_datasets(config)
     assert main(["export-clients", str(toml), str(tmp_path / "roles"), "--validation",
-                 str(validation.num_clients), "--held-out", str(test.num_clients)]) == 0
+                 str(experiment.validation.num_clients), "--held-out",
+                 str(experiment.test.num_clients)]) == 0
     flags = {"client": {}, "validation": {"validation": True}, "heldout": {"held-out": True}}
     return [{"data-path": str(path), **flags[path.name.split("_")[0]]}
             for prefix in flags for path in sorted((tmp_path / "roles").glob(f"{prefix}_*"))]
@@ -151,7 +150,7 @@ def test_tasks_with_the_dataset_s_labels_run_on_flower_s_nodes_as_simulated(
     nodes = sum(d.num_clients for d in (experiment.train, experiment.validation,
                                         experiment.test))
     if dataset == "shakespeare-files":
-        nodes = role_files(raw, tmp_path)
+        nodes = role_files(raw, experiment, tmp_path)
     federation = in_process_federation(config, nodes, monkeypatch)
     deployed = federation.run()
     for key, value in simulated.items():
