@@ -38,6 +38,30 @@ def scored(learner, params, client: ClientData, sampler: EpisodeSampler, episode
     return out
 
 
+def both_protocols(run_dir: Path, ways: int, shots: int, queries: int, episodes: int = 600,
+                   seed: int = 0) -> dict:
+    """The kept model of the run in `run_dir` scored on `episodes` episodes within one
+    held-out alphabet (as many of each) and on as many of the alphabets pooled."""
+    run = RunDirectory.open(run_dir, "eval")
+    experiment, _, _, _, (round_index, params, _) = restore_run(run, run.latest_checkpoint())
+    test = experiment.test
+    clients = [test.client(i) for i in range(test.num_clients)]
+    sampler = EpisodeSampler(ways, shots, queries)
+    learner = experiment.learner
+    generator = torch.Generator().manual_seed(seed)
+    eligible = [c for c in clients if sampler.eligible(c)]
+    per_alphabet = [scored(learner, params, c, sampler, -(-episodes // len(eligible)),
+                           generator) for c in eligible]
+    within = mean_ci95(torch.tensor([a for scores in per_alphabet for a in scores]))
+    mixed = mean_ci95(torch.tensor(scored(learner, params, pooled(clients), sampler,
+                                          episodes, generator)))
+    return {"run": str(run_dir), "round": round_index,
+            "task": f"{ways}-way {shots}-shot, {queries} queries", "alphabets": len(clients),
+            "within_one_alphabet": {"accuracy": within[0], "ci95": within[1],
+                                    "episodes": sum(map(len, per_alphabet))},
+            "alphabets_pooled": {"accuracy": mixed[0], "ci95": mixed[1], "episodes": episodes}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
@@ -47,26 +71,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    run = RunDirectory.open(args.run_dir, "eval")
-    experiment, _, _, _, (round_index, params, _) = restore_run(run, run.latest_checkpoint())
-    test = experiment.test
-    clients = [test.client(i) for i in range(test.num_clients)]
-    sampler = EpisodeSampler(args.ways, args.shots, args.queries)
-    learner = experiment.learner
-    generator = torch.Generator().manual_seed(args.seed)
-    eligible = [c for c in clients if sampler.eligible(c)]
-    per_alphabet = [scored(learner, params, c, sampler, -(-args.episodes // len(eligible)),
-                           generator) for c in eligible]
-    within = mean_ci95(torch.tensor([a for scores in per_alphabet for a in scores]))
-    mixed = mean_ci95(torch.tensor(scored(learner, params, pooled(clients), sampler,
-                                          args.episodes, generator)))
-    print(json.dumps({
-        "run": str(args.run_dir), "round": round_index, "task": f"{args.ways}-way "
-        f"{args.shots}-shot, {args.queries} queries", "alphabets": len(clients),
-        "within_one_alphabet": {"accuracy": within[0], "ci95": within[1],
-                                "episodes": sum(map(len, per_alphabet))},
-        "alphabets_pooled": {"accuracy": mixed[0], "ci95": mixed[1],
-                             "episodes": args.episodes}}))
+    print(json.dumps(both_protocols(args.run_dir, args.ways, args.shots, args.queries,
+                                    args.episodes, args.seed)))
 
 
 if __name__ == "__main__":
