@@ -16,16 +16,10 @@ from pathlib import Path
 import torch
 
 from fedmeta.data import ClientData, EpisodeSampler
+from fedmeta.data.federated import pooled
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.evaluation import mean_ci95
 from fedmeta.resume import restore_run
-
-
-def pooled(clients: list[ClientData]) -> ClientData:
-    """Every client's examples as one client, each client's labels made its own classes."""
-    offsets = torch.tensor([0] + [int(c.y.max()) + 1 for c in clients]).cumsum(0)
-    return ClientData(torch.cat([c.x for c in clients]),
-                      torch.cat([c.y + offset for c, offset in zip(clients, offsets)]))
 
 
 def scored(learner, params, client: ClientData, sampler: EpisodeSampler, episodes: int,
@@ -53,7 +47,7 @@ def both_protocols(run_dir: Path, ways: int, shots: int, queries: int, episodes:
     per_alphabet = [scored(learner, params, c, sampler, -(-episodes // len(eligible)),
                            generator) for c in eligible]
     within = mean_ci95(torch.tensor([a for scores in per_alphabet for a in scores]))
-    mixed = mean_ci95(torch.tensor(scored(learner, params, pooled(clients), sampler,
+    mixed = mean_ci95(torch.tensor(scored(learner, params, pooled(test).client(0), sampler,
                                           episodes, generator)))
     return {"run": str(run_dir), "round": round_index,
             "task": f"{ways}-way {shots}-shot, {queries} queries", "alphabets": len(clients),

@@ -188,6 +188,15 @@ def test_eval_scores_other_tasks_with_the_kept_model(tiny_run, capsys):
     assert err.count("\n") == 1 and "eval --set takes eval.* keys" in err
 
 
+def test_eval_pooled_draws_episodes_from_all_held_out_clients_as_one(tiny_run, capsys):
+    """`--pooled`: the published Omniglot protocol, each episode's characters from the 20
+    evaluation alphabets pooled (one client holding all their drawings)."""
+    result = evaluated(capsys, tiny_run, "--pooled", "--num-episodes", 20)
+    assert (result["held_out_clients"], result["episodes"]) == (1, 20)
+    assert result["source"] == "held-out clients pooled into one"
+    assert 0 <= result["accuracy"] <= 1
+
+
 @pytest.mark.parametrize("args, message", [
     (["--clients", "/nonexistent/new.npz"], "/nonexistent/new.npz does not exist"),
     (["--clients", "EMPTY"], "empty.npz: missing arrays alphabet, character"),

@@ -7,6 +7,7 @@ from hypothesis import example, given, settings, strategies as st
 
 import fedmeta
 from fedmeta.data import ArrayFederatedDataset, ClientData, as_float_input, split_support_query
+from fedmeta.data.federated import pooled
 
 
 def test_imports_from_this_checkout():
@@ -79,3 +80,21 @@ def test_split_uses_query_mask():
     client = ClientData(torch.arange(4).float().unsqueeze(1), torch.zeros(4, dtype=torch.long), mask)
     sup, qry = split_support_query(client, 0.5, 0)
     assert sup.x.flatten().tolist() == [1, 2] and qry.x.flatten().tolist() == [0, 3]
+
+
+@given(st.lists(st.lists(st.integers(0, 4), min_size=1, max_size=8), min_size=1, max_size=5))
+def test_pooled_clients_keep_their_examples_and_their_classes_apart(labels):
+    """Pooling clients keeps every example with its label, each client's classes distinct
+    from every other client's (class c of client i and class c of client j are two)."""
+    sizes = np.cumsum([0] + [len(y) for y in labels])
+    x = np.arange(sizes[-1] * 4, dtype=np.float32).reshape(-1, 4)
+    dataset = ArrayFederatedDataset("toy", x, np.concatenate(labels),
+                                    [np.arange(a, b) for a, b in zip(sizes[:-1], sizes[1:])])
+    one = pooled(dataset)
+    assert one.num_clients == 1
+    client = one.client(0)
+    assert torch.equal(client.x, torch.from_numpy(x))
+    owner = np.repeat(np.arange(len(labels)), [len(y) for y in labels])
+    pairs = set(zip(owner.tolist(), np.concatenate(labels).tolist()))
+    assert len(set(client.y.tolist())) == len(pairs)  # one class per (client, label)
+    assert len(set(zip(owner.tolist(), client.y.tolist()))) == len(pairs)

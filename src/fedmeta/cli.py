@@ -18,7 +18,9 @@ from fedmeta.bench.workloads import WORKLOADS
 from fedmeta.build import (OWN_SPLITS, TEXT, build_datasets, build_experiment, build_new_clients,
                            build_vertical)
 from fedmeta.config import Config, load_config
+from fedmeta.data import EpisodeSampler
 from fedmeta.data.client_files import save_client, save_role
+from fedmeta.data.federated import pooled
 from fedmeta.resume import restore_run, resume
 from fedmeta.atomic import write_atomic, write_atomic_bytes
 from fedmeta.engine.client_state import CLIENTS
@@ -138,6 +140,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
             experiment = replace(experiment, test=build_new_clients(config, args.clients,
                                                                     experiment.train))
             source = f"clients of {args.clients}"
+        if args.pooled:
+            if (experiment.held_out == "splits"
+                    or not isinstance(experiment.eval_sampler, EpisodeSampler)):
+                raise UserError("--pooled draws N-way episodes from every held-out client's "
+                                "classes; this run's meta-test is not N-way episodes of "
+                                "held-out clients")
+            experiment = replace(experiment, test=pooled(experiment.test))
+            source = f"{source} pooled into one"
         result = Simulation(experiment).evaluate(params, args.num_episodes
                                                  or config.eval.final_episodes, states=states)
         result = {k.removeprefix("test_"): v for k, v in result.items()}
@@ -294,6 +304,9 @@ def parser() -> argparse.ArgumentParser:
                           "instead of the run's run.device")
     evaluate.add_argument("--set", action="append", default=[], metavar="eval.KEY=VALUE",
                           help="score other tasks with the same model, e.g. --set eval.ways=20")
+    evaluate.add_argument("--pooled", action="store_true", help="draw each episode's classes "
+                          "from all the clients pooled, as centralized few-shot benchmarks do "
+                          "(Omniglot's published numbers), not from one client's")
     report = add("report", cmd_report, "plots and a self-contained HTML page comparing runs")
     report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     report.add_argument("--out", type=Path, help="report directory (default: RUN_DIR/report of "

@@ -180,6 +180,19 @@ class ArrayFederatedDataset(FederatedDataset):
         return self._num_classes
 
 
+def pooled(dataset: FederatedDataset) -> ArrayFederatedDataset:
+    """`dataset`'s clients as one client, each client's classes classes of their own: the
+    held-out classes as a centralized few-shot benchmark draws its episodes from them (e.g.
+    Omniglot's evaluation alphabets pooled, Vinyals et al. 2016), where a federated new
+    client holds one alphabet."""
+    clients = [dataset.client(i) for i in range(dataset.num_clients)]
+    offsets = np.cumsum([0] + [int(c.y.max()) + 1 if len(c) else 0 for c in clients])
+    y = np.concatenate([c.y.numpy() + offset for c, offset in zip(clients, offsets)])
+    return ArrayFederatedDataset(f"{dataset.name} pooled",
+                                 np.concatenate([c.x.numpy() for c in clients]), y,
+                                 [np.arange(len(y))])
+
+
 def as_float_input(x: torch.Tensor) -> torch.Tensor:
     """uint8 images [..., H, W] -> float32 [..., 1, H, W] in [0, 1]; float features pass
     through, as float32; int64 token ids (text) pass through, for the model to embed."""
