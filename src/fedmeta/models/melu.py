@@ -6,9 +6,9 @@ layers to one rating.
 The item side embeds the movie itself, its genres (the mean of its genres' embeddings, as
 MeLU pools a multi-valued attribute) and its year. ml-latest-small has no user attributes
 (MeLU's gender, age, occupation and zip code), so the user side is one learned vector
-`user.weight` [1, embedding]: the same initialisation for every user, made a user's own by
-adaptation on its support set. MeLU adapts only the decision-making layers on a user's
-ratings (`learner.inner_params = ["mlp.", "head."]`); the embeddings are learned globally.
+`user.weight` [1, embedding]: the same start for every user, a user's own only where the
+inner loop adapts it. MeLU adapts only the decision-making layers on a user's ratings
+(`learner.inner_params = ["mlp.", "head."]`); the embeddings are learned globally.
 
 The movie table starts at zero, not at random: a movie few training users rated then stays
 near its genre and year prior instead of carrying noise the MLP reads as signal (measured in
