@@ -18,7 +18,8 @@ step `x += mean delta`, `c += ...` as above: the server optimizer must be SGD at
 a schedule (PFLlib's default global rate), and nothing may change a client's update between it
 and the mean (robust rules, compression, norm bounds, user-level DP's clip and noise); other
 settings are refused. A round the server does not release (fewer than `server.min_clients`)
-leaves the clients' control variates as they were, in simulation.
+leaves the clients' control variates as they were, in simulation and on Flower, where a node
+holds its new c_i until the server says it used the reply (`commits_state`).
 """
 
 import copy
