@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from fedmeta.data import ClientData, EpisodeSampler
-from fedmeta.data.federated import pooled
+from fedmeta.data.federated import pool
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.evaluation import mean_ci95
 from fedmeta.resume import restore_run
@@ -47,7 +47,7 @@ def both_protocols(run_dir: Path, ways: int, shots: int, queries: int, episodes:
     per_alphabet = [scored(learner, params, c, sampler, -(-episodes // len(eligible)),
                            generator) for c in eligible]
     within = mean_ci95(torch.tensor([a for scores in per_alphabet for a in scores]))
-    mixed = mean_ci95(torch.tensor(scored(learner, params, pooled(test).client(0), sampler,
+    mixed = mean_ci95(torch.tensor(scored(learner, params, pool(clients), sampler,
                                           episodes, generator)))
     return {"run": str(run_dir), "round": round_index,
             "task": f"{ways}-way {shots}-shot, {queries} queries", "alphabets": len(clients),

@@ -181,16 +181,20 @@ class ArrayFederatedDataset(FederatedDataset):
 
 
 def pooled(dataset: FederatedDataset) -> ArrayFederatedDataset:
-    """`dataset`'s clients as one client, each client's classes classes of their own: the
-    held-out classes as a centralized few-shot benchmark draws its episodes from them (e.g.
+    """`dataset`'s clients as one client (`pool`)."""
+    one = pool([dataset.client(i) for i in range(dataset.num_clients)])
+    return ArrayFederatedDataset(f"{dataset.name} pooled", one.x.numpy(), one.y.numpy(),
+                                 [np.arange(len(one))])
+
+
+def pool(clients: Sequence[ClientData]) -> ClientData:
+    """`clients` as one client, each client's classes classes of their own: the held-out
+    classes as a centralized few-shot benchmark draws its episodes from them (e.g.
     Omniglot's evaluation alphabets pooled, Vinyals et al. 2016), where a federated new
     client holds one alphabet."""
-    clients = [dataset.client(i) for i in range(dataset.num_clients)]
     offsets = np.cumsum([0] + [int(c.y.max()) + 1 if len(c) else 0 for c in clients])
-    y = np.concatenate([c.y.numpy() + offset for c, offset in zip(clients, offsets)])
-    return ArrayFederatedDataset(f"{dataset.name} pooled",
-                                 np.concatenate([c.x.numpy() for c in clients]), y,
-                                 [np.arange(len(y))])
+    return ClientData(torch.cat([c.x for c in clients]),
+                      torch.cat([c.y + int(offset) for c, offset in zip(clients, offsets)]))
 
 
 def as_float_input(x: torch.Tensor) -> torch.Tensor:

@@ -200,7 +200,7 @@ def local_update(settings: Any, node: dict[str, Any],
     states = personal_states(f"{node.get('run-id')}:{settings['fedmeta']}")
     if learner.commits_state:
         left_in, state = states.pending.pop(client_id, (None, None))
-        if left_in is not None and left_in == int(settings["released-round"]):
+        if left_in == int(settings["released-round"]):
             states.kept[client_id] = state
     try:
         with local_precision(learner.device, config.run.precision):

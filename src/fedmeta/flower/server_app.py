@@ -131,7 +131,7 @@ class FlowerFederation(Simulation):
         # each training client's last round whose reply a released round used, which a node
         # of a learner that `commits_state` needs to know (`node.local_update`)
         self.released: dict[int, int] = {}
-        self.reported: list[int] = []  # the training clients whose replies this round has
+        self.reported: list[int] = []  # the training clients whose updates this round has
         self.check_validation()
         self.check_secagg_weights([int(n["num-examples"]) for n in train])
 
@@ -232,7 +232,6 @@ class FlowerFederation(Simulation):
             return concatenated([], {k: v[None] for k, v in model.items()}, skipped, {})
         metrics = [r.content["metrics"] for r in replies]
         position = {self.train_nodes[c]: i for i, c in enumerate(cohort)}
-        self.reported = [cohort[position[r.metadata.src_node_id]] for r in replies]
         device = self.experiment.learner.device
         return CohortUpdates(
             to_device(tree_stack(dict(r.content["arrays"].to_torch_state_dict())
@@ -257,7 +256,9 @@ class FlowerFederation(Simulation):
         aggregation only their sum, from CKKS ciphertexts or SecAgg+'s masked vectors."""
         secure = self.config.aggregation.secure
         if secure == "none":
-            return super().gather(round_index, params, states)
+            gathered = super().gather(round_index, params, states)
+            self.reported = gathered.rows.clients.tolist()
+            return gathered
         cohort = self.cohort(round_index).tolist()
         if secure == "ckks":
             reported, total = self.encrypted_sum(round_index, params, cohort)
