@@ -10,7 +10,7 @@ reads the finished ones' summaries. Settings and hyperparameters are `accuracy.p
 `--set` overrides after them (a recipe: e.g. wider training episodes and a cosine rate), which
 each result row records; the published centralized numbers stand beside the federated ones,
 and for Omniglot so does the kept model's accuracy on the published numbers' episodes, the
-evaluation alphabets pooled (`mixed_alphabets.py`), since a new client here is one alphabet.
+evaluation alphabets pooled (`eval.pooled`), since a new client here is one alphabet.
 
     python benchmarks/converged.py --data ../shared/data --runs runs/converged \\
         --settings omniglot-5w1s --algorithms protonet maml --out results.jsonl \\
@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 
 from accuracy import ALGORITHMS, COMMON, PUBLISHED, SETTINGS  # beside this script
-from mixed_alphabets import both_protocols
 from fedmeta.build import build_experiment
 from fedmeta.config import load_config
 from fedmeta.resume import resume
@@ -66,23 +65,21 @@ def run_one(job: tuple) -> dict:
                 f"data.path='{os.path.join(data_dir, dataset + '.npz')}'",
                 f"eval.every={every}", f"eval.patience={patience}", "eval.episodes=300",
                 f"eval.final_episodes={episodes}", f"run.checkpoint_every={every}",
-                f"run.time_budget_seconds={3600 * hours}", *recipe])
+                f"run.time_budget_seconds={3600 * hours}",
+                # Omniglot: the published numbers' episodes too, the alphabets pooled
+                f"eval.pooled={str(dataset == 'omniglot').lower()}", *recipe])
             train_and_summarize(Simulation(build_experiment(config)),
                                 RunDirectory.create(config, path), False)
     summary = json.loads(run.summary_path.read_text())
-    published = {}
-    if setting.startswith("omniglot"):  # the published numbers' episodes: alphabets pooled
-        ev = load_config(run.config_path).eval
-        scores = both_protocols(path, ev.ways, ev.shots, ev.queries, episodes)
-        published = {"pooled_accuracy": scores["alphabets_pooled"]["accuracy"],
-                     "pooled_ci95": scores["alphabets_pooled"]["ci95"]}
+    meta_test = summary["meta_test"]
     return {"algorithm": algorithm, "setting": setting, "rounds": summary["rounds"],
             "selected_round": summary["selected"]["round"],
             "val_accuracy": summary["selected"].get("accuracy"),
             "train_seconds": round(summary["train_seconds"], 1), "device": device(),
             "recipe": list(recipe),
-            **{f"test_{k}": v for k, v in summary["meta_test"].items()
-               if k != "per_client_accuracy"}, **published}
+            **{f"test_{k}": v for k, v in meta_test.items()
+               if k not in ("per_client_accuracy", "pooled_accuracy", "pooled_ci95")},
+            **{k: meta_test[k] for k in ("pooled_accuracy", "pooled_ci95") if k in meta_test}}
 
 
 def table(results: list[dict]) -> str:

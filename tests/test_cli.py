@@ -57,6 +57,8 @@ def test_demo_writes_a_complete_run_directory(tiny_run):
     assert summary["validation_clients"] == 5
     assert summary["meta_test"]["episodes"] == 20
     assert 0.0 <= summary["meta_test"]["accuracy"] <= 1.0
+    assert 0.0 <= summary["meta_test"]["pooled_accuracy"] <= 1.0  # the demo's eval.pooled
+    assert all("val_pooled_accuracy" in m for m in lines)
     assert summary["test_clients"] == 20
     per_client = summary["meta_test"]["per_client_accuracy"]
     assert len(per_client) == summary["meta_test"]["clients"]
@@ -188,13 +190,17 @@ def test_eval_scores_other_tasks_with_the_kept_model(tiny_run, capsys):
     assert err.count("\n") == 1 and "eval --set takes eval.* keys" in err
 
 
-def test_eval_pooled_draws_episodes_from_all_held_out_clients_as_one(tiny_run, capsys):
-    """`--pooled`: the published Omniglot protocol, each episode's characters from the 20
-    evaluation alphabets pooled (one client holding all their drawings)."""
+def test_eval_pooled_scores_as_the_run_s_meta_test_did(tiny_run, capsys):
+    """The demo meta-tests both ways (`eval.pooled`); `--pooled` on a run scores as its
+    summary did, and without it (`--set eval.pooled=false`) the federated protocol alone."""
+    summary = json.loads((tiny_run / "summary.json").read_text())["meta_test"]
     result = evaluated(capsys, tiny_run, "--pooled", "--num-episodes", 20)
-    assert (result["held_out_clients"], result["episodes"]) == (1, 20)
-    assert result["source"] == "held-out clients pooled into one"
-    assert 0 <= result["accuracy"] <= 1
+    assert (result["accuracy"], result["pooled_accuracy"], result["pooled_ci95"]) == (
+        summary["accuracy"], summary["pooled_accuracy"], summary["pooled_ci95"])
+    alone = evaluated(capsys, tiny_run, "--set", "eval.pooled=false", "--num-episodes", 20)
+    assert alone["accuracy"] == summary["accuracy"] and "pooled_accuracy" not in alone
+    assert main(["eval", str(tiny_run), "--pooled", "--num-episodes", "20"]) == 0
+    assert "with the clients pooled into one" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [

@@ -7,7 +7,7 @@ from hypothesis import example, given, settings, strategies as st
 
 import fedmeta
 from fedmeta.data import ArrayFederatedDataset, ClientData, as_float_input, split_support_query
-from fedmeta.data.federated import pooled
+from fedmeta.data.federated import pool
 
 
 def test_imports_from_this_checkout():
@@ -90,9 +90,7 @@ def test_pooled_clients_keep_their_examples_and_their_classes_apart(labels):
     x = np.arange(sizes[-1] * 4, dtype=np.float32).reshape(-1, 4)
     dataset = ArrayFederatedDataset("toy", x, np.concatenate(labels),
                                     [np.arange(a, b) for a, b in zip(sizes[:-1], sizes[1:])])
-    one = pooled(dataset)
-    assert one.num_clients == 1
-    client = one.client(0)
+    client = pool([dataset.client(i) for i in range(dataset.num_clients)])
     assert torch.equal(client.x, torch.from_numpy(x))
     owner = np.repeat(np.arange(len(labels)), [len(y) for y in labels])
     pairs = set(zip(owner.tolist(), np.concatenate(labels).tolist()))

@@ -167,3 +167,34 @@ def test_the_meta_test_says_how_many_held_out_clients_it_could_evaluate():
                        torch.Generator().manual_seed(0))
     assert (result.held_out_clients, result.eligible_clients) == (5, 2)
     assert {"held_out_clients": 5, "eligible_clients": 2}.items() <= result.as_dict().items()
+
+
+def test_pooled_episodes_draw_their_classes_across_the_held_out_clients():
+    """`eval.pooled`: each held-out client's two classes are one same point, so a 2-way episode
+    of one client is a coin toss that ProtoNets' tie always calls for the first class (exactly
+    1/2); pooled, a pair of classes comes from one client with chance 1/(2k - 1) (k = 3
+    clients: 1/5), else from two clients an embedding tells apart: 1 - 1/10 expected, on the
+    meta-validation clients as on the meta-test ones."""
+    x = np.repeat(np.arange(1, 4, dtype=np.float32), 8)[:, None] * np.ones(4, np.float32)
+    y = np.tile(np.repeat([0, 1], 4), 3)
+    held = ArrayFederatedDataset("toy", x, y, np.arange(24).reshape(3, 8))
+    config = load_config(None, ["data.dataset='synthetic'", "data.num_clients=3",
+                                "model.name='mlp'", "learner.algorithm='protonet'", "task.ways=2", "eval.ways=2",
+                                "eval.shots=1", "eval.queries=2", "eval.pooled=true"])
+    experiment = build_experiment(config, (held, held, held))
+    simulation = Simulation(experiment)
+    params = experiment.learner.init_params()
+    for on in ("val", "test"):
+        metrics = simulation.evaluate(params, 400, on=on)
+        assert metrics[f"{on}_accuracy"] == 0.5
+        assert metrics[f"{on}_pooled_accuracy"] == pytest.approx(0.9, abs=0.05)
+
+
+@pytest.mark.parametrize("data", [
+    ["data.dataset='fashion-mnist'"],
+    ["data.dataset='movielens'", "model.name='melu'", "learner.algorithm='maml'"],
+    ["data.dataset='femnist'", "task.labels='global'", "learner.algorithm='fedavg'"]])
+def test_pooled_episodes_of_tasks_that_are_not_episodes_are_a_config_error(data):
+    config = load_config(None, [*data, "eval.pooled=true"])
+    with pytest.raises(UserError, match="eval.pooled draws N-way episodes"):
+        build_experiment(config)

@@ -331,6 +331,15 @@ def check_supported(config: Config, cls: type[Learner]) -> None:
                         "and compression = 'none'")
 
 
+def check_poolable(config: Config, option: str = "config error: eval.pooled") -> None:
+    """UserError (naming `option`) unless the config's held-out tasks are N-way episodes of
+    held-out clients, which can be drawn from those clients pooled into one."""
+    if config.data.dataset in OWN_SPLITS or global_labels(config) or config.data.rates:
+        raise UserError(f"{option} draws N-way episodes from the held-out clients pooled into "
+                        "one; this run's held-out tasks are not N-way episodes of held-out "
+                        "clients")
+
+
 def rates_new_users(cls: type[Learner]) -> bool:
     """Whether learner `cls` predicts a new user's ratings: it trains rating models and keeps
     no personal state, or fits a new user's (`fits_new_state`)."""
@@ -415,6 +424,8 @@ def build_experiment(config: Config, datasets: Datasets | None = None) -> Experi
     """The experiment of `config`, on `datasets` if given, else the config's."""
     check_horizontal(config)
     check_supported(config, LEARNERS[config.learner.algorithm])  # before any data is read
+    if config.eval.pooled:
+        check_poolable(config)
     train, validation, test = datasets or build_datasets(config)
     learner = build_learner(config, train.input_shape, train.num_classes, train.num_clients,
                             num_items=train.num_items)

@@ -16,11 +16,9 @@ from rich.console import Console
 from fedmeta.bench.measure import run_benchmarks
 from fedmeta.bench.workloads import WORKLOADS
 from fedmeta.build import (OWN_SPLITS, TEXT, build_datasets, build_experiment, build_new_clients,
-                           build_vertical)
+                           build_vertical, check_poolable)
 from fedmeta.config import Config, load_config
-from fedmeta.data import EpisodeSampler
 from fedmeta.data.client_files import save_client, save_role
-from fedmeta.data.federated import pooled
 from fedmeta.resume import restore_run, resume
 from fedmeta.atomic import write_atomic, write_atomic_bytes
 from fedmeta.engine.client_state import CLIENTS
@@ -115,8 +113,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         if not text.startswith("eval."):
             raise UserError(f"eval --set takes eval.* keys (the tasks scored), got {text!r}")
     run = RunDirectory.open(args.run_dir, "eval")
+    if args.pooled:
+        check_poolable(load_config(run.config_path), "--pooled")
     experiment, params, state, round_index, selected = restore_run(
-        run, args.checkpoint or run.latest_checkpoint(), args.device, args.set)
+        run, args.checkpoint or run.latest_checkpoint(), args.device,
+        [*args.set, *(["eval.pooled=true"] if args.pooled else [])])
     states = state.get(CLIENTS)
     if selected is not None:  # the model the run kept, as its summary meta-tested it
         round_index, params, states = selected
@@ -140,14 +141,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
             experiment = replace(experiment, test=build_new_clients(config, args.clients,
                                                                     experiment.train))
             source = f"clients of {args.clients}"
-        if args.pooled:
-            if (experiment.held_out == "splits"
-                    or not isinstance(experiment.eval_sampler, EpisodeSampler)):
-                raise UserError("--pooled draws N-way episodes from every held-out client's "
-                                "classes; this run's meta-test is not N-way episodes of "
-                                "held-out clients")
-            experiment = replace(experiment, test=pooled(experiment.test))
-            source = f"{source} pooled into one"
         result = Simulation(experiment).evaluate(params, args.num_episodes
                                                  or config.eval.final_episodes, states=states)
         result = {k.removeprefix("test_"): v for k, v in result.items()}
@@ -163,8 +156,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
         where = result["source"]
         if "eligible_clients" in result:
             where = f"{result['eligible_clients']} of {result['held_out_clients']} {where}"
+        pooled = (f"; {100 * result['pooled_accuracy']:.2f}% ± {100 * result['pooled_ci95']:.2f}%"
+                  " with the clients pooled into one" if "pooled_accuracy" in result else "")
         print(f"accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI, "
-              f"{result['episodes']} episodes from {where}, round {round_index})")
+              f"{result['episodes']} episodes from {where}, round {round_index}){pooled}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -304,9 +299,9 @@ def parser() -> argparse.ArgumentParser:
                           "instead of the run's run.device")
     evaluate.add_argument("--set", action="append", default=[], metavar="eval.KEY=VALUE",
                           help="score other tasks with the same model, e.g. --set eval.ways=20")
-    evaluate.add_argument("--pooled", action="store_true", help="draw each episode's classes "
-                          "from all the clients pooled, as centralized few-shot benchmarks do "
-                          "(Omniglot's published numbers), not from one client's")
+    evaluate.add_argument("--pooled", action="store_true", help="also draw episodes from all "
+                          "the clients pooled into one, as centralized few-shot benchmarks do "
+                          "(Omniglot's published numbers): --set eval.pooled=true")
     report = add("report", cmd_report, "plots and a self-contained HTML page comparing runs")
     report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     report.add_argument("--out", type=Path, help="report directory (default: RUN_DIR/report of "

@@ -171,6 +171,10 @@ class EvalConfig(Section):
     ways: int = Field(5, ge=2, le=1000)
     shots: int = Field(1, ge=1, le=1000)  # movielens: a new user's support, its first ratings
     queries: int = Field(15, ge=1, le=1000)
+    # also score N-way episodes drawn from the held-out clients pooled into one, each client's
+    # classes kept apart: the centralized benchmarks' protocol (Omniglot's evaluation
+    # alphabets pooled, Vinyals et al. 2016), beside the federated one (episodes of one client)
+    pooled: bool = False
 
 
 class RunConfig(Section):

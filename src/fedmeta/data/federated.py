@@ -180,13 +180,6 @@ class ArrayFederatedDataset(FederatedDataset):
         return self._num_classes
 
 
-def pooled(dataset: FederatedDataset) -> ArrayFederatedDataset:
-    """`dataset`'s clients as one client (`pool`)."""
-    one = pool([dataset.client(i) for i in range(dataset.num_clients)])
-    return ArrayFederatedDataset(f"{dataset.name} pooled", one.x.numpy(), one.y.numpy(),
-                                 [np.arange(len(one))])
-
-
 def pool(clients: Sequence[ClientData]) -> ClientData:
     """`clients` as one client, each client's classes classes of their own: the held-out
     classes as a centralized few-shot benchmark draws its episodes from them (e.g.

@@ -16,6 +16,7 @@ from typing import Any, Callable, Literal
 import torch
 
 from fedmeta.data import ClientData, ColdStartSampler, NotEnoughData
+from fedmeta.data.federated import pool
 from fedmeta.engine.client_state import CLIENTS, written
 from fedmeta.engine.cohort import CohortUpdates, run_cohort
 from fedmeta.engine.experiment import Experiment, client_sample_rate, learner_at_round
@@ -49,10 +50,10 @@ def weighted_loss(losses: torch.Tensor, weights: torch.Tensor) -> float:
 
 
 Held = Literal["test", "val"]  # which held-out clients an evaluation reads
-# Their streams' keys after (seed, EVAL_STREAM): (episodes, personalization). The meta-test's
-# are those it had before meta-validation clients existed.
-EVAL_KEYS: dict[Held, tuple[tuple[int, ...], tuple[int, ...]]] = {"test": ((), (1,)),
-                                                                  "val": ((2,), (3,))}
+# Their streams' keys after (seed, EVAL_STREAM): (episodes, personalization, pooled episodes).
+# The meta-test's first two are those it had before meta-validation clients existed.
+EVAL_KEYS: dict[Held, tuple[tuple[int, ...], ...]] = {"test": ((), (1,), (4,)),
+                                                      "val": ((2,), (3,), (5,))}
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,8 @@ class Simulation:
                  on: Held = "test", states: Params | None = None) -> dict[str, Any]:
         """Meta-test on the held-out clients `on` ("test": the meta-test clients, keys
         `test_*`; "val": the meta-validation clients, `val_*`) and, when configured, their
-        personalization on their own support/query splits (`personal_*`, `val_personal_*`);
+        personalization on their own support/query splits (`personal_*`, `val_personal_*`)
+        and episodes of all of them pooled into one (`*_pooled_accuracy`, `eval.pooled`);
         with `per_client`, each client's accuracy too (`*_per_client_accuracy`). Each side
         draws its episodes from a stream of its own, the same at every evaluation. When the
         held-out data are the training clients' own splits, each client's held-out examples
@@ -309,7 +311,7 @@ class Simulation:
         of a rating dataset are scored once each (`fedmeta.ratings.cold_start_test`: MAE,
         RMSE, NDCG@10), `episodes` unused."""
         ev, learner = self.config.eval, self.experiment.learner
-        episode_keys, personal_keys = EVAL_KEYS[on]
+        episode_keys, personal_keys, pooled_keys = EVAL_KEYS[on]
         if self.experiment.held_out == "splits":
             held = self.experiment.test if on == "test" else self.experiment.validation
             result, pooled = own_split_test(learner, params, states, self.experiment.train, held,
@@ -325,6 +327,11 @@ class Simulation:
         result = meta_test(learner, params, clients, self.experiment.eval_sampler, episodes,
                            seeded(self.config.seed, EVAL_STREAM, *episode_keys))
         metrics = {f"{on}_{key}": value for key, value in result.as_dict(per_client).items()}
+        if ev.pooled:  # the centralized benchmarks' protocol: one client of all their classes
+            result = meta_test(learner, params, [pool(clients)], self.experiment.eval_sampler,
+                               episodes, seeded(self.config.seed, EVAL_STREAM, *pooled_keys))
+            metrics.update({f"{on}_pooled_accuracy": result.accuracy,
+                            f"{on}_pooled_ci95": result.ci95})
         if ev.personalization_episodes:
             result = personalize(learner, params, clients, ev.ways, ev.shots,
                                  ev.personalization_episodes,

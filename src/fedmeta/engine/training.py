@@ -159,4 +159,8 @@ def train_and_summarize(simulation: Simulation, run: RunDirectory, progress: boo
               else f"{result['episodes']} episodes")
     print(f"{scored}{100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI over "
           f"{spread}) {chosen}")
+    if "pooled_accuracy" in result and not splits:
+        print(f"the same model on {result['episodes']} episodes of the {summary['test_clients']} "
+              f"meta-test clients pooled into one (the centralized benchmarks' protocol): "
+              f"{100 * result['pooled_accuracy']:.2f}% ± {100 * result['pooled_ci95']:.2f}%")
     return summary
