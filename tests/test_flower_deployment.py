@@ -140,28 +140,6 @@ def test_maml_on_a_deployment_matches_the_simulation_and_survives_a_killed_node(
         (run,) = (tmp_path / "plain").iterdir()
         summary = json.loads((run / "summary.json").read_text())
         assert summary["selected"]["round"] == 2 and "accuracy" in summary["meta_test"]
-        # 1b. pFedHN: each node trains the model its embedding generates, the server pulls
-        # the deltas back through its hypernetwork: the same params as the simulation
-        hypernet = OVERRIDES + [f"run.out_dir={tmp_path / 'pfedhn'}", "learner.algorithm=pfedhn"]
-        status = deployment.run(APP, run_config(hypernet))
-        assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
-        expected = simulation(files, validation, held_out, hypernet).run()
-        got = final_params(tmp_path / "pfedhn", 2)
-        assert "embeddings.weight" in got
-        for key in expected:
-            torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
-        # 1c. FedRep: each node keeps its client's head from round to round, as the
-        # simulation keeps it for the client: the same shared params (local SGD: Adam's
-        # steps of +-lr on near-zero gradients would amplify float differences)
-        heads = OVERRIDES + [f"run.out_dir={tmp_path / 'fedrep'}", "learner.algorithm=fedrep",
-                             "learner.head_steps=2", "learner.optimizer=sgd", "learner.lr=0.05"]
-        status = deployment.run(APP, run_config(heads))
-        assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
-        expected = simulation(files, validation, held_out, heads).run()
-        got = final_params(tmp_path / "fedrep", 2)
-        assert got.keys() == expected.keys() and "head.weight" not in got
-        for key in expected:
-            torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
         # 2. CKKS: clients encrypt their updates after the client stages (here a norm bound of
         # 0.02, which binds: their updates' norm is 0.044), the server adds ciphertexts, a
         # key holder decrypts the sum: round 1 as the simulation's to 1e-4 relative (later
@@ -177,17 +155,6 @@ def test_maml_on_a_deployment_matches_the_simulation_and_survives_a_killed_node(
         step = distance(expected, init)
         assert distance(got, expected) / step < 1e-4, (distance(got, expected), step)
         assert distance(unbounded, expected) / step > 0.5  # the bound changed the round
-        # 2b. a round with fewer clients than server.min_clients is aborted, the model as it
-        # was (no DP noise to release); the time budget then ends the run cleanly
-        aborted = OVERRIDES + [f"run.out_dir={tmp_path / 'aborted'}", "aggregation.secure=ckks",
-                               "server.rounds=3", "server.clients_per_round=2",
-                               "server.min_clients=3", "run.time_budget_seconds=0.001"]
-        status = deployment.run(APP, run_config(aborted))
-        assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
-        (metrics,) = logged_metrics(tmp_path / "aborted")
-        assert metrics["clients"] == 2 and "fewer than server.min_clients" in metrics["aborted"]
-        assert all(torch.equal(v, init[k])
-                   for k, v in final_params(tmp_path / "aborted", 1).items())
         # 3. a SuperNode killed while round 2 runs: the round completes with the others
         killed = OVERRIDES + [f"run.out_dir={tmp_path / 'killed'}",
                               "flower.round_timeout=30.0", "server.min_clients=2"]
@@ -199,6 +166,52 @@ def test_maml_on_a_deployment_matches_the_simulation_and_survives_a_killed_node(
         status = deployment.wait(run_id)
         assert status["status"] == "finished:completed", deployment.logs(run_id)
         assert [r["clients"] for r in logged_metrics(tmp_path / "killed")] == [3, 2]
+
+
+@pytest.mark.slow
+def test_personal_learners_and_an_aborted_round_on_a_deployment(tmp_path, client_files):
+    """The rest of the deployment's checks, outside CI's 20 minutes: pFedHN and FedRep end
+    with the simulation's params; a round short of server.min_clients is aborted."""
+    files, held_out, validation = client_files
+    keys = CkksKeys.generate()
+    (tmp_path / "secret.ckks").write_bytes(keys.secret)
+    with Deployment(tmp_path / "deployment") as deployment:
+        deployment.start_superlink()
+        start_nodes(deployment, files, held_out, tmp_path / "secret.ckks", validation)
+        init = simulation(files, validation, held_out, OVERRIDES).experiment.learner.init_params()
+        # 1. pFedHN: each node trains the model its embedding generates, the server pulls
+        # the deltas back through its hypernetwork: the same params as the simulation
+        hypernet = OVERRIDES + [f"run.out_dir={tmp_path / 'pfedhn'}", "learner.algorithm=pfedhn"]
+        status = deployment.run(APP, run_config(hypernet))
+        assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
+        expected = simulation(files, validation, held_out, hypernet).run()
+        got = final_params(tmp_path / "pfedhn", 2)
+        assert "embeddings.weight" in got
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
+        # 2. FedRep: each node keeps its client's head from round to round, as the
+        # simulation keeps it for the client: the same shared params (local SGD: Adam's
+        # steps of +-lr on near-zero gradients would amplify float differences)
+        heads = OVERRIDES + [f"run.out_dir={tmp_path / 'fedrep'}", "learner.algorithm=fedrep",
+                             "learner.head_steps=2", "learner.optimizer=sgd", "learner.lr=0.05"]
+        status = deployment.run(APP, run_config(heads))
+        assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
+        expected = simulation(files, validation, held_out, heads).run()
+        got = final_params(tmp_path / "fedrep", 2)
+        assert got.keys() == expected.keys() and "head.weight" not in got
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
+        # 3. a round with fewer clients than server.min_clients is aborted, the model as it
+        # was (no DP noise to release); the time budget then ends the run cleanly
+        aborted = OVERRIDES + [f"run.out_dir={tmp_path / 'aborted'}", "aggregation.secure=ckks",
+                               "server.rounds=3", "server.clients_per_round=2",
+                               "server.min_clients=3", "run.time_budget_seconds=0.001"]
+        status = deployment.run(APP, run_config(aborted))
+        assert status["status"] == "finished:completed", deployment.logs(status["run-id"])
+        (metrics,) = logged_metrics(tmp_path / "aborted")
+        assert metrics["clients"] == 2 and "fewer than server.min_clients" in metrics["aborted"]
+        assert all(torch.equal(v, init[k])
+                   for k, v in final_params(tmp_path / "aborted", 1).items())
 
 
 def test_secagg_plus_over_tls_with_authenticated_nodes_and_a_dropout(tmp_path, client_files):
