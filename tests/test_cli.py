@@ -201,6 +201,8 @@ def test_eval_pooled_scores_as_the_run_s_meta_test_did(tiny_run, capsys):
     assert alone["accuracy"] == summary["accuracy"] and "pooled_accuracy" not in alone
     assert main(["eval", str(tiny_run), "--pooled", "--num-episodes", "20"]) == 0
     assert "with the clients pooled into one" in capsys.readouterr().out
+    assert main(["eval", str(tiny_run), "--pooled", "--episodes", "any.npz"]) == 2
+    assert "--episodes brings its own" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -68,7 +68,8 @@ def test_a_global_head_scores_each_held_out_example_as_it_predicts_it():
 
 @pytest.mark.parametrize("settings,message", [
     (["learner.algorithm='local'"], "nothing to deploy"),
-    (["data.dataset='fashion-mnist'"], "own splits")])
+    (["data.dataset='fashion-mnist'"], "own splits"),
+    (["eval.pooled=true"], "which a deployment's nodes keep apart")])
 def test_flower_refuses_what_a_deployment_cannot_do(settings, message):
     with pytest.raises(UserError, match=message):
         FlowerFederation(None, load_config(None, settings))

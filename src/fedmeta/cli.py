@@ -112,6 +112,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     for text in args.set:  # the model and its data are the run's: only the evaluation varies
         if not text.startswith("eval."):
             raise UserError(f"eval --set takes eval.* keys (the tasks scored), got {text!r}")
+    if args.pooled and args.episodes is not None:
+        raise UserError("--pooled draws its episodes from held-out clients; --episodes brings "
+                        "its own")
     run = RunDirectory.open(args.run_dir, "eval")
     if args.pooled:
         check_poolable(load_config(run.config_path), "--pooled")
