@@ -20,7 +20,6 @@ evaluation alphabets pooled (`eval.pooled`), since a new client here is one alph
 import argparse
 import json
 import os
-import platform
 import shutil
 from pathlib import Path
 
@@ -34,17 +33,6 @@ from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize
 from parallel import run_jobs
-
-
-def device() -> str:
-    """Where the run computed: the CPU's model (torch here runs on the CPU)."""
-    name = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"cpu ({name}), {torch.get_num_threads()} threads"
 
 
 def run_one(job: tuple) -> dict:
@@ -75,7 +63,7 @@ def run_one(job: tuple) -> dict:
     return {"algorithm": algorithm, "setting": setting, "rounds": summary["rounds"],
             "selected_round": summary["selected"]["round"],
             "val_accuracy": summary["selected"].get("accuracy"),
-            "train_seconds": round(summary["train_seconds"], 1), "device": device(),
+            "train_seconds": round(summary["train_seconds"], 1), "device": summary["device"],
             "recipe": list(recipe),
             **{f"test_{k}": v for k, v in meta_test.items()
                if k not in ("per_client_accuracy", "pooled_accuracy", "pooled_ci95")},

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import torch
 
-from converged import device  # beside this script
 from fedmeta.build import build_experiment
 from fedmeta.config import load_config
 from fedmeta.engine.checkpoint import read_checkpoint, restore_read
@@ -103,7 +102,7 @@ def run_one(algorithm: str, setting: str, seed: int, args: argparse.Namespace) -
             "accuracy": result["accuracy"], "ci95_over_clients": result["ci95"],
             "pooled_accuracy": result["pooled_accuracy"], "p10": result["client_p10"],
             **best_on_test(simulation, run),
-            "train_seconds": round(summary["train_seconds"], 1), "device": device(),
+            "train_seconds": round(summary["train_seconds"], 1), "device": summary["device"],
             "overrides": args.set}
 
 

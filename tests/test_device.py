@@ -34,7 +34,7 @@ def without_cuda(monkeypatch, count: int = 0) -> None:
 def test_auto_is_the_cpu_without_a_gpu(monkeypatch):
     without_cuda(monkeypatch)
     assert resolve_device("auto") == HOST and resolve_device("cpu") == HOST
-    assert describe_device(HOST) == "cpu"
+    assert describe_device(HOST).startswith("cpu (") and "thread" in describe_device(HOST)
 
 
 @pytest.mark.parametrize("name, count, says", [("cuda", 0, "has no CUDA GPU"),
@@ -164,9 +164,9 @@ def test_a_run_names_its_device_and_resumes_and_evaluates_on_a_named_one(tmp_pat
                       '[run]\ncheckpoint_every = 1\ndevice = "cpu"\n')
     run = tmp_path / "run"
     assert main(["run", str(config), "--out", str(run), "--quiet"]) == 0
-    assert "trained on cpu;" in capsys.readouterr().out
+    assert "trained on cpu (" in capsys.readouterr().out
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["device"] == "cpu"
+    assert summary["device"] == describe_device(HOST)
     assert main(["eval", str(run), "--device", "cpu", "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["accuracy"] == summary["meta_test"]["accuracy"]  # same device, same bits

@@ -10,6 +10,7 @@ on any device; only float rounding differs between devices.
 
 import contextlib
 import dataclasses
+import platform
 from typing import Any
 
 import torch
@@ -39,11 +40,24 @@ def resolve_device(name: str) -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
-    """The device in words, as results report it: "cpu" or "cuda:0 (NVIDIA H200)"."""
+    """The device in words, as results report it: "cpu (its model, N threads)" or
+    "cuda:0 (NVIDIA H200)"."""
+    if device.type == "cpu":
+        threads = torch.get_num_threads()
+        return f"cpu ({cpu_model()}, {threads} thread{'s' if threads > 1 else ''})"
     if device.type != "cuda":
         return device.type
     index = device.index if device.index is not None else torch.cuda.current_device()
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else the platform's word for it."""
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def local_precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
