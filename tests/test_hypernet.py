@@ -13,6 +13,7 @@ from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
 from fedmeta.evaluation import own_split_test
 from fedmeta.learners.hypernet import PFedHN
+from fedmeta.seeding import seeded
 from fedmeta.server import Round
 from tiny import feature_client, float_episodes, mlp_learner
 
@@ -108,14 +109,13 @@ def test_each_training_client_scores_its_own_split_with_the_model_it_is_sent():
     scored, personal_correct = [], learner.personal_correct
     learner.personal_correct = lambda model, *args: scored.append(model) or personal_correct(
         model, *args)
-    result, _ = own_split_test(learner, params, None, train, test, 2,
-                               torch.Generator().manual_seed(1))
-    g = torch.Generator().manual_seed(1)
+    result, _ = own_split_test(learner, params, None, train, test, 2, (1,))
     for i, model in enumerate(scored):
         generated = learner.generate(params, params["embeddings.weight"][i])
         for k, v in generated.items():
             torch.testing.assert_close(model[k], v, rtol=0, atol=0)
-        correct = personal_correct(generated, {}, train.client(i), test.client(i), 2, g)
+        correct = personal_correct(generated, {}, train.client(i), test.client(i), 2,
+                                   seeded(1, i))  # client i's own stream
         assert result.per_client_accuracy[i] == correct.float().mean().item()
     assert len(scored) == CLIENTS
 

@@ -22,10 +22,12 @@ from fedmeta.data.fashion_mnist import DEBIAN
 from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
 from fedmeta.engine.client_state import CLIENTS
+from fedmeta.evaluation import own_split_test
 from fedmeta.flower import node
 from fedmeta.flower.messages import config_message
 from fedmeta.flower.server_app import FlowerFederation
 from fedmeta.learners.fedavg import FedAvg
+from fedmeta.learners.protonet import ProtoNet
 from in_process_flower import in_process_federation
 from test_resume import assert_same_run
 from test_validation import Spy
@@ -64,6 +66,25 @@ def test_a_global_head_scores_each_held_out_example_as_it_predicts_it():
     with torch.no_grad():
         expected = learner.forward(params, held.x).argmax(-1) == held.y
     assert torch.equal(correct, expected)
+
+
+def test_a_client_scores_its_own_split_the_same_whoever_else_is_scored():
+    """Each client draws the examples it adapts to from a stream of its own: leaving client 0
+    out (no held-out examples) changes no other client's score, as a deployment's node scores
+    alone."""
+    learner = mlp_learner(ProtoNet, hidden=(5,), ways=None, dtype=torch.float32)
+    clients = [feature_client(per_class=12, seed=s) for s in range(4)]
+    x = torch.cat([c.x for c in clients]).numpy()
+    y = torch.cat([c.y for c in clients]).numpy()
+    train = ArrayFederatedDataset("toy", x, y, [np.arange(48 * i, 48 * i + 40) for i in range(4)])
+    held = [np.arange(48 * i + 40, 48 * i + 48) for i in range(4)]
+    every = own_split_test(learner, learner.init_params(), None, train,
+                           ArrayFederatedDataset("toy", x, y, held), 3, (5,))[0]
+    others = own_split_test(learner, learner.init_params(), None, train,
+                            ArrayFederatedDataset("toy", x, y, [held[0][:0], *held[1:]]), 3,
+                            (5,))[0]
+    assert others.per_client_accuracy == every.per_client_accuracy[1:]
+    assert len(set(every.per_client_accuracy)) > 1  # the clients' scores do differ
 
 
 @pytest.mark.parametrize("settings,message", [

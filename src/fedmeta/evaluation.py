@@ -17,6 +17,7 @@ from fedmeta.data.npz import data_error, load_npz
 from fedmeta.errors import UserError
 from fedmeta.learners.base import Learner
 from fedmeta.params import Params, table_rows
+from fedmeta.seeding import seeded
 
 log = logging.getLogger(__name__)
 
@@ -123,20 +124,21 @@ def summarize(per_episode: list[torch.Tensor], per_client: list[float]) -> MetaT
 
 def own_split_test(learner: Learner, params: Params, states: Params | None,
                    train: FederatedDataset, held: FederatedDataset, shots: int,
-                   generator: torch.Generator) -> tuple[MetaTestResult, float]:
+                   keys: tuple[int, ...]) -> tuple[MetaTestResult, float]:
     """PFLlib's personalized-FL metric: each training client scores its own held-out examples
     (client i of `held`) with what it learned: the params the server sends it
     (`Learner.client_params`: its own generated model under pFedHN), its personal state in
     `states` (the table of `fedmeta.engine.client_state`) and its own training examples
-    (client i of `train`, up to `shots` a class where it adapts: `Learner.personal_correct`).
-    Returns the mean over clients of each one's accuracy, with a 95% CI over clients
+    (client i of `train`, up to `shots` a class where it adapts: `Learner.personal_correct`,
+    drawn from client i's own stream, `seeded(*keys, i)`, so a client scores the same whoever
+    else is scored, and wherever it is). Returns the mean over clients of each one's accuracy, with a 95% CI over clients
     (`episodes`: the examples scored), and the pooled accuracy (all clients' examples
     together, the number PFLlib's code prints)."""
     if learner.keeps_state and states is None:
         raise ValueError("own_split_test needs the personal states of a learner that keeps them")
     clients = [i for i in range(held.num_clients) if held.client_size(i)]
     correct = [learner.personal_correct(own_params(learner, params, i), state, train.client(i),
-                                        held.client(i), shots, generator)
+                                        held.client(i), shots, seeded(*keys, i))
                for i, state in zip(clients, table_rows(states, clients))]
     if not correct:
         raise UserError("no training client holds held-out examples to score")

@@ -315,8 +315,8 @@ class Simulation:
         if self.experiment.held_out == "splits":
             held = self.experiment.test if on == "test" else self.experiment.validation
             result, pooled = own_split_test(learner, params, states, self.experiment.train, held,
-                                            ev.shots, seeded(self.config.seed, EVAL_STREAM,
-                                                             *episode_keys))
+                                            ev.shots, (self.config.seed, EVAL_STREAM,
+                                                       *episode_keys))
             return {f"{on}_{key}": value for key, value in
                     {**result.as_dict(per_client), "pooled_accuracy": pooled}.items()}
         clients = self.test_clients if on == "test" else self.validation_clients
