@@ -179,8 +179,9 @@ def test_pooled_episodes_draw_their_classes_across_the_held_out_clients():
     y = np.tile(np.repeat([0, 1], 4), 3)
     held = ArrayFederatedDataset("toy", x, y, np.arange(24).reshape(3, 8))
     config = load_config(None, ["data.dataset='synthetic'", "data.num_clients=3",
-                                "model.name='mlp'", "learner.algorithm='protonet'", "task.ways=2", "eval.ways=2",
-                                "eval.shots=1", "eval.queries=2", "eval.pooled=true"])
+                                "model.name='mlp'", "learner.algorithm='protonet'", "task.ways=2",
+                                "eval.ways=2", "eval.shots=1", "eval.queries=2",
+                                "eval.pooled=true"])
     experiment = build_experiment(config, (held, held, held))
     simulation = Simulation(experiment)
     params = experiment.learner.init_params()
