@@ -18,7 +18,7 @@ def test_a_client_round_trips_and_files_form_a_federation_ordered_by_id(tmp_path
                           torch.arange(n) % 3) for n in (5, 7)]
     save_client(tmp_path / "b.npz", clients[0], 1)
     save_client(tmp_path / "a.npz", clients[1], 0)
-    client_id, loaded, num_classes, num_items = load_client(tmp_path / "b.npz")
+    client_id, loaded, num_classes, num_items, _ = load_client(tmp_path / "b.npz")
     assert client_id == 1 and torch.equal(loaded.x, clients[0].x)
     assert (num_classes, num_items) == (3, 0)
     federation = clients_federated([tmp_path / "b.npz", tmp_path / "a.npz"])

@@ -66,7 +66,7 @@ def test_export_clients_writes_rating_clients_in_time_order(path, tmp_path):
     files = sorted((tmp_path / "out").glob("*.npz"))  # client_*, then heldout_*
     for file, (dataset, i) in zip(files, [(train, i) for i in range(3)]
                                   + [(test, i) for i in range(2)], strict=True):
-        _, client, num_classes, num_items = load_client(file)
+        _, client, num_classes, num_items, _ = load_client(file)
         assert (num_classes, num_items) == (1, ITEMS) and client.y.dtype == torch.float32
         assert torch.equal(client.x, dataset.client(i).x)
         assert torch.equal(client.y, dataset.client(i).y)  # the order the user rated in

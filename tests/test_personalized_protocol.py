@@ -18,8 +18,11 @@ from fedmeta.build import build_experiment
 from fedmeta.cli import main
 from fedmeta.config import load_config
 from fedmeta.data import ArrayFederatedDataset, ClientData, own_splits
+from fedmeta.data.client_files import load_client, save_own_splits
 from fedmeta.data.fashion_mnist import DEBIAN
+from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation
+from fedmeta.engine.training import train_and_summarize
 from fedmeta.errors import UserError
 from fedmeta.engine.client_state import CLIENTS
 from fedmeta.evaluation import own_split_test
@@ -29,7 +32,7 @@ from fedmeta.flower.server_app import FlowerFederation
 from fedmeta.learners.fedavg import FedAvg
 from fedmeta.learners.protonet import ProtoNet
 from in_process_flower import in_process_federation
-from test_resume import assert_same_run
+from test_resume import assert_same_run, metrics
 from test_validation import Spy
 from tiny import feature_client, mlp_learner
 
@@ -89,7 +92,6 @@ def test_a_client_scores_its_own_split_the_same_whoever_else_is_scored():
 
 @pytest.mark.parametrize("settings,message", [
     (["learner.algorithm='local'"], "nothing to deploy"),
-    (["data.dataset='fashion-mnist'"], "own splits"),
     (["eval.pooled=true"], "which a deployment's nodes keep apart")])
 def test_flower_refuses_what_a_deployment_cannot_do(settings, message):
     with pytest.raises(UserError, match=message):
@@ -197,12 +199,56 @@ def test_what_the_protocol_or_the_model_cannot_do_is_one_line(settings, message)
         build_experiment(load_config(None, settings))
 
 
-def test_export_clients_refuses_a_dataset_of_own_splits(tmp_path, capsys):
-    config = tmp_path / "config.toml"
-    config.write_text("")
-    assert main(["export-clients", str(config), str(tmp_path / "files"),
-                 "--set", "data.dataset='fashion-mnist'"]) == 2
-    assert "own splits" in capsys.readouterr().err
+@installed
+@pytest.mark.parametrize("algorithm,nodes", [("fedrep", "files"), ("fedavg-ft", "partitions")])
+def test_own_splits_on_nodes_score_as_the_simulation(tmp_path, monkeypatch, algorithm, nodes):
+    """Each node holds its client's training, validation and test parts (a deployment's file
+    from `export-clients`, or a partition of Flower's simulation) and scores its own parts
+    with the personal state it kept, the meta-test with the state of the round model
+    selection chose (FedRep's: not the last): the federation logs, selects and meta-tests as
+    the simulation does."""
+    monkeypatch.setattr(node, "PERSONAL", OrderedDict())
+    settings = SMALL + [f"learner.algorithm='{algorithm}'", "learner.lr=10.0", "server.rounds=5"]
+    config_path = tmp_path / "config.toml"
+    config_path.write_text("")
+    assert main(["export-clients", str(config_path), str(tmp_path / "files"),
+                 *[a for s in settings for a in ("--set", s)]]) == 0
+    config = load_config(config_path, settings)
+    simulated = train_and_summarize(Simulation(build_experiment(config)),
+                                    RunDirectory.create(config, tmp_path / "simulated"), False)
+    federation = in_process_federation(config, 20 if nodes == "partitions" else [
+        {"data-path": str(path)} for path in sorted((tmp_path / "files").glob("*.npz"))],
+        monkeypatch)
+    deployed = train_and_summarize(federation, RunDirectory.create(config, tmp_path / "nodes"),
+                                   False)
+    if algorithm == "fedrep":
+        assert 1 < deployed["selected"]["round"] < deployed["rounds"] == 5  # a state kept back
+    assert deployed["selected"] == pytest.approx(simulated["selected"])
+    per_client = [run["meta_test"].pop("per_client_accuracy") for run in (deployed, simulated)]
+    assert deployed["meta_test"] == pytest.approx(simulated["meta_test"])
+    assert per_client[0] == pytest.approx(per_client[1])
+    logged = [[{k: v for k, v in m.items() if k.startswith("val_")} for m in metrics(run)]
+              for run in (tmp_path / "simulated", tmp_path / "nodes")]
+    assert len(logged[0]) == len(logged[1]) == 5 and "val_pooled_accuracy" in logged[0][0]
+    for simulated_round, deployed_round in zip(*logged):
+        assert deployed_round == pytest.approx(simulated_round)
+
+
+def test_a_client_file_of_own_splits_holds_its_parts(tmp_path):
+    parts = tuple(ClientData(torch.full((n, 2, 2), n, dtype=torch.uint8),
+                             torch.arange(n) % 3) for n in (5, 2, 3))
+    save_own_splits(tmp_path / "c.npz", parts, 7)
+    file = load_client(tmp_path / "c.npz")
+    assert file.client_id == 7 and file.num_classes == 3
+    for got, want in zip((file.data, *file.held), parts):
+        assert torch.equal(got.x, want.x) and torch.equal(got.y, want.y)
+    arrays = dict(np.load(tmp_path / "c.npz"))
+    np.savez(tmp_path / "bad.npz", **{**arrays, "split": arrays["split"] + 1})
+    with pytest.raises(UserError, match="split must be 10 uint8 values in 0..2"):
+        load_client(tmp_path / "bad.npz")
+    np.savez(tmp_path / "bad.npz", **{**arrays, "split": np.ones(10, np.uint8)})
+    with pytest.raises(UserError, match="no example to train on"):
+        load_client(tmp_path / "bad.npz")
 
 
 @installed

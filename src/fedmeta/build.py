@@ -348,16 +348,11 @@ def rates_new_users(cls: type[Learner]) -> bool:
 
 def check_deployable(config: Config) -> None:
     """UserError for what a deployment cannot do: local-only training (nothing to deploy),
-    a client's own held-out split beside its training data (fedmeta's nodes do not hold
-    one yet), or episodes of held-out clients pooled (their data stay on their nodes)."""
+    or episodes of held-out clients pooled (their data stay on their nodes)."""
     algorithm = config.learner.algorithm
     if algorithm == "local":
         raise UserError("local-only clients send nothing: there is nothing to deploy "
                         "(`fedmeta run` gives the local-only reference)")
-    if config.data.dataset in OWN_SPLITS:
-        raise UserError(f"{config.data.dataset}'s held-out data are each training client's own "
-                        "splits, which fedmeta's Flower nodes do not hold yet: run it with "
-                        "`fedmeta run`")
     if config.eval.pooled:
         raise UserError("eval.pooled draws episodes from the held-out clients' data pooled in "
                         "one place, which a deployment's nodes keep apart: set eval.pooled = "

@@ -18,7 +18,7 @@ from fedmeta.bench.workloads import WORKLOADS
 from fedmeta.build import (OWN_SPLITS, TEXT, build_datasets, build_experiment, build_new_clients,
                            build_vertical, check_poolable)
 from fedmeta.config import Config, load_config
-from fedmeta.data.client_files import save_client, save_role
+from fedmeta.data.client_files import save_client, save_own_splits, save_role
 from fedmeta.resume import restore_run, resume
 from fedmeta.atomic import write_atomic, write_atomic_bytes
 from fedmeta.engine.client_state import CLIENTS
@@ -225,10 +225,10 @@ def cmd_privacy(args: argparse.Namespace) -> None:
 def cmd_export_clients(args: argparse.Namespace) -> None:
     """One file per client, for the machines of a deployment (`fedmeta.data.client_files`)."""
     config = load_config(args.config, args.set)
-    if config.data.dataset in OWN_SPLITS:
-        raise UserError(f"{config.data.dataset}'s held-out data are each client's own splits; "
-                        "export-clients writes whole clients (omniglot, femnist, synthetic, "
-                        "movielens, shakespeare)")
+    own_splits = config.data.dataset in OWN_SPLITS
+    if own_splits and (args.validation or args.held_out):
+        raise UserError(f"{config.data.dataset}'s held-out data are each client's own splits, "
+                        "which its file holds: no --validation or --held-out clients")
     train, validation, test = build_datasets(config)
     if args.clients is not None and not 1 <= args.clients <= train.num_clients:
         raise UserError(f"--clients must be in [1, {train.num_clients}], got {args.clients}")
@@ -244,13 +244,17 @@ def cmd_export_clients(args: argparse.Namespace) -> None:
     for prefix, (count, clients) in counts.items():
         for i in range(count):
             path = args.out / f"{prefix}_{i:05d}.npz"
-            if config.data.dataset in TEXT:
+            if own_splits:
+                save_own_splits(path, (train.client(i), validation.client(i), test.client(i)),
+                                client_id)
+            elif config.data.dataset in TEXT:
                 save_role(path, clients, i, client_id)
             else:
                 save_client(path, clients.client(i), client_id, clients.num_items)
             client_id += 1
+    parts = " (each with its own validation and test splits)" if own_splits else ""
     print(f"wrote {counts['client'][0]} training, {counts['validation'][0]} meta-validation and "
-          f"{counts['heldout'][0]} held-out client files to {args.out}")
+          f"{counts['heldout'][0]} held-out client files to {args.out}{parts}")
 
 
 def cmd_ckks_keys(args: argparse.Namespace) -> None:

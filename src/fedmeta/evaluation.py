@@ -131,15 +131,21 @@ def own_split_test(learner: Learner, params: Params, states: Params | None,
     `states` (the table of `fedmeta.engine.client_state`) and its own training examples
     (client i of `train`, up to `shots` a class where it adapts: `Learner.personal_correct`,
     drawn from client i's own stream, `seeded(*keys, i)`, so a client scores the same whoever
-    else is scored, and wherever it is). Returns the mean over clients of each one's accuracy, with a 95% CI over clients
-    (`episodes`: the examples scored), and the pooled accuracy (all clients' examples
-    together, the number PFLlib's code prints)."""
+    else is scored, and wherever it is). Returns the mean over clients of each one's accuracy,
+    with a 95% CI over clients (`episodes`: the examples scored), and the pooled accuracy
+    (all clients' examples together, the number PFLlib's code prints)."""
     if learner.keeps_state and states is None:
         raise ValueError("own_split_test needs the personal states of a learner that keeps them")
     clients = [i for i in range(held.num_clients) if held.client_size(i)]
-    correct = [learner.personal_correct(own_params(learner, params, i), state, train.client(i),
-                                        held.client(i), shots, seeded(*keys, i))
-               for i, state in zip(clients, table_rows(states, clients))]
+    return own_split_result([
+        learner.personal_correct(own_params(learner, params, i), state, train.client(i),
+                                 held.client(i), shots, seeded(*keys, i))
+        for i, state in zip(clients, table_rows(states, clients))])
+
+
+def own_split_result(correct: Sequence[torch.Tensor]) -> tuple[MetaTestResult, float]:
+    """`own_split_test`'s result from which held-out examples each scored client got right
+    (bool [n_i] each), wherever they were scored."""
     if not correct:
         raise UserError("no training client holds held-out examples to score")
     per_client = torch.stack([c.float().mean() for c in correct])

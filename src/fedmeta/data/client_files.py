@@ -7,7 +7,9 @@ reproduces a simulation) and, optionally, `query_mask` (its own query split). A 
 gave them, and `num_items`: the item space its features' column 0 indexes, the run's model's.
 A speaking role (`fedmeta.data.shakespeare`) is a Shakespeare file of that one role (`text`,
 `offsets`, `split_point`, `vocab`) with its `client_id`: the node draws its 80-character
-windows from its text, as the simulation does from the corpus.
+windows from its text, as the simulation does from the corpus. A client of a dataset whose
+held-out data are each client's own splits (Fashion-MNIST, PFLlib's protocol) holds all its
+examples, with `split` (uint8: 0 trains, 1 validates, 2 tests) saying which part is which.
 Loaded without pickle; every field is checked, so a bad file fails with one line naming it.
 """
 
@@ -26,13 +28,18 @@ from fedmeta.errors import UserError
 
 
 class ClientFile(NamedTuple):
-    """A client file's client: its id, its data, the label space it shows (its labels 0..max,
-    1 for ratings, LEAF's vocabulary for a role) and its item space (0 unless ratings)."""
+    """A client file's client: its id, its data (what it trains on), the label space it shows
+    (its labels 0..max, 1 for ratings, LEAF's vocabulary for a role), its item space (0
+    unless ratings) and, for a client of own splits, its validation and test parts."""
 
     client_id: int
     data: ClientData
     num_classes: int
     num_items: int
+    held: tuple[ClientData, ClientData] | None = None
+
+
+SPLITS = ("train", "validation", "test")  # a client's own parts, as `split` numbers them
 
 
 def save_client(path: Path, client: ClientData, client_id: int, num_items: int = 0) -> None:
@@ -44,6 +51,15 @@ def save_client(path: Path, client: ClientData, client_id: int, num_items: int =
     if num_items:
         arrays["num_items"] = np.int64(num_items)
     write_client(path, arrays)
+
+
+def save_own_splits(path: Path, parts: tuple[ClientData, ...], client_id: int) -> None:
+    """Write a client of own splits: its training, validation and test parts (`SPLITS`)."""
+    write_client(path, {"x": torch.cat([p.x for p in parts]).numpy(),
+                        "y": torch.cat([p.y for p in parts]).numpy(),
+                        "split": np.repeat(np.arange(len(parts), dtype=np.uint8),
+                                           [len(p) for p in parts]),
+                        "client_id": np.int64(client_id)})
 
 
 def save_role(path: Path, roles: TextFederatedDataset, i: int, client_id: int) -> None:
@@ -59,7 +75,7 @@ def write_client(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def load_client(path: str | Path) -> ClientFile:
     """The client of a client file, checked."""
     arrays = load_npz(path, ("client_id",), optional=("x", "y", "query_mask", "num_items",
-                                                      *ROLE_ARRAYS))
+                                                      "split", *ROLE_ARRAYS))
     client_id = arrays["client_id"]
     if client_id.shape != () or client_id.dtype.kind not in "iu" or client_id < 0:
         raise data_error(path, f"client_id must be one non-negative integer, "
@@ -89,7 +105,22 @@ def load_client(path: str | Path) -> ClientFile:
     data = ClientData(
         torch.from_numpy(x), torch.from_numpy(y.astype(np.float32 if num_items else np.int64)),
         None if mask is None else torch.from_numpy(mask))
+    if "split" in arrays:
+        return own_split_file(path, int(client_id), data, arrays["split"])
     return ClientFile(int(client_id), data, label_space(data.y), num_items)
+
+
+def own_split_file(path: str | Path, client_id: int, data: ClientData,
+                   split: np.ndarray) -> ClientFile:
+    """A client of own splits: `data` parted by `split`, checked (some examples to train on)."""
+    if split.shape != data.y.shape or split.dtype != np.uint8 or split.max() >= len(SPLITS):
+        raise data_error(path, f"split must be {len(data.y)} uint8 values in 0..2 (train, "
+                               f"validation, test), got {described(split)}")
+    if not (split == 0).any():
+        raise data_error(path, "split marks no example to train on (0)")
+    train, validation, test = (ClientData(data.x[split == part], data.y[split == part])
+                               for part in range(len(SPLITS)))
+    return ClientFile(client_id, train, label_space(data.y), 0, (validation, test))
 
 
 def role(path: str | Path, arrays: dict[str, np.ndarray]) -> ClientData:

@@ -11,7 +11,7 @@ aggregation, the shared secret-key context (`ckks-key`, written by `fedmeta ckks
 data never leaves the node, only params deltas (or their encryption) and metrics do. In
 Flower's simulation a node has only a `partition-id`: it is client `partition-id` of the
 config's training, then meta-validation, then meta-test clients (`build_datasets`), numbered
-on.
+on; with own splits, training client `partition-id` with its own validation and test parts.
 
 A client of a learner that keeps personal state (`Learner.keeps_state`: Ditto's personal model,
 FedPer's head, FedBN's norms) keeps it in the node's process, for the run of the message
@@ -35,9 +35,10 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
-from fedmeta.build import (Datasets, build_client_stage, build_datasets, build_learner,
-                           episode_sampler, fixed_denominator)
+from fedmeta.build import (OWN_SPLITS, Datasets, build_client_stage, build_datasets,
+                           build_learner, episode_sampler, fixed_denominator)
 from fedmeta.engine.experiment import learner_at_round
+from fedmeta.engine.simulation import EVAL_KEYS
 from fedmeta.config import Config
 from fedmeta.data import ClientData, ColdStartSampler, NotEnoughData
 from fedmeta.data.client_files import ClientFile, load_client
@@ -98,11 +99,14 @@ def ckks_context(path: str):
 
 
 class PersonalStates(NamedTuple):
-    """A run's clients' personal states in this process, by client id: those kept, and for a
-    learner that `commits_state`, each client's last new one with the round that left it."""
+    """A run's clients' personal states in this process, by client id: those kept, for a
+    learner that `commits_state` each client's last new one with the round that left it, and
+    those its own validation part was scored with, by round: the last one and the one of the
+    round model selection had chosen by then, the meta-test's if it stays chosen."""
 
     kept: dict[int, Params]
     pending: dict[int, tuple[int, Params]]
+    validated: dict[int, dict[int, Params]]
 
 
 PERSONAL: OrderedDict[str, PersonalStates] = OrderedDict()  # by run
@@ -112,7 +116,7 @@ RUNS_KEPT = 4  # a SuperLink may run several at once
 def personal_states(run: str) -> PersonalStates:
     """The personal states this process keeps for `run` (its id and config): those of the
     `RUNS_KEPT` runs messaged last."""
-    PERSONAL.setdefault(run, PersonalStates({}, {}))
+    PERSONAL.setdefault(run, PersonalStates({}, {}, {}))
     PERSONAL.move_to_end(run)
     while len(PERSONAL) > RUNS_KEPT:
         PERSONAL.popitem(last=False)
@@ -127,14 +131,15 @@ def simulated_datasets(config_json: str) -> Datasets:
 class NodeClient(NamedTuple):
     """A node's client: its id, its data, its role ("train", "val" or "test"), the label space
     it knows (its file's labels 0..max, 1 for ratings; in Flower's simulation the config's
-    dataset's, LEAF's vocabulary for a role) and the item space its ratings index (0 unless a
-    rating client)."""
+    dataset's, LEAF's vocabulary for a role), the item space its ratings index (0 unless a
+    rating client) and, a training client of own splits, its validation and test parts."""
 
     client_id: int
     data: ClientData
     role: str
     num_classes: int
     num_items: int
+    held: tuple[ClientData, ClientData] | None = None
 
 
 def node_client(settings: Any, node: dict[str, Any]) -> NodeClient:
@@ -144,11 +149,19 @@ def node_client(settings: Any, node: dict[str, Any]) -> NodeClient:
         file = local_client(str(node["data-path"]))
         role = ("test" if node.get("held-out", False) else
                 "val" if node.get("validation", False) else "train")
-        return NodeClient(file.client_id, file.data, role, file.num_classes, file.num_items)
+        return NodeClient(file.client_id, file.data, role, file.num_classes, file.num_items,
+                          file.held)
     partition = int(node["partition-id"])
+    datasets = simulated_datasets(str(settings["fedmeta"]))
+    if parsed(str(settings["fedmeta"])).data.dataset in OWN_SPLITS:  # training clients only
+        train, validation, test = datasets
+        if partition >= train.num_clients:
+            raise UserError(f"node partition-id {partition}: the config has only "
+                            f"{train.num_clients} clients")
+        return NodeClient(partition, train.client(partition), "train", train.num_classes, 0,
+                          (validation.client(partition), test.client(partition)))
     first = 0
-    for role, clients in zip(("train", "val", "test"),
-                             simulated_datasets(str(settings["fedmeta"]))):
+    for role, clients in zip(("train", "val", "test"), datasets):
         if partition < first + clients.num_clients:
             return NodeClient(partition, clients.client(partition - first), role,
                               clients.num_classes, clients.num_items)
@@ -175,13 +188,16 @@ def describe(content: RecordDict, node: dict[str, Any]) -> RecordDict:
     """The node's client as the server needs to know it: id, example count, input shape,
     label space, item space, role; the simulated clients' counts (in Flower's simulation);
     the public part of its CKKS key, if it holds one."""
-    client_id, client, role, num_classes, num_items = node_client(content["config"], node)
+    client_id, client, role, num_classes, num_items, held = node_client(content["config"], node)
     record = ConfigRecord({"client-id": client_id, "num-examples": len(client),
                            "input-shape": list(input_shape(client)),
                            "num-classes": num_classes, "num-items": num_items, "role": role})
+    if held is not None:
+        record["held-examples"] = [len(part) for part in held]
     if "data-path" not in node:  # a partition of Flower's simulation
-        record["simulated-clients"] = [clients.num_clients for clients in simulated_datasets(
-            str(content["config"]["fedmeta"]))]
+        train, validation, test = simulated_datasets(str(content["config"]["fedmeta"]))
+        record["simulated-clients"] = [train.num_clients, 0, 0] if held is not None else [
+            train.num_clients, validation.num_clients, test.num_clients]
     if "ckks-key" in node:
         key = ckks_context(str(node["ckks-key"]))
         record["ckks-public"] = key.serialize(save_secret_key=False, save_relin_keys=False)
@@ -280,11 +296,16 @@ def decrypt_sum(content: RecordDict, node: dict[str, Any]) -> RecordDict:
 def evaluate(content: RecordDict, node: dict[str, Any]) -> RecordDict:
     """Meta-test on the node's own classes: adapt on each episode's support set, score its
     query set. A rating client is scored as a new user (`fedmeta.ratings`): adapted on its
-    first `eval.shots` ratings, its (MAE, RMSE, NDCG@10) on all the later ones."""
-    client_id, client, *_ = node_client(content["config"], node)
+    first `eval.shots` ratings, its (MAE, RMSE, NDCG@10) on all the later ones. A training
+    client of own splits scores its own validation or test part (`own_split_correct`)."""
+    client_id, client, *_, held = node_client(content["config"], node)
     config, learner = node_learner(content["config"], node, client)
     params = learner.on_device({k: owned(v) for k, v in
                                 content["arrays"].to_torch_state_dict().items()})
+    if held is not None:
+        correct = own_split_correct(content["config"], node, config, learner, params, client_id,
+                                    client, held)
+        return RecordDict({"metrics": MetricRecord({"correct": correct.int().tolist()})})
     sampler = episode_sampler(config, config.eval)
     if isinstance(sampler, ColdStartSampler):
         return RecordDict({"metrics": MetricRecord(new_user_scores(learner, params, client,
@@ -296,6 +317,33 @@ def evaluate(content: RecordDict, node: dict[str, Any]) -> RecordDict:
         return RecordDict({"metrics": MetricRecord({"accuracies": []})})
     accuracies = learner.accuracy(params, episodes).tolist()
     return RecordDict({"metrics": MetricRecord({"accuracies": accuracies})})
+
+
+def own_split_correct(settings: Any, node: dict[str, Any], config: Config, learner: Learner,
+                      params: Params, client_id: int, client: ClientData,
+                      held: tuple[ClientData, ClientData]) -> torch.Tensor:
+    """Which of its own validation or test examples (`settings["on"]`: "val", "test") the
+    client gets right, as `fedmeta.evaluation.own_split_test` scores it, from its own stream:
+    with the personal state it kept after round `settings["round"]`. Scoring its validation
+    part, the node keeps that state and the one of `settings["selected-round"]` (the round
+    model selection has chosen so far) and drops the others; the meta-test asks for the
+    chosen round's."""
+    on, round_index = str(settings["on"]), int(settings["round"])
+    states = personal_states(f"{node.get('run-id')}:{settings['fedmeta']}")
+    validated = states.validated.setdefault(client_id, {})
+    state = states.kept.get(client_id)
+    if on == "val":
+        validated[round_index] = state
+        keep = {round_index, int(settings["selected-round"])}
+        for dropped in set(validated) - keep:
+            del validated[dropped]
+    else:
+        state = validated.get(round_index, state)
+    if state is None:  # never trained here: its state as the simulation's table starts it
+        state = learner.on_device(learner.initial_state())
+    keys = (config.seed, EVAL_STREAM, *EVAL_KEYS[on][0], client_id)
+    return learner.personal_correct(params, state, client, held[on == "test"],
+                                    config.eval.shots, seeded(*keys))
 
 
 def new_user_scores(learner: Learner, params: Params, client: ClientData,

@@ -10,7 +10,8 @@ goes on if at least `server.min_clients` replied (else the model stays as it was
 nodes only evaluate: they adapt to episodes of their own classes and score them (a rating
 client, a phone's user: adapted to its first ratings, its later ones scored), the
 meta-validation nodes (`validation = true`) during training, the meta-test nodes
-(`held-out = true`) once, at the end.
+(`held-out = true`) once, at the end. With own splits (PFLlib's protocol) every training node
+scores its own validation part during training and its own test part at the end.
 
 With `aggregation.secure = "ckks"` the clients send their weighted updates encrypted, the
 server adds the ciphertexts with the public context the clients described, and a key holder
@@ -31,7 +32,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedmeta.atomic import write_atomic
-from fedmeta.build import LEARNERS, Datasets, build_experiment, check_deployable
+from fedmeta.build import LEARNERS, OWN_SPLITS, Datasets, build_experiment, check_deployable
 from fedmeta.config import Config
 from fedmeta.data import ClientData, FederatedDataset
 from fedmeta.engine.cohort import CohortUpdates, concatenated
@@ -41,7 +42,8 @@ from fedmeta.engine.simulation import Gathered, Held, Simulation
 from fedmeta.engine.training import train_and_summarize
 from fedmeta.device import HOST, to_device
 from fedmeta.errors import UserError
-from fedmeta.evaluation import summarize
+from fedmeta.engine.callbacks import BestRound, selection_metric
+from fedmeta.evaluation import own_split_result, summarize
 from fedmeta.flower.secagg import secagg_plus_sum
 from fedmeta.flower.vertical_server import run_vertical
 from fedmeta.flower.messages import (DECRYPT, DESCRIBE, EVALUATE, PING, TRAIN,
@@ -103,6 +105,8 @@ class FlowerFederation(Simulation):
         train, validation, test = ([n for n in described if n["role"] == role]
                                    for role in ("train", "val", "test"))
         train.sort(key=lambda n: n["client-id"])
+        if config.data.dataset in OWN_SPLITS:  # each training node holds its held-out parts
+            validation, test = own_split_nodes(config, train)
         if len(train) < config.server.min_clients:
             raise UserError(f"only {len(train)} training nodes connected; server.min_clients "
                             f"is {config.server.min_clients}")
@@ -132,6 +136,10 @@ class FlowerFederation(Simulation):
         # of a learner that `commits_state` needs to know (`node.local_update`)
         self.released: dict[int, int] = {}
         self.reported: list[int] = []  # the training clients whose updates this round has
+        self.round_index = 0  # the last round run
+        # the round the meta-validation scores chose so far: with own splits, whose personal
+        # states the nodes keep for the meta-test (`node.own_split_correct`)
+        self.selection = BestRound(selection_metric(config))
         self.check_validation()
         self.check_secagg_weights([int(n["num-examples"]) for n in train])
 
@@ -243,7 +251,7 @@ class FlowerFederation(Simulation):
     def round(self, round_index: int, params: Params,
               server_state: dict[str, Any]) -> tuple[Params, dict[str, Any], dict[str, Any]]:
         """`Simulation.round`, noting which clients' replies a released round used."""
-        self.reported = []
+        self.reported, self.round_index = [], round_index
         params, server_state, metrics = super().round(round_index, params, server_state)
         if "aborted" not in metrics:
             self.released.update(dict.fromkeys(self.reported, round_index))
@@ -301,7 +309,10 @@ class FlowerFederation(Simulation):
                  on: Held = "test", states: Params | None = None) -> dict[str, Any]:
         """Federated evaluation: every held-out node `on` ("test": meta-test, "val":
         meta-validation) adapts to episodes of its own classes, or a rating client as a new
-        user to its first ratings (no node keeps personal `states`)."""
+        user to its first ratings (no node keeps personal `states`); with own splits, every
+        training node scores its own part `on` (`own_split_evaluation`)."""
+        if self.experiment.held_out == "splits":
+            return self.own_split_evaluation(params, per_client, on)
         nodes = self.held_out_nodes[on]
         if not nodes:
             return {}
@@ -320,6 +331,48 @@ class FlowerFederation(Simulation):
             return {}
         result = summarize(accuracies, [float(a.mean()) for a in accuracies])
         return {f"{on}_{key}": value for key, value in result.as_dict(per_client).items()}
+
+
+    def own_split_evaluation(self, params: Params, per_client: bool,
+                             on: Held) -> dict[str, Any]:
+        """`fedmeta.evaluation.own_split_test` on the training nodes: each scores its own
+        validation (`on` = "val") or test part with the params the learner sends it and the
+        personal state it kept after the round scored (the last one run, or for the
+        meta-test the one model selection chose); the scores of its validation parts feed
+        that selection here, as they feed the run's."""
+        selected, learner = self.selection.round, self.experiment.learner
+        values = {"on": on, "round": self.round_index if on == "val" or not selected
+                  else selected, "selected-round": selected}
+        if learner.personalized:
+            sent = learner.client_params(params, torch.arange(len(self.train_nodes)))
+            content = [self.content({k: v[i] for k, v in sent.items()}, **values)
+                       for i in range(len(self.train_nodes))]
+        else:
+            content = self.content(params, **values)
+        correct = [torch.tensor(list(r.content["metrics"]["correct"]), dtype=torch.bool)
+                   for r in self.send(EVALUATE, self.train_nodes, content)]
+        correct = [c for c in correct if len(c)]
+        if not correct:
+            return {}
+        result, pooled = own_split_result(correct)
+        metrics = {f"{on}_{key}": value for key, value in
+                   {**result.as_dict(per_client), "pooled_accuracy": pooled}.items()}
+        if on == "val":
+            self.selection(self.round_index, params, {}, metrics)
+        return metrics
+
+
+def own_split_nodes(config: Config,
+                    train: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], ...]:
+    """The training nodes as holders of their validation parts and of their test parts (each
+    node's `held-examples`); UserError if a node holds no own splits."""
+    whole = [n["node-id"] for n in train if "held-examples" not in n]
+    if whole:
+        raise UserError(f"{config.data.dataset}'s held-out data are each client's own splits, "
+                        f"and nodes {whole} hold none: give each node its client's file from "
+                        "`fedmeta export-clients`")
+    return tuple([{**n, "num-examples": n["held-examples"][part]} for n in train]
+                 for part in (0, 1))
 
 
 app = ServerApp()
