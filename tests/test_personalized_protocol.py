@@ -199,30 +199,39 @@ def test_what_the_protocol_or_the_model_cannot_do_is_one_line(settings, message)
         build_experiment(load_config(None, settings))
 
 
+@pytest.fixture(scope="module")
+def own_split_files(tmp_path_factory) -> list[dict]:
+    """Node configs of SMALL's clients, each with its file from `export-clients`."""
+    folder = tmp_path_factory.mktemp("own-splits")
+    (folder / "config.toml").write_text("")
+    assert main(["export-clients", str(folder / "config.toml"), str(folder / "files"),
+                 *[a for s in SMALL for a in ("--set", s)]]) == 0
+    return [{"data-path": str(path)} for path in sorted((folder / "files").glob("*.npz"))]
+
+
 @installed
 @pytest.mark.parametrize("algorithm,nodes", [("fedrep", "files"), ("fedavg-ft", "partitions")])
-def test_own_splits_on_nodes_score_as_the_simulation(tmp_path, monkeypatch, algorithm, nodes):
+def test_own_splits_on_nodes_score_as_the_simulation(tmp_path, monkeypatch, own_split_files,
+                                                     algorithm, nodes):
     """Each node holds its client's training, validation and test parts (a deployment's file
     from `export-clients`, or a partition of Flower's simulation) and scores its own parts
     with the personal state it kept, the meta-test with the state of the round model
     selection chose (FedRep's: not the last): the federation logs, selects and meta-tests as
-    the simulation does."""
+    the simulation does. A node that no longer holds that state says so."""
     monkeypatch.setattr(node, "PERSONAL", OrderedDict())
-    settings = SMALL + [f"learner.algorithm='{algorithm}'", "learner.lr=10.0", "server.rounds=5"]
-    config_path = tmp_path / "config.toml"
-    config_path.write_text("")
-    assert main(["export-clients", str(config_path), str(tmp_path / "files"),
-                 *[a for s in settings for a in ("--set", s)]]) == 0
-    config = load_config(config_path, settings)
+    config = load_config(None, SMALL + [f"learner.algorithm='{algorithm}'", "learner.lr=10.0",
+                                        "server.rounds=5"])
     simulated = train_and_summarize(Simulation(build_experiment(config)),
                                     RunDirectory.create(config, tmp_path / "simulated"), False)
-    federation = in_process_federation(config, 20 if nodes == "partitions" else [
-        {"data-path": str(path)} for path in sorted((tmp_path / "files").glob("*.npz"))],
-        monkeypatch)
+    federation = in_process_federation(
+        config, 20 if nodes == "partitions" else own_split_files, monkeypatch)
     deployed = train_and_summarize(federation, RunDirectory.create(config, tmp_path / "nodes"),
                                    False)
     if algorithm == "fedrep":
         assert 1 < deployed["selected"]["round"] < deployed["rounds"] == 5  # a state kept back
+        lost = federation.content(federation.experiment.learner.init_params(), on="test",
+                                  round=3, **{"selected-round": 3})  # not kept: 4 was chosen
+        assert node.evaluate(lost, own_split_files[0])["metrics"]["lost-state"] == 1
     assert deployed["selected"] == pytest.approx(simulated["selected"])
     per_client = [run["meta_test"].pop("per_client_accuracy") for run in (deployed, simulated)]
     assert deployed["meta_test"] == pytest.approx(simulated["meta_test"])
@@ -232,6 +241,23 @@ def test_own_splits_on_nodes_score_as_the_simulation(tmp_path, monkeypatch, algo
     assert len(logged[0]) == len(logged[1]) == 5 and "val_pooled_accuracy" in logged[0][0]
     for simulated_round, deployed_round in zip(*logged):
         assert deployed_round == pytest.approx(simulated_round)
+
+
+@installed
+@pytest.mark.parametrize("change,message", [
+    (lambda nodes, settings: ([{**nodes[0], "held-out": True}, *nodes[1:]], settings),
+     "are held out or hold none"),
+    (lambda nodes, settings: (nodes, [*settings, "data.dataset='synthetic'",
+                                      "data.num_clients=20"]),
+     "hold files of own splits"),
+    (lambda nodes, settings: (nodes, [*settings, "learner.algorithm='maml'", "task.ways=2",
+                                      "eval.ways=2"]),
+     "more than the 2-way head")])
+def test_a_federation_of_own_splits_refuses_what_it_cannot_score(monkeypatch, own_split_files,
+                                                                  change, message):
+    nodes, settings = change(own_split_files, SMALL)
+    with pytest.raises(UserError, match=message):
+        in_process_federation(load_config(None, settings), nodes, monkeypatch)
 
 
 def test_a_client_file_of_own_splits_holds_its_parts(tmp_path):
@@ -248,6 +274,9 @@ def test_a_client_file_of_own_splits_holds_its_parts(tmp_path):
         load_client(tmp_path / "bad.npz")
     np.savez(tmp_path / "bad.npz", **{**arrays, "split": np.ones(10, np.uint8)})
     with pytest.raises(UserError, match="no example to train on"):
+        load_client(tmp_path / "bad.npz")
+    np.savez(tmp_path / "bad.npz", **arrays, query_mask=np.ones(10, bool))
+    with pytest.raises(UserError, match="holds no ratings .num_items. or query_mask"):
         load_client(tmp_path / "bad.npz")
 
 

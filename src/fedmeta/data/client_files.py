@@ -106,6 +106,9 @@ def load_client(path: str | Path) -> ClientFile:
         torch.from_numpy(x), torch.from_numpy(y.astype(np.float32 if num_items else np.int64)),
         None if mask is None else torch.from_numpy(mask))
     if "split" in arrays:
+        if num_items or mask is not None:
+            raise data_error(path, "a file of own splits (split) holds no ratings (num_items) "
+                                   "or query_mask")
         return own_split_file(path, int(client_id), data, arrays["split"])
     return ClientFile(int(client_id), data, label_space(data.y), num_items)
 

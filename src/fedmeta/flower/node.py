@@ -186,14 +186,16 @@ def node_learner(settings: Any, node: dict[str, Any],
 
 def describe(content: RecordDict, node: dict[str, Any]) -> RecordDict:
     """The node's client as the server needs to know it: id, example count, input shape,
-    label space, item space, role; the simulated clients' counts (in Flower's simulation);
-    the public part of its CKKS key, if it holds one."""
+    label space, item space, role; a client of own splits, its held-out parts' sizes and how
+    many classes it trains on; the simulated clients' counts (in Flower's simulation); the
+    public part of its CKKS key, if it holds one."""
     client_id, client, role, num_classes, num_items, held = node_client(content["config"], node)
     record = ConfigRecord({"client-id": client_id, "num-examples": len(client),
                            "input-shape": list(input_shape(client)),
                            "num-classes": num_classes, "num-items": num_items, "role": role})
-    if held is not None:
+    if held is not None:  # a client of own splits: its parts' sizes, its own classes
         record["held-examples"] = [len(part) for part in held]
+        record["own-classes"] = len(client.classes)
     if "data-path" not in node:  # a partition of Flower's simulation
         train, validation, test = simulated_datasets(str(content["config"]["fedmeta"]))
         record["simulated-clients"] = [train.num_clients, 0, 0] if held is not None else [
@@ -305,6 +307,8 @@ def evaluate(content: RecordDict, node: dict[str, Any]) -> RecordDict:
     if held is not None:
         correct = own_split_correct(content["config"], node, config, learner, params, client_id,
                                     client, held)
+        if correct is None:
+            return RecordDict({"metrics": MetricRecord({"correct": [], "lost-state": 1})})
         return RecordDict({"metrics": MetricRecord({"correct": correct.int().tolist()})})
     sampler = episode_sampler(config, config.eval)
     if isinstance(sampler, ColdStartSampler):
@@ -321,13 +325,14 @@ def evaluate(content: RecordDict, node: dict[str, Any]) -> RecordDict:
 
 def own_split_correct(settings: Any, node: dict[str, Any], config: Config, learner: Learner,
                       params: Params, client_id: int, client: ClientData,
-                      held: tuple[ClientData, ClientData]) -> torch.Tensor:
+                      held: tuple[ClientData, ClientData]) -> torch.Tensor | None:
     """Which of its own validation or test examples (`settings["on"]`: "val", "test") the
     client gets right, as `fedmeta.evaluation.own_split_test` scores it, from its own stream:
     with the personal state it kept after round `settings["round"]`. Scoring its validation
     part, the node keeps that state and the one of `settings["selected-round"]` (the round
     model selection has chosen so far) and drops the others; the meta-test asks for the
-    chosen round's."""
+    chosen round's, and None if the node no longer holds it (restarted, or its validation
+    reply for that round lost) rather than another round's."""
     on, round_index = str(settings["on"]), int(settings["round"])
     states = personal_states(f"{node.get('run-id')}:{settings['fedmeta']}")
     validated = states.validated.setdefault(client_id, {})
@@ -337,8 +342,10 @@ def own_split_correct(settings: Any, node: dict[str, Any], config: Config, learn
         keep = {round_index, int(settings["selected-round"])}
         for dropped in set(validated) - keep:
             del validated[dropped]
-    else:
-        state = validated.get(round_index, state)
+    elif int(settings["selected-round"]):
+        if round_index not in validated:
+            return None
+        state = validated[round_index]
     if state is None:  # never trained here: its state as the simulation's table starts it
         state = learner.on_device(learner.initial_state())
     keys = (config.seed, EVAL_STREAM, *EVAL_KEYS[on][0], client_id)

@@ -106,7 +106,11 @@ class FlowerFederation(Simulation):
                                    for role in ("train", "val", "test"))
         train.sort(key=lambda n: n["client-id"])
         if config.data.dataset in OWN_SPLITS:  # each training node holds its held-out parts
-            validation, test = own_split_nodes(config, train)
+            validation, test = own_split_nodes(config, described, train)
+        elif any("held-examples" in n for n in described):
+            raise UserError(f"nodes {[n['node-id'] for n in described if 'held-examples' in n]}"
+                            f" hold files of own splits (fashion-mnist's), and "
+                            f"{config.data.dataset}'s clients hold none")
         if len(train) < config.server.min_clients:
             raise UserError(f"only {len(train)} training nodes connected; server.min_clients "
                             f"is {config.server.min_clients}")
@@ -132,6 +136,9 @@ class FlowerFederation(Simulation):
             RemoteClients(train), RemoteClients(validation), RemoteClients(test)))
         experiment.holds_client_states = False  # each node keeps its client's
         super().__init__(experiment)
+        if experiment.held_out == "splits":  # before training, as the simulation's check_data
+            experiment.learner.check_own_classes(max(
+                (int(n["own-classes"]) for n in train), default=0))
         # each training client's last round whose reply a released round used, which a node
         # of a learner that `commits_state` needs to know (`node.local_update`)
         self.released: dict[int, int] = {}
@@ -349,8 +356,12 @@ class FlowerFederation(Simulation):
                        for i in range(len(self.train_nodes))]
         else:
             content = self.content(params, **values)
-        correct = [torch.tensor(list(r.content["metrics"]["correct"]), dtype=torch.bool)
-                   for r in self.send(EVALUATE, self.train_nodes, content)]
+        replies = [r.content["metrics"] for r in self.send(EVALUATE, self.train_nodes, content)]
+        lost = sum(int(r.get("lost-state", 0)) for r in replies)
+        if lost:
+            log.warning("%d nodes no longer hold their state of round %d (restarted?): the "
+                        "meta-test leaves them out", lost, values["round"])
+        correct = [torch.tensor(list(r["correct"]), dtype=torch.bool) for r in replies]
         correct = [c for c in correct if len(c)]
         if not correct:
             return {}
@@ -362,15 +373,16 @@ class FlowerFederation(Simulation):
         return metrics
 
 
-def own_split_nodes(config: Config,
+def own_split_nodes(config: Config, described: list[dict[str, Any]],
                     train: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], ...]:
     """The training nodes as holders of their validation parts and of their test parts (each
-    node's `held-examples`); UserError if a node holds no own splits."""
-    whole = [n["node-id"] for n in train if "held-examples" not in n]
-    if whole:
-        raise UserError(f"{config.data.dataset}'s held-out data are each client's own splits, "
-                        f"and nodes {whole} hold none: give each node its client's file from "
-                        "`fedmeta export-clients`")
+    node's `held-examples`); UserError if a node is held out or holds no own splits."""
+    misplaced = [n["node-id"] for n in described if n["role"] != "train"
+                 or "held-examples" not in n]
+    if misplaced:
+        raise UserError(f"{config.data.dataset}'s held-out data are each client's own splits: "
+                        f"nodes {misplaced} are held out or hold none; give each node its "
+                        "client's file from `fedmeta export-clients`, no held-out nodes")
     return tuple([{**n, "num-examples": n["held-examples"][part]} for n in train]
                  for part in (0, 1))
 
