@@ -53,8 +53,8 @@ def describe_device(device: torch.device) -> str:
 
 def cpu_model() -> str:
     """The CPU's model name (Linux's /proc/cpuinfo), else the platform's word for it."""
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
