@@ -56,6 +56,12 @@ EVAL_KEYS: dict[Held, tuple[tuple[int, ...], ...]] = {"test": ((), (1,), (4,)),
                                                       "val": ((2,), (3,), (5,))}
 
 
+def episode_stream(seed: int, on: Held) -> tuple[int, ...]:
+    """The keys of the held-out clients' `on` episode stream; with own splits, client i
+    draws from `seeded(*keys, i)` (`own_split_test`), wherever it is scored."""
+    return (seed, EVAL_STREAM, *EVAL_KEYS[on][0])
+
+
 @dataclass(frozen=True)
 class Gathered:
     """A round's contributions as the server receives them, from whichever backend ran the
@@ -311,12 +317,12 @@ class Simulation:
         of a rating dataset are scored once each (`fedmeta.ratings.cold_start_test`: MAE,
         RMSE, NDCG@10), `episodes` unused."""
         ev, learner = self.config.eval, self.experiment.learner
-        episode_keys, personal_keys, pooled_keys = EVAL_KEYS[on]
+        _, personal_keys, pooled_keys = EVAL_KEYS[on]
+        episodes_keys = episode_stream(self.config.seed, on)
         if self.experiment.held_out == "splits":
             held = self.experiment.test if on == "test" else self.experiment.validation
             result, pooled = own_split_test(learner, params, states, self.experiment.train, held,
-                                            ev.shots, (self.config.seed, EVAL_STREAM,
-                                                       *episode_keys))
+                                            ev.shots, episodes_keys)
             return {f"{on}_{key}": value for key, value in
                     {**result.as_dict(per_client), "pooled_accuracy": pooled}.items()}
         clients = self.test_clients if on == "test" else self.validation_clients
@@ -325,7 +331,7 @@ class Simulation:
                                      self.experiment.eval_sampler)
             return {f"{on}_{key}": value for key, value in result.as_dict(per_client).items()}
         result = meta_test(learner, params, clients, self.experiment.eval_sampler, episodes,
-                           seeded(self.config.seed, EVAL_STREAM, *episode_keys))
+                           seeded(*episodes_keys))
         metrics = {f"{on}_{key}": value for key, value in result.as_dict(per_client).items()}
         if ev.pooled:  # the centralized benchmarks' protocol: one client of all their classes
             result = meta_test(learner, params, [pool(clients)], self.experiment.eval_sampler,

@@ -38,7 +38,7 @@ from flwr.compat.common import recorddict_compat as compat
 from fedmeta.build import (OWN_SPLITS, Datasets, build_client_stage, build_datasets,
                            build_learner, episode_sampler, fixed_denominator)
 from fedmeta.engine.experiment import learner_at_round
-from fedmeta.engine.simulation import EVAL_KEYS
+from fedmeta.engine.simulation import episode_stream
 from fedmeta.config import Config
 from fedmeta.data import ClientData, ColdStartSampler, NotEnoughData
 from fedmeta.data.client_files import ClientFile, load_client
@@ -348,9 +348,9 @@ def own_split_correct(settings: Any, node: dict[str, Any], config: Config, learn
         state = validated[round_index]
     if state is None:  # never trained here: its state as the simulation's table starts it
         state = learner.on_device(learner.initial_state())
-    keys = (config.seed, EVAL_STREAM, *EVAL_KEYS[on][0], client_id)
     return learner.personal_correct(params, state, client, held[on == "test"],
-                                    config.eval.shots, seeded(*keys))
+                                    config.eval.shots,
+                                    seeded(*episode_stream(config.seed, on), client_id))
 
 
 def new_user_scores(learner: Learner, params: Params, client: ClientData,

@@ -105,11 +105,11 @@ class FlowerFederation(Simulation):
         train, validation, test = ([n for n in described if n["role"] == role]
                                    for role in ("train", "val", "test"))
         train.sort(key=lambda n: n["client-id"])
+        parted = [n["node-id"] for n in described if "held-examples" in n]
         if config.data.dataset in OWN_SPLITS:  # each training node holds its held-out parts
             validation, test = own_split_nodes(config, described, train)
-        elif any("held-examples" in n for n in described):
-            raise UserError(f"nodes {[n['node-id'] for n in described if 'held-examples' in n]}"
-                            f" hold files of own splits (fashion-mnist's), and "
+        elif parted:
+            raise UserError(f"nodes {parted} hold files of own splits (fashion-mnist's), and "
                             f"{config.data.dataset}'s clients hold none")
         if len(train) < config.server.min_clients:
             raise UserError(f"only {len(train)} training nodes connected; server.min_clients "
@@ -219,15 +219,22 @@ class FlowerFederation(Simulation):
                            "config": ConfigRecord(config_message(
             self.config, **self.spaces, **values))})
 
+    def personal_content(self, params: Params, clients: list[int],
+                         **values: Any) -> list[RecordDict]:
+        """A record per training client of `clients`: the params a personalizing learner
+        sends it (`Learner.client_params`), with `values`."""
+        sent = self.experiment.learner.client_params(
+            params, torch.tensor(clients, dtype=torch.int64))
+        return [self.content({k: v[i] for k, v in sent.items()}, **values)
+                for i in range(len(clients))]
+
     def train_replies(self, round_index: int, params: Params, cohort: list[int]) -> list[Message]:
         """Each cohort node's reply to the params the learner sends it: the global params in
         one record for all (serialized once per message, as Flower's strategies send it), or
         a personalizing learner's `client_params`, a record per node."""
         nodes, learner = [self.train_nodes[c] for c in cohort], self.experiment.learner
         if learner.personalized:
-            sent = learner.client_params(params, torch.tensor(cohort, dtype=torch.int64))
-            content = [self.content({k: v[i] for k, v in sent.items()}, round=round_index)
-                       for i in range(len(nodes))]
+            content = self.personal_content(params, cohort, round=round_index)
         elif learner.commits_state:
             content = [self.content(params, round=round_index,
                                     **{"released-round": self.released.get(c, -1)})
@@ -351,9 +358,7 @@ class FlowerFederation(Simulation):
         values = {"on": on, "round": self.round_index if on == "val" or not selected
                   else selected, "selected-round": selected}
         if learner.personalized:
-            sent = learner.client_params(params, torch.arange(len(self.train_nodes)))
-            content = [self.content({k: v[i] for k, v in sent.items()}, **values)
-                       for i in range(len(self.train_nodes))]
+            content = self.personal_content(params, list(range(len(self.train_nodes))), **values)
         else:
             content = self.content(params, **values)
         replies = [r.content["metrics"] for r in self.send(EVALUATE, self.train_nodes, content)]
