@@ -205,6 +205,65 @@ def test_eval_pooled_scores_as_the_run_s_meta_test_did(tiny_run, capsys):
     assert "--episodes brings its own" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def finetuned_run(tmp_path_factory):
+    """The tiny demo trained by FedAvg and meta-tested by fine-tuning (FedAvg+FT)."""
+    out = tmp_path_factory.mktemp("runs") / "fedavg-ft"
+    assert demo(out, "learner.algorithm='fedavg-ft'", "learner.finetune_steps=3",
+                "learner.finetune_lr=0.05", "eval.pooled=false") == 0
+    return out
+
+
+def test_eval_chooses_the_adaptation_on_the_validation_clients(finetuned_run, monkeypatch,
+                                                                 capsys):
+    """`--choose` scores each value on the meta-validation clients' stream of training (the
+    run's own value gives the kept round's validation accuracy again), keeps the best, and
+    only then scores the meta-test clients, once, as a run with that value would."""
+    on = []
+    evaluate = Simulation.evaluate
+    monkeypatch.setattr(Simulation, "evaluate", lambda self, *a, **k: (
+        on.append(k.get("on", "test")), evaluate(self, *a, **k))[1])
+    result = evaluated(capsys, finetuned_run, "--choose",
+                       "learner.finetune_lr=0.5, 0.05,0.000001", "--num-episodes", 20)
+    assert on == ["val", "val", "val", "test"]
+    assert [trial["value"] for trial in result["validation"]] == [0.5, 0.05, 1e-6]
+    assert all(not key.startswith("test_") for trial in result["validation"] for key in trial)
+    summary = json.loads((finetuned_run / "summary.json").read_text())
+    assert result["validation"][1]["val_accuracy"] == summary["selected"]["accuracy"]
+    scores = [trial["val_accuracy"] for trial in result["validation"]]
+    best = scores.index(max(scores))  # the first of equals
+    assert result["chosen"] == f"learner.finetune_lr={['0.5', '0.05', '0.000001'][best]}"
+    run = RunDirectory.open(finetuned_run, "test")
+    experiment, *_, selected = restore_run(run, run.latest_checkpoint(), None, [result["chosen"]])
+    direct = Simulation(experiment).evaluate(selected[1], 20)
+    assert (result["accuracy"], result["ci95"]) == (direct["test_accuracy"], direct["test_ci95"])
+    assert main(["eval", str(finetuned_run), "--choose", "learner.finetune_lr=0.5,0.05"]) == 0
+    assert "learner.finetune_lr=" in capsys.readouterr().out.splitlines()[0]
+
+
+@pytest.mark.parametrize("choice, message", [
+    ("learner.finetune_lr=0.05", "needs two or more distinct values"),
+    ("learner.finetune_lr=0.05,0.05", "needs two or more distinct values"),
+    ("model.hidden=8,16", "--choose takes a new client's adaptation setting"),
+    ("learner.inner_lr=0.1,0.4", "fedavg-ft does not read it when a new client adapts"),
+    ("learner.finetune_lr=0.1,-1", "learner.finetune_lr"),
+])
+def test_bad_choices_exit_2_with_one_line(finetuned_run, choice, message, capsys):
+    assert main(["eval", str(finetuned_run), "--choose", choice]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_choosing_needs_validation_clients(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert demo(out, "learner.algorithm='fedavg-ft'", "learner.finetune_steps=1",
+                "data.validation_fraction=0", "eval.pooled=false") == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--choose", "learner.finetune_lr=0.1,0.01"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "would be selection on the test set" in err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--clients", "/nonexistent/new.npz"], "/nonexistent/new.npz does not exist"),
     (["--clients", "EMPTY"], "empty.npz: missing arrays alphabet, character"),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from fedmeta.adaptation import Candidates, choose_adaptation
 from fedmeta.bench.measure import run_benchmarks
 from fedmeta.bench.workloads import WORKLOADS
 from fedmeta.build import (OWN_SPLITS, TEXT, build_datasets, build_experiment, build_new_clients,
@@ -115,6 +116,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.pooled and args.episodes is not None:
         raise UserError("--pooled draws its episodes from held-out clients; --episodes brings "
                         "its own")
+    candidates = Candidates.parse(args.choose) if args.choose else None
     run = RunDirectory.open(args.run_dir, "eval")
     if args.pooled:
         check_poolable(load_config(run.config_path), "--pooled")
@@ -124,6 +126,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     states = state.get(CLIENTS)
     if selected is not None:  # the model the run kept, as its summary meta-tested it
         round_index, params, states = selected
+    tried = []
+    if candidates is not None:
+        experiment, chosen, tried = choose_adaptation(experiment, params, states, candidates)
     config = experiment.config
     if args.episodes is not None:
         episodes = load_episodes(args.episodes)
@@ -151,9 +156,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     result["round"] = round_index
     if args.set:
         result["overrides"] = args.set
+    if tried:
+        result["chosen"], result["validation"] = chosen, tried
     if args.json:
         print(json.dumps(result))
-    elif "mae" in result:
+        return
+    if tried:
+        print(f"{chosen} chosen on the meta-validation clients, of "
+              + ", ".join(f"{trial['value']} ({validation_score(trial)})" for trial in tried))
+    if "mae" in result:
         print(f"{rating_line(result)} from {result['source']}, round {round_index}")
     else:
         where = result["source"]
@@ -163,6 +174,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
                   " with the clients pooled into one" if "pooled_accuracy" in result else "")
         print(f"accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI, "
               f"{result['episodes']} episodes from {where}, round {round_index}){pooled}")
+
+
+def validation_score(metrics: dict) -> str:
+    """A candidate's meta-validation score, as `fedmeta eval --choose` prints it."""
+    if "val_mae" in metrics:
+        return f"MAE {metrics['val_mae']:.4f}"
+    return f"{100 * metrics['val_accuracy']:.2f}%"
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -306,6 +324,9 @@ def parser() -> argparse.ArgumentParser:
                           "instead of the run's run.device")
     evaluate.add_argument("--set", action="append", default=[], metavar="eval.KEY=VALUE",
                           help="score other tasks with the same model, e.g. --set eval.ways=20")
+    evaluate.add_argument("--choose", metavar="learner.KEY=V1,V2,...", help="a new client's "
+                          "adaptation setting (e.g. learner.finetune_lr=0.003,0.01,0.03): the "
+                          "value whose meta-validation score is best is the one meta-tested")
     evaluate.add_argument("--pooled", action="store_true", help="also draw episodes from all "
                           "the clients pooled into one, as centralized few-shot benchmarks do "
                           "(Omniglot's published numbers): --set eval.pooled=true")

@@ -131,6 +131,7 @@ class FedAvgFT(FedAvg):
     """FedAvg training; meta-test by fine-tuning a fresh N-way head and the body."""
 
     hyperparameters = ("batch_size", "finetune_steps", "finetune_lr")
+    adaptation = ("finetune_steps", "finetune_lr")
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
                  local_steps: int = 1, tasks_per_step: int = 1, *, batch_size: int = 32,

@@ -17,6 +17,8 @@ PREFIX = "lr."
 
 
 class MetaSGD(MAML):
+    adaptation = ("eval_inner_steps",)  # its rates are learned: inner_lr only starts them
+
     def init_params(self) -> Params:
         weights = super().init_params()
         rates = {PREFIX + k: torch.full_like(v, self.inner_lr) for k, v in weights.items()}

@@ -1,0 +1,78 @@
+"""A new client's adaptation settings (FedAvg+FT's fine-tuning rate and steps, the MAML
+family's test-time rate and steps, pFedHN's embedding fit) chosen after training, on the
+meta-validation clients only, then meta-tested once: the tuning that a fair comparison of
+fine-tuning and meta-learning needs (Chen et al. 2019, "A Closer Look at Few-shot
+Classification", tune the baselines' adaptation as the meta-learners'), without selection on
+the test set."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from fedmeta.build import LEARNERS, Datasets, build_experiment
+from fedmeta.config import Config, apply_overrides, validate
+from fedmeta.engine.callbacks import score, selection_metric
+from fedmeta.engine.experiment import Experiment
+from fedmeta.engine.simulation import Simulation
+from fedmeta.errors import UserError
+from fedmeta.params import Params
+
+SECTION = "learner."
+KEYS = sorted({SECTION + key for cls in LEARNERS.values() for key in cls.adaptation})
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """`key` (a `learner.*` adaptation setting) and the values to choose among."""
+
+    key: str
+    values: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> "Candidates":
+        """`KEY=V1,V2,...`; UserError unless KEY is an adaptation setting and two or more
+        distinct values are given."""
+        key, sep, values = text.partition("=")
+        key, values = key.strip(), tuple(v.strip() for v in values.split(","))
+        if not sep or key not in KEYS:
+            raise UserError(f"--choose takes a new client's adaptation setting ({', '.join(KEYS)})"
+                            f" as KEY=V1,V2,..., got {text!r}")
+        if len(set(values)) < 2 or not all(values):
+            raise UserError(f"--choose {key} needs two or more distinct values, got {text!r}")
+        return cls(key, values)
+
+    def overrides(self) -> list[str]:
+        return [f"{self.key}={value}" for value in self.values]
+
+
+def overridden(config: Config, override: str) -> Config:
+    """`config` with one `KEY=VALUE` override applied, checked as a config file's would be."""
+    return validate(apply_overrides(config.model_dump(mode="json"), [override]))
+
+
+def choose_adaptation(experiment: Experiment, params: Params, states: Params | None,
+                      candidates: Candidates) -> tuple[Experiment, str, list[dict[str, Any]]]:
+    """`experiment` with the candidate value under which its meta-validation clients scored
+    `params` best (the run's selection metric; the first of equals), that value's override and
+    each candidate's meta-validation metrics, on `eval.episodes` episodes of the run's own
+    validation stream. The meta-test clients are not read."""
+    learner = type(experiment.learner)
+    name = experiment.config.learner.algorithm
+    if candidates.key.removeprefix(SECTION) not in learner.adaptation:
+        reads = ", ".join(SECTION + key for key in learner.adaptation) or "none"
+        raise UserError(f"--choose {candidates.key}: {name} does not read it when a new client "
+                        f"adapts (its adaptation settings: {reads})")
+    if not Simulation(experiment).validates:
+        raise UserError("--choose needs meta-validation clients, and this run has none: "
+                        "choosing on the meta-test clients would be selection on the test set")
+    datasets = Datasets(experiment.train, experiment.validation, experiment.test)
+    metric = selection_metric(experiment.config)
+    tried, best = [], None
+    for override in candidates.overrides():
+        candidate = build_experiment(overridden(experiment.config, override), datasets)
+        metrics = Simulation(candidate).evaluate(params, experiment.config.eval.episodes,
+                                                 on="val", states=states)
+        tried.append({"value": getattr(candidate.config.learner,
+                                       candidates.key.removeprefix(SECTION)), **metrics})
+        if best is None or score(metric, metrics) > best[0]:
+            best = score(metric, metrics), candidate, override
+    return best[1], best[2], tried
