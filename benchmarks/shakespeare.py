@@ -6,8 +6,11 @@ support and as many query samples, or a FedAvg minibatch of both together) on th
 LSTM. A new role adapts on `--eval-shots` samples of the first part of its text (meta-learners
 by their inner steps, FedAvg+FT by as many fine-tuning steps; FedAvg predicts with the global
 model) and is scored on as many of the rest. The rounds-to-target read the meta-validation
-roles only (every `--every` rounds); the target is FedAvg's last meta-validation accuracy, so
-the meta-test roles are read once, at the end (accuracy, 95% CI over tasks).
+roles only (every `--every` rounds); the target is FedAvg's last meta-validation accuracy.
+The round kept is the best on the meta-validation roles, and so is the adaptation rate among
+`--adapt-lrs` (FedAvg+FT's fine-tuning rate, the MAML family's test-time rate;
+`fedmeta.adaptation`), so the meta-test roles are read once, at the end (accuracy, 95% CI over
+tasks).
 
     python benchmarks/shakespeare.py --data ../shared/data --out results.jsonl [--rounds 20]
     python benchmarks/shakespeare.py --table results.jsonl
@@ -17,6 +20,7 @@ import time
 
 import torch
 
+from fedmeta.adaptation import Candidates, choose_adaptation
 from fedmeta.build import build_experiment
 from fedmeta.config import load_config
 from fedmeta.engine.simulation import Simulation
@@ -29,6 +33,9 @@ ALGORITHMS = {
     # Reptile steps by SGD of inner_lr on each task: as many steps as the others' local steps
     "reptile": INNER,
 }
+ADAPTATION_RATE = {"fedavg-ft": "learner.finetune_lr", "maml": "learner.inner_lr",
+                   "fomaml": "learner.inner_lr", "perfedavg-fo": "learner.inner_lr",
+                   "reptile": "learner.inner_lr"}  # Meta-SGD learns its rates
 ANCHORS = [  # published next-character accuracy on Shakespeare, for scale
     "FedMeta (Chen et al. 2018): +3.2 to +14.8 points over FedAvg across datasets, "
     "2.8-4.3x less communication to FedAvg's accuracy",
@@ -45,7 +52,7 @@ def overrides(args, algorithm: str) -> list[str]:
         f"learner.algorithm='{algorithm}'", "learner.optimizer='adam'", "learner.lr=0.003",
         "learner.local_steps=5", f"learner.batch_size={2 * args.shots}",
         f"learner.eval_inner_steps={args.adapt_steps}",
-        f"learner.finetune_steps={args.adapt_steps}", "learner.finetune_lr=0.5",
+        f"learner.finetune_steps={args.adapt_steps}", f"learner.finetune_lr={args.adapt_lrs[0]}",
         f"server.rounds={args.rounds}", f"server.clients_per_round={args.clients}",
         f"eval.every={args.every}", f"eval.episodes={args.val_episodes}",
         f"eval.shots={args.eval_shots}", f"eval.queries={args.eval_shots}",
@@ -55,22 +62,31 @@ def overrides(args, algorithm: str) -> list[str]:
 def run_one(job) -> dict:
     args, algorithm = job
     torch.set_num_threads(1)
-    simulation = Simulation(build_experiment(load_config(None, overrides(args, algorithm))))
-    curve, sent = [], 0
+    experiment = build_experiment(load_config(None, overrides(args, algorithm)))
+    curve, sent, kept = [], 0, (0, -1.0, None)
 
     def record(round_index, params, state, metrics):
-        nonlocal sent
+        nonlocal sent, kept
         sent += metrics["bytes_down"] + metrics["bytes_up"]
         if "val_accuracy" in metrics:
             curve.append((round_index, metrics["val_accuracy"], sent))
+            if metrics["val_accuracy"] > kept[1]:
+                kept = (round_index, metrics["val_accuracy"], params)
     start = time.perf_counter()
-    params = simulation.run([record])
+    Simulation(experiment).run([record])
     seconds = time.perf_counter() - start
-    test = simulation.evaluate(params, args.episodes)
+    tried = []
+    if algorithm in ADAPTATION_RATE:
+        experiment, _, tried = choose_adaptation(experiment, kept[2], None, Candidates(
+            ADAPTATION_RATE[algorithm], tuple(map(str, args.adapt_lrs))))
+    test = Simulation(experiment).evaluate(kept[2], args.episodes)
+    learner = experiment.config.learner
     return {"algorithm": algorithm, "rounds": args.rounds, "clients": args.clients,
             "hidden": args.hidden, "shots": args.shots, "eval_shots": args.eval_shots,
-            "train_seconds": round(seconds, 1), "curve": curve,
-            "bytes_per_round": sent / args.rounds, **test}
+            "train_seconds": round(seconds, 1), "curve": curve, "kept_round": kept[0],
+            "adapt_lr": (learner.finetune_lr if algorithm == "fedavg-ft" else learner.inner_lr
+                         if algorithm in ADAPTATION_RATE else None),
+            "validation": tried, "bytes_per_round": sent / args.rounds, **test}
 
 
 def to_target(result: dict, target: float) -> str:
@@ -90,15 +106,16 @@ def table(results: list[dict]) -> str:
              f"tasks of {first['shots']}+{first['shots']} samples; new roles adapt on "
              f"{first['eval_shots']}; target = FedAvg's last meta-validation accuracy "
              f"{100 * target:.1f}%", "",
-             "| algorithm | meta-test accuracy % (95% CI) | val. accuracy % (last) | "
-             "rounds to target | MB to target | MB per round | train s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| algorithm | meta-test accuracy % (95% CI) | val. accuracy % (last) | kept round "
+             "| adaptation rate | rounds to target | MB to target | MB per round | train s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for algorithm in ALGORITHMS:
         r = by.get(algorithm)
         if r is None:
             continue
         lines.append(f"| {algorithm} | {100 * r['test_accuracy']:.1f} ± "
                      f"{100 * r['test_ci95']:.1f} | {100 * r['curve'][-1][1]:.1f} | "
+                     f"{r.get('kept_round', r['rounds'])} | {r.get('adapt_lr') or '-'} | "
                      f"{to_target(r, target)} | {r['bytes_per_round'] / 1e6:.2f} | "
                      f"{r['train_seconds']:.0f} |")
     return "\n".join(lines + ["", "Anchors (not comparable budgets):",
@@ -113,6 +130,9 @@ def main() -> None:
     parser.add_argument("--eval-shots", type=int, default=32,
                         help="a new role's support (= query) samples; also data.min_samples")
     parser.add_argument("--adapt-steps", type=int, default=5)
+    parser.add_argument("--adapt-lrs", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.5],
+                        help="a new role's adaptation rates (FedAvg+FT's fine-tuning, the MAML "
+                        "family's test-time), the best on validation kept; training's is 0.5")
     parser.add_argument("--every", type=int, default=5, help="rounds between validations")
     parser.add_argument("--val-episodes", type=int, default=20)
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
