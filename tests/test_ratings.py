@@ -10,9 +10,11 @@ import torch
 from sklearn.metrics import ndcg_score
 from torch.func import functional_call, vmap
 
+from fedmeta.adaptation import Candidates, choose_adaptation
 from fedmeta.build import build_experiment
 from fedmeta.config import load_config
 from fedmeta.data import ClientData, ColdStartSampler, movielens_federated
+from fedmeta.engine.simulation import Simulation
 from fedmeta.errors import UserError
 from fedmeta.learners.fedavg import FedAvg, FedAvgFT
 from fedmeta.learners.maml import MAML
@@ -153,3 +155,23 @@ def test_what_ratings_cannot_take_is_one_line(path, setting, message):
         build_experiment(load_config("configs/movielens_melu.toml",
                                      [f"data.path='{path}'", setting]))
     assert "\n" not in str(error.value)
+
+
+def test_the_adaptation_rate_of_rating_models_is_chosen_by_the_lowest_validation_mae(path):
+    """`fedmeta.adaptation` on ratings: the rate whose meta-validation MAE is lowest, as each
+    rate alone scores it (a larger MAE is worse, unlike accuracy)."""
+    def experiment(*overrides):
+        return build_experiment(load_config("configs/movielens_melu.toml", [
+            f"data.path='{path}'", "eval.shots=5", "task.shots=5", "learner.eval_inner_steps=3",
+            *overrides]))
+
+    params = experiment().learner.init_params()
+    rates = ("0.001", "0.05", "3.0")
+    chosen, override, tried = choose_adaptation(experiment(), params, None,
+                                                Candidates("learner.inner_lr", rates))
+    alone = [Simulation(experiment(f"learner.inner_lr={rate}")).evaluate(
+        params, 1, on="val")["val_mae"] for rate in rates]
+    assert [trial["val_mae"] for trial in tried] == alone
+    assert len(set(alone)) == 3
+    assert override == f"learner.inner_lr={rates[alone.index(min(alone))]}"
+    assert chosen.config.learner.inner_lr == float(rates[alone.index(min(alone))])
