@@ -48,7 +48,9 @@ ALGORITHMS = {
                   "learner.batch_size=32", "learner.finetune_steps=50",
                   "learner.finetune_lr=0.01"],
     "protonet": ["learner.optimizer='adam'", "learner.lr=0.001", "learner.local_steps=5"],
-    "maml": META, "fomaml": META, "metasgd": META, "anil": META,
+    # FOMAML's inner rate by its sweep on the meta-validation alphabets (BENCHMARKS.md): 0.4
+    # suits second-order MAML only
+    "maml": META, "fomaml": [*META, "learner.inner_lr=0.05"], "metasgd": META, "anil": META,
     "perfedavg-fo": META, "perfedavg-hf": META,
     "reptile": ["learner.inner_lr=0.05", "learner.inner_steps=5", "learner.tasks_per_step=4",
                 "learner.local_steps=1", "learner.eval_inner_steps=10"],
