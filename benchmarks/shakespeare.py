@@ -84,7 +84,7 @@ def run_one(job) -> dict:
     return {"algorithm": algorithm, "rounds": args.rounds, "clients": args.clients,
             "hidden": args.hidden, "shots": args.shots, "eval_shots": args.eval_shots,
             "train_seconds": round(seconds, 1), "curve": curve, "kept_round": kept[0],
-            "adapt_lr": (learner.finetune_lr if algorithm == "fedavg-ft" else learner.inner_lr
+            "adapt_lr": (getattr(learner, ADAPTATION_RATE[algorithm].removeprefix("learner."))
                          if algorithm in ADAPTATION_RATE else None),
             "validation": tried, "bytes_per_round": sent / args.rounds, **test}
 
@@ -136,7 +136,16 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=5, help="rounds between validations")
     parser.add_argument("--val-episodes", type=int, default=20)
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
-    run_sweep(parser, run_one, lambda args: [(args, a) for a in args.algorithms], table)
+    run_sweep(parser, run_one, lambda args: [(args, a) for a in checked(parser, args)], table)
+
+
+def checked(parser, args) -> list[str]:
+    """The algorithms to run, once the round kept and the target can be read: both need a
+    meta-validation every `--every` rounds, at least once."""
+    if not 1 <= args.every <= args.rounds:
+        parser.error(f"--every must be between 1 and --rounds ({args.rounds}): the round kept "
+                     "and the target read the meta-validation roles")
+    return args.algorithms
 
 
 if __name__ == "__main__":
