@@ -1,5 +1,6 @@
 """The package's layers (DESIGN.md): a lower package never imports a higher one, so the
-composition root (`build`, and `resume` and `cli` above it) is imported by no package below."""
+composition root (`build`, and `resume`, `adaptation` and `cli` above it) is imported by no
+package below."""
 
 import ast
 from pathlib import Path
@@ -11,7 +12,7 @@ ROOT = Path(fedmeta.__file__).parent
 LEAVES = {"atomic", "seeding", "params", "errors", "config", "optim", "data", "models",
           "device"}
 CORE = {"learners", "server", "privacy", "attacks", "evaluation", "ratings"}
-COMPOSITION = {"build", "resume", "cli", "flower", "bench", "report"}
+COMPOSITION = {"build", "resume", "adaptation", "cli", "flower", "bench", "report"}
 ABOVE = {**{leaf: CORE | {"engine"} | COMPOSITION for leaf in LEAVES},
          **{core: {"engine"} | COMPOSITION for core in CORE},
          "engine": COMPOSITION,
