@@ -26,7 +26,7 @@ new user's bias on its K support ratings; they are given for K = 5, 10 and 20.
 - fomaml, reptile, perfedavg-fo: the first-order relatives, with `--all`.
 
 A new user's adaptation rate (the MAML family's test-time rate, FedAvg+FT's fine-tuning rate)
-is chosen among `ADAPTATION`'s on the meta-validation users (`fedmeta.adaptation`) for the
+is chosen among the row's `RATES` on the meta-validation users (`fedmeta.adaptation`) for the
 kept model, then the meta-test users are scored once; `--rescore` does it for the runs
 already in `--runs` (the latest of each row), training none.
 
@@ -44,8 +44,8 @@ from pathlib import Path
 
 import torch
 
-from fedmeta.adaptation import Candidates, choose_adaptation
-from fedmeta.build import build_datasets, build_experiment
+from fedmeta.adaptation import Candidates, choose_adaptation, rate_setting
+from fedmeta.build import Datasets, build_datasets, build_experiment
 from fedmeta.config import load_config
 from fedmeta.data import ColdStartSampler
 from fedmeta.engine.rundir import RunDirectory
@@ -53,7 +53,7 @@ from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize
 from fedmeta.evaluation import mean_ci95
 from fedmeta.ratings import cold_start_test, global_mean, item_mean_user_bias
-from fedmeta.resume import restore_run
+from fedmeta.resume import restored
 
 CONFIG = Path(__file__).parents[1] / "configs" / "movielens_melu.toml"
 MF_CONFIG = CONFIG.with_name("movielens_mf.toml")
@@ -80,24 +80,18 @@ MORE = {
 }
 
 MAML_RATES = ("0.01", "0.02", "0.05", "0.1")
-ADAPTATION = {  # the rates each row's adaptation is chosen among, on validation
-    "fedmeta-maml": Candidates("learner.inner_lr", MAML_RATES),
-    "centralized": Candidates("learner.inner_lr", MAML_RATES),
-    "fedavg-ft": Candidates("learner.finetune_lr", ("0.005", "0.01", "0.02", "0.05")),
-    "fedmeta-maml-mf": Candidates("learner.inner_lr", ("0.05", "0.1", "0.2", "0.5")),
-    "fomaml": Candidates("learner.inner_lr", MAML_RATES),
-    "reptile": Candidates("learner.inner_lr", MAML_RATES),
-    "perfedavg-fo": Candidates("learner.inner_lr", MAML_RATES),
+RATES = {  # the adaptation rates a row is chosen among on validation, if not MAML_RATES
+    "fedavg-ft": ("0.005", "0.01", "0.02", "0.05"),
+    "fedmeta-maml-mf": ("0.05", "0.1", "0.2", "0.5"),
 }
 
 
-def references(data: str, seed: int) -> list[dict]:
+def references(datasets: Datasets) -> list[dict]:
     """The non-federated references for K = 5, 10, 20 on the meta-test users."""
     rows = []
+    train, _, test = datasets
+    clients = [test.client(i) for i in range(test.num_clients)]
     for shots in (5, 10, 20):
-        config = load_config(CONFIG, [f"data.path='{data}'", f"seed={seed}"])
-        train, _, test = build_datasets(config)
-        clients = [test.client(i) for i in range(test.num_clients)]
         for name, predict in (("global-mean", global_mean(train)),
                               ("item-mean+user-bias", item_mean_user_bias(train))):
             result = cold_start_test(predict, clients, ColdStartSampler(shots, 1))
@@ -105,27 +99,31 @@ def references(data: str, seed: int) -> list[dict]:
     return rows
 
 
-def learned(name: str, overrides: list[str], args: argparse.Namespace,
+def learned(name: str, overrides: list[str], args: argparse.Namespace, datasets: Datasets,
             path: Path = CONFIG) -> dict:
-    config = load_config(path, [f"data.path='{args.data}'", f"seed={args.seed}",
-                                f"task.shots={args.shots}", f"eval.shots={args.shots}",
-                                "server.rounds=100000", "eval.every=25",
-                                f"run.time_budget_seconds={args.seconds}",
-                                f"run.out_dir='{args.runs}'", f"name='{name}'", *overrides])
     done = sorted(Path(args.runs).glob(f"{name}-[0-9]*"))
     if args.rescore and done:
         run = RunDirectory.open(done[-1], "movielens.py --rescore")
+        experiment = build_experiment(load_config(run.config_path), datasets)
+        summary = json.loads(run.summary_path.read_text())
     else:
+        config = load_config(path, [f"data.path='{args.data}'", f"seed={args.seed}",
+                                    f"task.shots={args.shots}", f"eval.shots={args.shots}",
+                                    "server.rounds=100000", "eval.every=25",
+                                    f"run.time_budget_seconds={args.seconds}",
+                                    f"run.out_dir='{args.runs}'", f"name='{name}'", *overrides])
+        experiment = build_experiment(config, datasets)
         run = RunDirectory.create(config)
-        train_and_summarize(Simulation(build_experiment(config)), run, progress=False)
-    summary = json.loads(run.summary_path.read_text())
+        summary = train_and_summarize(Simulation(experiment), run, progress=False)
     row = {"method": name, "shots": args.shots, "rounds": summary["rounds"],
            "selected_round": summary["selected"]["round"],
            "train_seconds": summary["train_seconds"], **summary["meta_test"]}
-    if name not in ADAPTATION:
+    rate = rate_setting(experiment.config.learner.algorithm)
+    if rate is None:
         return row
-    experiment, *_, (_, params, states) = restore_run(run, run.latest_checkpoint())
-    experiment, chosen, tried = choose_adaptation(experiment, params, states, ADAPTATION[name])
+    *_, (_, params, states) = restored(experiment, run.latest_checkpoint())
+    experiment, chosen, tried = choose_adaptation(experiment, params, states, Candidates(
+        rate, RATES.get(name, MAML_RATES)))
     test = Simulation(experiment).evaluate(params, 0, per_client=True, states=states)
     return {**row, **{k.removeprefix("test_"): v for k, v in test.items()}, "chosen": chosen,
             "validation": [{"value": t["value"], "val_mae": t["val_mae"]} for t in tried]}
@@ -151,11 +149,14 @@ def main() -> None:
     parser.add_argument("--rescore", action="store_true", help="score the latest run of each "
                         "row already in --runs again (adaptation chosen on validation)")
     args = parser.parse_args()
-    rows = references(args.data, args.seed)
+    # the clients of every row: the two configs' data sections are the same
+    datasets = build_datasets(load_config(CONFIG, [f"data.path='{args.data}'",
+                                                   f"seed={args.seed}"]))
+    rows = references(datasets)
     for name, overrides in {**ALGORITHMS, **(MORE if args.all else {})}.items():
-        rows.append(learned(name, overrides, args))
+        rows.append(learned(name, overrides, args, datasets))
     for name, overrides in MF_ROWS.items():
-        rows.append(learned(name, overrides, args, MF_CONFIG))
+        rows.append(learned(name, overrides, args, datasets, MF_CONFIG))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(json.dumps(row) + "\n" for row in rows))
     print("| method | K | rounds | adaptation chosen | MAE | RMSE | NDCG@10 | users |\n"

@@ -5,11 +5,11 @@ fine-tuning and meta-learning needs (Chen et al. 2019, "A Closer Look at Few-sho
 Classification", tune the baselines' adaptation as the meta-learners'), without selection on
 the test set."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from fedmeta.build import LEARNERS, Datasets, build_experiment
-from fedmeta.config import Config, apply_overrides, validate
+from fedmeta.build import LEARNERS, build_learner
+from fedmeta.config import with_overrides
 from fedmeta.engine.callbacks import score, selection_metric
 from fedmeta.engine.experiment import Experiment
 from fedmeta.engine.simulation import Simulation
@@ -44,9 +44,21 @@ class Candidates:
         return [f"{self.key}={value}" for value in self.values]
 
 
-def overridden(config: Config, override: str) -> Config:
-    """`config` with one `KEY=VALUE` override applied, checked as a config file's would be."""
-    return validate(apply_overrides(config.model_dump(mode="json"), [override]))
+def rate_setting(algorithm: str) -> str | None:
+    """The `learner.*` rate a new client of `algorithm` adapts by, if it has one it does not
+    learn (Meta-SGD learns its own; FedAvg and the personalized baselines adapt by none)."""
+    return next((SECTION + key for key in LEARNERS[algorithm].adaptation
+                 if key.endswith("_lr")), None)
+
+
+def with_setting(experiment: Experiment, override: str) -> Experiment:
+    """`experiment` with one adaptation setting changed: its config and learner, nothing else
+    (the datasets, pipeline and samplers read no adaptation setting)."""
+    config = with_overrides(experiment.config.model_dump(mode="json"), [override])
+    train = experiment.train
+    return replace(experiment, config=config, learner=build_learner(
+        config, train.input_shape, train.num_classes, train.num_clients,
+        num_items=train.num_items))
 
 
 def choose_adaptation(experiment: Experiment, params: Params, states: Params | None,
@@ -64,11 +76,10 @@ def choose_adaptation(experiment: Experiment, params: Params, states: Params | N
     if not Simulation(experiment).validates:
         raise UserError("--choose needs meta-validation clients, and this run has none: "
                         "choosing on the meta-test clients would be selection on the test set")
-    datasets = Datasets(experiment.train, experiment.validation, experiment.test)
     metric = selection_metric(experiment.config)
     tried, best = [], None
     for override in candidates.overrides():
-        candidate = build_experiment(overridden(experiment.config, override), datasets)
+        candidate = with_setting(experiment, override)
         metrics = Simulation(candidate).evaluate(params, experiment.config.eval.episodes,
                                                  on="val", states=states)
         tried.append({"value": getattr(candidate.config.learner,

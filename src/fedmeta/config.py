@@ -532,6 +532,11 @@ def validate(data: dict[str, Any]) -> Config:
     return config
 
 
+def with_overrides(data: dict[str, Any], overrides: list[str]) -> Config:
+    """The config of `data` with `KEY=VALUE` overrides applied, checked as a file's would be."""
+    return validate(apply_overrides(data, list(overrides)))
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a TOML config (or the defaults when `path` is None) and apply overrides."""
     data: dict[str, Any] = {}
@@ -546,4 +551,4 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise UserError(f"config error: {path} is not valid TOML: {error}") from None
         except RecursionError:
             raise UserError(f"config error: {path} is not valid TOML: nested too deep") from None
-    return validate(apply_overrides(data, list(overrides)))
+    return with_overrides(data, overrides)

@@ -22,10 +22,17 @@ def restore_run(run: RunDirectory, checkpoint: Path, device: str | None = None,
     round selected by then with its params and clients' personal states, if any)."""
     experiment = build_experiment(load_config(
         run.config_path, [*overrides, *([f"run.device={device}"] if device else [])]))
+    return (experiment, *restored(experiment, checkpoint))
+
+
+def restored(experiment: Experiment, checkpoint: Path) -> tuple[Params, dict, int,
+                                                                Selected | None]:
+    """`checkpoint` restored into `experiment`: (params, run state, the checkpoint's round, the
+    round selected by then with its params and clients' personal states, if any)."""
     initial = experiment.learner.init_params()
     state = experiment.initial_state(initial)
     read = read_checkpoint(checkpoint)  # once: params, state and selection
-    return (experiment, *restore_read(read, checkpoint, initial, state),
+    return (*restore_read(read, checkpoint, initial, state),
             restore_selected(read, checkpoint, initial, state))
 
 

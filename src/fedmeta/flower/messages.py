@@ -24,7 +24,7 @@ os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 from flwr.common.config import unflatten_dict  # noqa: E402
 
-from fedmeta.config import Config, apply_overrides, split_overrides, validate  # noqa: E402
+from fedmeta.config import Config, split_overrides, with_overrides  # noqa: E402
 
 DESCRIBE, DECRYPT, PING = "query.describe", "query.decrypt", "query.ping"
 TRAIN, EVALUATE = "train.update", "evaluate"
@@ -38,7 +38,7 @@ def config_from_run_config(run_config: dict) -> Config:
     (`set="privacy.clip_norm=0.5 data.path='/my data/omniglot.npz'"`)."""
     settings = dict(run_config)
     overrides = split_overrides(str(settings.pop("set", "")))
-    return validate(apply_overrides(unflatten_dict(settings), overrides))
+    return with_overrides(unflatten_dict(settings), overrides)
 
 
 def config_message(config: Config, **values: int | float | list[int]) -> dict:
