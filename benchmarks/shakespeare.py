@@ -10,7 +10,7 @@ roles only (every `--every` rounds); the target is FedAvg's last meta-validation
 The round kept is the best on the meta-validation roles, and so is the adaptation rate among
 `--adapt-lrs` (FedAvg+FT's fine-tuning rate, the MAML family's test-time rate;
 `fedmeta.adaptation`), so the meta-test roles are read once, at the end (accuracy, 95% CI over
-tasks).
+tasks). The meta-learners train with one inner step of `--inner-lr` a task.
 
     python benchmarks/shakespeare.py --data ../shared/data --out results.jsonl [--rounds 20]
     python benchmarks/shakespeare.py --table results.jsonl
@@ -20,22 +20,19 @@ import time
 
 import torch
 
-from fedmeta.adaptation import Candidates, choose_adaptation
+from fedmeta.adaptation import Candidates, choose_adaptation, rate_setting
 from fedmeta.build import build_experiment
 from fedmeta.config import load_config
 from fedmeta.engine.simulation import Simulation
 from parallel import run_sweep, sweep_parser  # beside this script
 
-INNER = ["learner.inner_lr=0.5", "learner.inner_steps=1"]
+INNER = ["learner.inner_steps=1"]
 ALGORITHMS = {
     "fedavg": [], "fedavg-ft": [], "maml": INNER, "fomaml": INNER, "metasgd": INNER,
     "perfedavg-fo": INNER,
     # Reptile steps by SGD of inner_lr on each task: as many steps as the others' local steps
     "reptile": INNER,
 }
-ADAPTATION_RATE = {"fedavg-ft": "learner.finetune_lr", "maml": "learner.inner_lr",
-                   "fomaml": "learner.inner_lr", "perfedavg-fo": "learner.inner_lr",
-                   "reptile": "learner.inner_lr"}  # Meta-SGD learns its rates
 ANCHORS = [  # published next-character accuracy on Shakespeare, for scale
     "FedMeta (Chen et al. 2018): +3.2 to +14.8 points over FedAvg across datasets, "
     "2.8-4.3x less communication to FedAvg's accuracy",
@@ -50,6 +47,7 @@ def overrides(args, algorithm: str) -> list[str]:
         f"data.min_samples={args.eval_shots}", "model.name='char-lstm'",
         f"model.hidden={args.hidden}", f"task.shots={args.shots}", f"task.queries={args.shots}",
         f"learner.algorithm='{algorithm}'", "learner.optimizer='adam'", "learner.lr=0.003",
+        f"learner.inner_lr={args.inner_lr}",
         "learner.local_steps=5", f"learner.batch_size={2 * args.shots}",
         f"learner.eval_inner_steps={args.adapt_steps}",
         f"learner.finetune_steps={args.adapt_steps}", f"learner.finetune_lr={args.adapt_lrs[0]}",
@@ -75,17 +73,17 @@ def run_one(job) -> dict:
     start = time.perf_counter()
     Simulation(experiment).run([record])
     seconds = time.perf_counter() - start
-    tried = []
-    if algorithm in ADAPTATION_RATE:
+    tried, rate = [], rate_setting(algorithm)  # none for FedAvg; Meta-SGD learns its rates
+    if rate is not None:
         experiment, _, tried = choose_adaptation(experiment, kept[2], None, Candidates(
-            ADAPTATION_RATE[algorithm], tuple(map(str, args.adapt_lrs))))
+            rate, tuple(map(str, args.adapt_lrs))))
     test = Simulation(experiment).evaluate(kept[2], args.episodes)
-    learner = experiment.config.learner
     return {"algorithm": algorithm, "rounds": args.rounds, "clients": args.clients,
+            "inner_lr": args.inner_lr if ALGORITHMS[algorithm] else None,
             "hidden": args.hidden, "shots": args.shots, "eval_shots": args.eval_shots,
             "train_seconds": round(seconds, 1), "curve": curve, "kept_round": kept[0],
-            "adapt_lr": (getattr(learner, ADAPTATION_RATE[algorithm].removeprefix("learner."))
-                         if algorithm in ADAPTATION_RATE else None),
+            "adapt_lr": (getattr(experiment.config.learner, rate.removeprefix("learner."))
+                         if rate is not None else None),
             "validation": tried, "bytes_per_round": sent / args.rounds, **test}
 
 
@@ -132,7 +130,9 @@ def main() -> None:
     parser.add_argument("--adapt-steps", type=int, default=5)
     parser.add_argument("--adapt-lrs", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.5],
                         help="a new role's adaptation rates (FedAvg+FT's fine-tuning, the MAML "
-                        "family's test-time), the best on validation kept; training's is 0.5")
+                        "family's test-time), the best on validation kept")
+    parser.add_argument("--inner-lr", type=float, default=0.5,
+                        help="the meta-learners' inner rate in training")
     parser.add_argument("--every", type=int, default=5, help="rounds between validations")
     parser.add_argument("--val-episodes", type=int, default=20)
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
