@@ -76,3 +76,21 @@ def test_char_lstm_second_order_and_vmapped_gradients():
             torch.testing.assert_close(batched[k][i], one[k])
     with pytest.raises(ValueError, match="char-lstm needs token inputs"):
         build_model("char-lstm", (1, 28, 28), 80)
+
+
+def test_cnn_is_fedavgs_cnn_in_pfllibs_shape():
+    """McMahan et al. 2017's CNN without padding, as PFLlib trains it on Fashion-MNIST: 28 ->
+    24 -> 12 -> 8 -> 4 pixels a side, so 64 * 4 * 4 = 1024 inputs to the 512-unit layer;
+    832 + 51,264 + 524,800 + 5,130 = 582,026 params."""
+    model = build_model("cnn", (1, 28, 28), 10, hidden=512)
+    assert sum(p.numel() for p in model.parameters()) == 582_026
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    assert not list(model.buffers())
+    with_norm = build_model("cnn", (1, 28, 28), None, hidden=16, batch_norm=True)
+    assert with_norm(torch.rand(2, 1, 28, 28)).shape == (2, 16)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in with_norm.modules()) == 2
+    assert not list(with_norm.buffers())
+    with pytest.raises(ValueError, match="cnn needs image inputs"):
+        build_model("cnn", (60,), None)
+    with pytest.raises(ValueError, match="at least 16 pixels"):
+        build_model("cnn", (1, 8, 8), 10)

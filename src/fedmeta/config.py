@@ -99,10 +99,13 @@ class TaskConfig(Section):
 class ModelConfig(Section):
     # char-lstm: LEAF's character model (shakespeare); rating models (movielens): melu, MeLU's;
     # mf, matrix factorization whose user side is personal (fedmeta.models.mf)
-    name: Literal["conv4", "mlp", "char-lstm", "melu", "mf"] = "conv4"
-    hidden: int = Field(64, ge=1, le=4096)  # char-lstm: each LSTM layer's units (LEAF's 256)
+    name: Literal["conv4", "cnn", "mlp", "char-lstm", "melu", "mf"] = "conv4"
+    # conv4: channels; mlp: each layer's units; cnn: its fully connected layer's (PFLlib's 512);
+    # char-lstm: each LSTM layer's units (LEAF's 256)
+    hidden: int = Field(64, ge=1, le=4096)
     embedding: int = Field(32, ge=1, le=4096)  # melu: each embedding's width; mf: the factors'
-    batch_norm: bool = False  # mlp: batch norm after each hidden layer (conv4 always has it)
+    # mlp, cnn: batch norm after each hidden layer or convolution (conv4 always has it)
+    batch_norm: bool = False
 
 
 class Scheduled(Section):
@@ -360,7 +363,8 @@ class VerticalConfig(Section):
         return self
 
 
-MODELS_FOR = {"shakespeare": ("char-lstm",), "movielens": ("melu", "mf")}  # else conv4, mlp
+MODELS_FOR = {"shakespeare": ("char-lstm",), "movielens": ("melu", "mf")}  # else IMAGE_MODELS
+IMAGE_MODELS = ("conv4", "cnn", "mlp")
 GLOBAL_LABELS = ("femnist", "synthetic", "fashion-mnist", "shakespeare")
 
 
@@ -418,8 +422,8 @@ class Config(Section):
     @model_validator(mode="after")
     def _model_for_data(self) -> "Config":
         """Text clients take the character model, ratings a rating model, images and features
-        conv4 or mlp."""
-        models = MODELS_FOR.get(self.data.dataset, ("conv4", "mlp"))
+        conv4, cnn or mlp."""
+        models = MODELS_FOR.get(self.data.dataset, IMAGE_MODELS)
         if self.model.name not in models:
             raise ValueError(f"data.dataset = {self.data.dataset!r} needs model.name = "
                              f"{' or '.join(models)!r}, got {self.model.name!r}")
