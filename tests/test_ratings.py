@@ -124,6 +124,9 @@ def test_item_mean_plus_user_bias_by_hand(users):
     support = ClientData(x, torch.tensor([float(shrunk) + 0.5]))  # half a star above the mean
     predicted = item_mean_user_bias(train)(support, x)
     assert torch.isclose(predicted.double(), shrunk + 0.5, atol=1e-5).all()
+    # Koren's regularized bias: one rating's residual over 1 + 4 ratings' worth
+    damped = item_mean_user_bias(train, user_damping=4.0)(support, x)
+    assert torch.isclose(damped.double(), shrunk + 0.1, atol=1e-5).all()
     assert torch.isclose(global_mean(train)(support, x).double(), mean, atol=1e-5).all()
 
 

@@ -117,11 +117,14 @@ def global_mean(train: FederatedDataset) -> Predictor:
     return lambda support, query_x: mean.expand(len(query_x))
 
 
-def item_mean_user_bias(train: FederatedDataset, damping: float = 5.0) -> Predictor:
+def item_mean_user_bias(train: FederatedDataset, damping: float = 5.0,
+                        user_damping: float = 0.0) -> Predictor:
     """The item's mean rating over the training users, shrunk to their global mean by
     `damping` pseudo-ratings (an item none of them rated: the global mean), plus the new
-    user's bias, its support ratings' mean residual from their items' means (Koren 2010,
-    "Factor in the Neighbors", Sec. 2.1, the baseline predictor)."""
+    user's bias, its support ratings' residuals from their items' means summed and divided by
+    their count plus `user_damping` (0: their mean; Koren 2010, "Factor in the Neighbors",
+    Sec. 2.1, the baseline predictor, whose regularization shrinks a bias read from few
+    ratings towards 0)."""
     items, ratings = training_ratings(train)
     mean = ratings.double().mean()
     count = torch.bincount(items, minlength=train.num_items).double()
@@ -129,7 +132,8 @@ def item_mean_user_bias(train: FederatedDataset, damping: float = 5.0) -> Predic
     item_mean = (total + damping * mean) / (count + damping)
 
     def predict(support: ClientData, query_x: torch.Tensor) -> torch.Tensor:
-        bias = (support.y.double() - item_mean[support.x[:, 0].long()]).mean()
+        residuals = support.y.double() - item_mean[support.x[:, 0].long()]
+        bias = residuals.sum() / (len(residuals) + user_damping)
         return (item_mean[query_x[:, 0].long()] + bias).float()
     return predict
 
