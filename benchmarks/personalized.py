@@ -21,7 +21,8 @@ client's own training examples a class before scoring its test split. pFedHN's h
 (server Adam) generates each client's ProtoNet model from its embedding; a client is scored by
 prototypes of that model from up to `eval.shots` of its own training examples a class.
 `--set` adds config overrides to every run (e.g. `model.batch_norm=false`, as PFLlib's models
-have no batch norm), which the rows and the table record.
+have no batch norm, or `"model.name='cnn'" model.hidden=512 model.batch_norm=false`, PFLlib's
+CNN itself), which the rows and the table record.
 
     python benchmarks/personalized.py --runs runs/personalized --settings dir0.1 \
         --seeds 0 1 2 --rounds 100 --out benchmarks/results/personalized-local.jsonl
