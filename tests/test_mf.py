@@ -116,7 +116,7 @@ def test_fcf_trains_on_a_rating_file_and_beats_the_global_mean(path, tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["learner.algorithm=ditto"], "new users are predicted by a shared model"),
-    (["data.dataset=omniglot"], "needs model.name = 'conv4 or mlp'"),
+    (["data.dataset=omniglot"], "needs model.name = 'conv4 or cnn or mlp'"),
 ])
 def test_what_mf_cannot_take_is_one_line(path, overrides, message):
     with pytest.raises(UserError, match=message) as error:
