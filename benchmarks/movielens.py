@@ -54,7 +54,7 @@ from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize
 from fedmeta.evaluation import mean_ci95
-from fedmeta.ratings import cold_start_test, global_mean, item_mean_user_bias
+from fedmeta.ratings import cold_start_test, global_mean, item_mean_user_bias, item_means
 from fedmeta.resume import restored
 
 CONFIG = Path(__file__).parents[1] / "configs" / "movielens_melu.toml"
@@ -98,16 +98,17 @@ def references(datasets: Datasets) -> list[dict]:
     train, validation, test = datasets
     val_clients = [validation.client(i) for i in range(validation.num_clients)]
     clients = [test.client(i) for i in range(test.num_clients)]
+    item_mean = item_means(train)
     for shots in (5, 10, 20):
         sampler = ColdStartSampler(shots, 1)
         tried = [{"value": damping, "val_mae": cold_start_test(
-            item_mean_user_bias(train, user_damping=damping), val_clients, sampler).mae}
+            item_mean_user_bias(item_mean, user_damping=damping), val_clients, sampler).mae}
             for damping in USER_DAMPINGS]
         damping = min(tried, key=lambda t: t["val_mae"])["value"]
         for name, predict, chosen in (
                 ("global-mean", global_mean(train), {}),
-                ("item-mean+user-bias", item_mean_user_bias(train), {}),
-                ("item-mean+damped-user-bias", item_mean_user_bias(train, user_damping=damping),
+                ("item-mean+user-bias", item_mean_user_bias(item_mean), {}),
+                ("item-mean+damped-user-bias", item_mean_user_bias(item_mean, user_damping=damping),
                  {"chosen": f"user_damping={damping}", "validation": tried})):
             result = cold_start_test(predict, clients, sampler)
             rows.append({"method": name, "shots": shots, **result.as_dict(per_client=True),

@@ -26,13 +26,10 @@ from fedmeta.config import load_config
 from fedmeta.engine.simulation import Simulation
 from parallel import run_sweep, sweep_parser  # beside this script
 
-INNER = ["learner.inner_steps=1"]
-ALGORITHMS = {
-    "fedavg": [], "fedavg-ft": [], "maml": INNER, "fomaml": INNER, "metasgd": INNER,
-    "perfedavg-fo": INNER,
-    # Reptile steps by SGD of inner_lr on each task: as many steps as the others' local steps
-    "reptile": INNER,
-}
+# trained with one inner step of --inner-lr (Reptile steps by SGD of inner_lr on each task:
+# as many steps as the others' local steps)
+META_LEARNERS = ("maml", "fomaml", "metasgd", "perfedavg-fo", "reptile")
+ALGORITHMS = ("fedavg", "fedavg-ft", *META_LEARNERS)
 ANCHORS = [  # published next-character accuracy on Shakespeare, for scale
     "FedMeta (Chen et al. 2018): +3.2 to +14.8 points over FedAvg across datasets, "
     "2.8-4.3x less communication to FedAvg's accuracy",
@@ -54,7 +51,7 @@ def overrides(args, algorithm: str) -> list[str]:
         f"server.rounds={args.rounds}", f"server.clients_per_round={args.clients}",
         f"eval.every={args.every}", f"eval.episodes={args.val_episodes}",
         f"eval.shots={args.eval_shots}", f"eval.queries={args.eval_shots}",
-        *ALGORITHMS[algorithm]]
+        *(["learner.inner_steps=1"] if algorithm in META_LEARNERS else [])]
 
 
 def run_one(job) -> dict:
@@ -79,7 +76,7 @@ def run_one(job) -> dict:
             rate, tuple(map(str, args.adapt_lrs))))
     test = Simulation(experiment).evaluate(kept[2], args.episodes)
     return {"algorithm": algorithm, "rounds": args.rounds, "clients": args.clients,
-            "inner_lr": args.inner_lr if ALGORITHMS[algorithm] else None,
+            "inner_lr": args.inner_lr if algorithm in META_LEARNERS else None,
             "hidden": args.hidden, "shots": args.shots, "eval_shots": args.eval_shots,
             "train_seconds": round(seconds, 1), "curve": curve, "kept_round": kept[0],
             "adapt_lr": (getattr(experiment.config.learner, rate.removeprefix("learner."))

@@ -65,3 +65,10 @@ def test_bundled_omniglot_training_labels_fit_a_global_head(rotations):
     train, _ = omniglot_federated(bundled_omniglot(), rotations=rotations)
     top = max(int(train.client(i).y.max()) for i in range(train.num_clients))
     assert top + 1 == train.num_classes
+
+
+@pytest.mark.parametrize("algorithm", sorted(LEARNERS))
+def test_the_rate_a_learner_adapts_by_is_one_of_its_adaptation_settings(algorithm):
+    cls = LEARNERS[algorithm]
+    assert cls.adaptation_rate is None or cls.adaptation_rate in cls.adaptation
+    assert set(cls.adaptation) <= set(cls.hyperparameters)

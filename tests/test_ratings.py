@@ -22,7 +22,7 @@ from fedmeta.learners.perfedavg import PerFedAvgHF
 from fedmeta.learners.reptile import Reptile
 from fedmeta.models import MeLU
 from fedmeta.optim import sgd
-from fedmeta.ratings import (cold_start_test, global_mean, item_mean_user_bias,
+from fedmeta.ratings import (cold_start_test, global_mean, item_mean_user_bias, item_means,
                              learner_predictor, ndcg_at)
 from ratings_file import GENRES, ITEMS, write_ratings
 from test_cli import fedmeta
@@ -122,10 +122,10 @@ def test_item_mean_plus_user_bias_by_hand(users):
     x = torch.zeros(1, 2 + GENRES)
     x[0, 0] = item
     support = ClientData(x, torch.tensor([float(shrunk) + 0.5]))  # half a star above the mean
-    predicted = item_mean_user_bias(train)(support, x)
+    predicted = item_mean_user_bias(item_means(train))(support, x)
     assert torch.isclose(predicted.double(), shrunk + 0.5, atol=1e-5).all()
     # Koren's regularized bias: one rating's residual over 1 + 4 ratings' worth
-    damped = item_mean_user_bias(train, user_damping=4.0)(support, x)
+    damped = item_mean_user_bias(item_means(train), user_damping=4.0)(support, x)
     assert torch.isclose(damped.double(), shrunk + 0.1, atol=1e-5).all()
     assert torch.isclose(global_mean(train)(support, x).double(), mean, atol=1e-5).all()
 

@@ -47,8 +47,8 @@ class Candidates:
 def rate_setting(algorithm: str) -> str | None:
     """The `learner.*` rate a new client of `algorithm` adapts by, if it has one it does not
     learn (Meta-SGD learns its own; FedAvg and the personalized baselines adapt by none)."""
-    return next((SECTION + key for key in LEARNERS[algorithm].adaptation
-                 if key.endswith("_lr")), None)
+    rate = LEARNERS[algorithm].adaptation_rate
+    return None if rate is None else SECTION + rate
 
 
 def with_setting(experiment: Experiment, override: str) -> Experiment:

@@ -5,7 +5,8 @@ scikit-learn's `ndcg_score`) are averaged over users, with 95% CIs over users.
 
 A predictor is anything that maps a user's support ratings and the query items' features to
 predicted ratings: a learner's adapted model (`learner_predictor`), or a non-federated
-reference fitted on the training users' ratings (`global_mean`, `item_mean_user_bias`)."""
+reference fitted on the training users' ratings (`global_mean`, `item_mean_user_bias` of
+`item_means`)."""
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -117,20 +118,21 @@ def global_mean(train: FederatedDataset) -> Predictor:
     return lambda support, query_x: mean.expand(len(query_x))
 
 
-def item_mean_user_bias(train: FederatedDataset, damping: float = 5.0,
-                        user_damping: float = 0.0) -> Predictor:
-    """The item's mean rating over the training users, shrunk to their global mean by
-    `damping` pseudo-ratings (an item none of them rated: the global mean), plus the new
-    user's bias, its support ratings' residuals from their items' means summed and divided by
-    their count plus `user_damping` (0: their mean; Koren 2010, "Factor in the Neighbors",
-    Sec. 2.1, the baseline predictor, whose regularization shrinks a bias read from few
-    ratings towards 0)."""
+def item_means(train: FederatedDataset, damping: float = 5.0) -> torch.Tensor:
+    """Each item's mean rating over the training users [items], shrunk to their global mean
+    by `damping` pseudo-ratings (an item none of them rated: the global mean)."""
     items, ratings = training_ratings(train)
     mean = ratings.double().mean()
     count = torch.bincount(items, minlength=train.num_items).double()
     total = torch.zeros(train.num_items, dtype=torch.float64).index_add_(0, items, ratings.double())
-    item_mean = (total + damping * mean) / (count + damping)
+    return (total + damping * mean) / (count + damping)
 
+
+def item_mean_user_bias(item_mean: torch.Tensor, user_damping: float = 0.0) -> Predictor:
+    """The item's mean (`item_means`) plus the new user's bias, its support ratings' residuals
+    from their items' means summed and divided by their count plus `user_damping` (0: their
+    mean; Koren 2010, "Factor in the Neighbors", Sec. 2.1, the baseline predictor, whose
+    regularization shrinks a bias read from few ratings towards 0)."""
     def predict(support: ClientData, query_x: torch.Tensor) -> torch.Tensor:
         residuals = support.y.double() - item_mean[support.x[:, 0].long()]
         bias = residuals.sum() / (len(residuals) + user_damping)

@@ -84,6 +84,7 @@ class Learner(ABC):
     # of those, the ones a new client's adaptation reads and training does not need to
     # have used (fedmeta.adaptation chooses them on the meta-validation clients)
     adaptation: ClassVar[tuple[str, ...]] = ()
+    adaptation_rate: ClassVar[str | None] = None  # of those, the rate it adapts by, if fixed
     personalized: ClassVar[bool] = False  # a model per client: sends each client its own
     sample_level_dp: ClassVar[bool] = False  # takes sample_clip_norm, sample_noise_multiplier
     keeps_state: ClassVar[bool] = False  # each client keeps a personal state across rounds

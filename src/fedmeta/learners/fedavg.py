@@ -132,6 +132,7 @@ class FedAvgFT(FedAvg):
 
     hyperparameters = ("batch_size", "finetune_steps", "finetune_lr")
     adaptation = ("finetune_steps", "finetune_lr")
+    adaptation_rate = "finetune_lr"
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
                  local_steps: int = 1, tasks_per_step: int = 1, *, batch_size: int = 32,

@@ -80,6 +80,7 @@ class PFedHN(ProtoNet):
     takes_num_clients = True
     hyperparameters = ("embedding_dim", "hypernet_hidden", "embedding_steps", "embedding_lr")
     adaptation = ("embedding_steps", "embedding_lr")
+    adaptation_rate = "embedding_lr"
 
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
                  local_steps: int = 1, tasks_per_step: int = 1, *, num_clients: int,

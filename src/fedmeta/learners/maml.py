@@ -41,6 +41,7 @@ class MAML(Learner):
     head = "ways"
     hyperparameters = ("inner_lr", "inner_steps", "eval_inner_steps", "inner_params")
     adaptation = ("inner_lr", "eval_inner_steps")
+    adaptation_rate = "inner_lr"
     first_order: ClassVar[bool] = False
     regression = True
 

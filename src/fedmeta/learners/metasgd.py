@@ -18,6 +18,7 @@ PREFIX = "lr."
 
 class MetaSGD(MAML):
     adaptation = ("eval_inner_steps",)  # its rates are learned: inner_lr only starts them
+    adaptation_rate = None
 
     def init_params(self) -> Params:
         weights = super().init_params()
