@@ -142,8 +142,8 @@ def learned(name: str, overrides: list[str], args: argparse.Namespace, datasets:
     experiment, chosen, tried = choose_adaptation(experiment, params, states, Candidates(
         rate, RATES.get(name, MAML_RATES)))
     test = Simulation(experiment).evaluate(params, 0, per_client=True, states=states)
-    return {**row, **{k.removeprefix("test_"): v for k, v in test.items()}, "chosen": chosen,
-            "validation": [{"value": t["value"], "val_mae": t["val_mae"]} for t in tried]}
+    return {**row, **{k.removeprefix("test_"): v for k, v in test.items()}, "chosen": " ".join(chosen),
+            "validation": [{"value": t["setting"][rate], "val_mae": t["val_mae"]} for t in tried]}
 
 
 def paired(rows: dict[str, dict], a: str, b: str) -> str:

@@ -226,7 +226,8 @@ def test_eval_chooses_the_adaptation_on_the_validation_clients(finetuned_run, mo
     result = evaluated(capsys, finetuned_run, "--choose",
                        "learner.finetune_lr=0.5, 0.05,0.000001", "--num-episodes", 20)
     assert on == ["val", "val", "val", "test"]
-    assert [trial["value"] for trial in result["validation"]] == [0.5, 0.05, 1e-6]
+    assert [trial["setting"] for trial in result["validation"]] == [
+        {"learner.finetune_lr": lr} for lr in (0.5, 0.05, 1e-6)]
     assert all(not key.startswith("test_") for trial in result["validation"] for key in trial)
     summary = json.loads((finetuned_run / "summary.json").read_text())
     assert result["validation"][1]["val_accuracy"] == summary["selected"]["accuracy"]
@@ -239,6 +240,27 @@ def test_eval_chooses_the_adaptation_on_the_validation_clients(finetuned_run, mo
     assert (result["accuracy"], result["ci95"]) == (direct["test_accuracy"], direct["test_ci95"])
     assert main(["eval", str(finetuned_run), "--choose", "learner.finetune_lr=0.5,0.05"]) == 0
     assert "learner.finetune_lr=" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_eval_chooses_a_grid_of_adaptation_settings_jointly(finetuned_run, capsys):
+    """Two `--choose` settings: every combination scored on validation, in order, and the
+    best combination (both its values) is the one meta-tested."""
+    result = evaluated(capsys, finetuned_run, "--choose", "learner.finetune_lr=0.5,0.000001",
+                       "--choose", "learner.finetune_steps=1,3", "--num-episodes", 20)
+    assert [trial["setting"] for trial in result["validation"]] == [
+        {"learner.finetune_lr": lr, "learner.finetune_steps": steps}
+        for lr in (0.5, 1e-6) for steps in (1, 3)]
+    scores = [trial["val_accuracy"] for trial in result["validation"]]
+    best = result["validation"][scores.index(max(scores))]["setting"]
+    chosen = [f"{key}={value}" for key, value in best.items()]
+    run = RunDirectory.open(finetuned_run, "test")
+    experiment, *_, selected = restore_run(run, run.latest_checkpoint(), None, chosen)
+    direct = Simulation(experiment).evaluate(selected[1], 20)
+    assert (result["accuracy"], result["ci95"]) == (direct["test_accuracy"], direct["test_ci95"])
+    assert main(["eval", str(finetuned_run), "--choose", "learner.finetune_lr=0.5,0.05",
+                 "--choose", "learner.finetune_lr=0.1,0.2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "names a setting twice" in err
 
 
 @pytest.mark.parametrize("choice, message", [

@@ -176,5 +176,5 @@ def test_the_adaptation_rate_of_rating_models_is_chosen_by_the_lowest_validation
         params, 1, on="val")["val_mae"] for rate in rates]
     assert [trial["val_mae"] for trial in tried] == alone
     assert len(set(alone)) == 3
-    assert override == f"learner.inner_lr={rates[alone.index(min(alone))]}"
+    assert override == [f"learner.inner_lr={rates[alone.index(min(alone))]}"]
     assert chosen.config.learner.inner_lr == float(rates[alone.index(min(alone))])

@@ -5,7 +5,9 @@ fine-tuning and meta-learning needs (Chen et al. 2019, "A Closer Look at Few-sho
 Classification", tune the baselines' adaptation as the meta-learners'), without selection on
 the test set."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from itertools import product
 from typing import Any
 
 from fedmeta.build import LEARNERS, build_learner
@@ -51,10 +53,10 @@ def rate_setting(algorithm: str) -> str | None:
     return None if rate is None else SECTION + rate
 
 
-def with_setting(experiment: Experiment, override: str) -> Experiment:
-    """`experiment` with one adaptation setting changed: its config and learner, nothing else
+def with_setting(experiment: Experiment, overrides: Sequence[str]) -> Experiment:
+    """`experiment` with adaptation settings changed: its config and learner, nothing else
     (the datasets, pipeline and samplers read no adaptation setting)."""
-    config = with_overrides(experiment.config.model_dump(mode="json"), [override])
+    config = with_overrides(experiment.config.model_dump(mode="json"), list(overrides))
     train = experiment.train
     return replace(experiment, config=config, learner=build_learner(
         config, train.input_shape, train.num_classes, train.num_clients,
@@ -62,28 +64,34 @@ def with_setting(experiment: Experiment, override: str) -> Experiment:
 
 
 def choose_adaptation(experiment: Experiment, params: Params, states: Params | None,
-                      candidates: Candidates) -> tuple[Experiment, str, list[dict[str, Any]]]:
-    """`experiment` with the candidate value under which its meta-validation clients scored
-    `params` best (the run's selection metric; the first of equals), that value's override and
-    each candidate's meta-validation metrics, on `eval.episodes` episodes of the run's own
-    validation stream. The meta-test clients are not read."""
+                      *grid: Candidates) -> tuple[Experiment, list[str], list[dict[str, Any]]]:
+    """`experiment` with the setting, of every combination of the `grid`'s values, under which
+    its meta-validation clients scored `params` best (the run's selection metric; the first of
+    equals), that setting's overrides and each combination's setting and meta-validation
+    metrics, on `eval.episodes` episodes of the run's own validation stream. The meta-test
+    clients are not read."""
     learner = type(experiment.learner)
     name = experiment.config.learner.algorithm
-    if candidates.key.removeprefix(SECTION) not in learner.adaptation:
-        reads = ", ".join(SECTION + key for key in learner.adaptation) or "none"
-        raise UserError(f"--choose {candidates.key}: {name} does not read it when a new client "
-                        f"adapts (its adaptation settings: {reads})")
+    keys = [candidates.key for candidates in grid]
+    if len(set(keys)) < len(keys):
+        raise UserError(f"--choose names a setting twice: {', '.join(keys)}")
+    for key in keys:
+        if key.removeprefix(SECTION) not in learner.adaptation:
+            reads = ", ".join(SECTION + key for key in learner.adaptation) or "none"
+            raise UserError(f"--choose {key}: {name} does not read it when a new client "
+                            f"adapts (its adaptation settings: {reads})")
     if not Simulation(experiment).validates:
         raise UserError("--choose needs meta-validation clients, and this run has none: "
                         "choosing on the meta-test clients would be selection on the test set")
     metric = selection_metric(experiment.config)
     tried, best = [], None
-    for override in candidates.overrides():
-        candidate = with_setting(experiment, override)
+    for overrides in product(*(candidates.overrides() for candidates in grid)):
+        candidate = with_setting(experiment, overrides)
         metrics = Simulation(candidate).evaluate(params, experiment.config.eval.episodes,
                                                  on="val", states=states)
-        tried.append({"value": getattr(candidate.config.learner,
-                                       candidates.key.removeprefix(SECTION)), **metrics})
+        setting = {key: getattr(candidate.config.learner, key.removeprefix(SECTION))
+                   for key in keys}
+        tried.append({"setting": setting, **metrics})
         if best is None or score(metric, metrics) > best[0]:
-            best = score(metric, metrics), candidate, override
+            best = score(metric, metrics), candidate, list(overrides)
     return best[1], best[2], tried

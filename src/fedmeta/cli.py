@@ -116,7 +116,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.pooled and args.episodes is not None:
         raise UserError("--pooled draws its episodes from held-out clients; --episodes brings "
                         "its own")
-    candidates = Candidates.parse(args.choose) if args.choose else None
+    grid = [Candidates.parse(text) for text in args.choose]
     run = RunDirectory.open(args.run_dir, "eval")
     if args.pooled:
         check_poolable(load_config(run.config_path), "--pooled")
@@ -127,8 +127,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if selected is not None:  # the model the run kept, as its summary meta-tested it
         round_index, params, states = selected
     tried = []
-    if candidates is not None:
-        experiment, chosen, tried = choose_adaptation(experiment, params, states, candidates)
+    if grid:
+        experiment, chosen, tried = choose_adaptation(experiment, params, states, *grid)
     config = experiment.config
     if args.episodes is not None:
         episodes = load_episodes(args.episodes)
@@ -157,13 +157,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.set:
         result["overrides"] = args.set
     if tried:
-        result["chosen"], result["validation"] = chosen, tried
+        result["chosen"], result["validation"] = " ".join(chosen), tried
     if args.json:
         print(json.dumps(result))
         return
     if tried:
-        print(f"{chosen} chosen on the meta-validation clients, of "
-              + ", ".join(f"{trial['value']} ({validation_score(trial)})" for trial in tried))
+        print(f"{' '.join(chosen)} chosen on the meta-validation clients, of "
+              + ", ".join(f"{setting_text(trial['setting'])} ({validation_score(trial)})"
+                          for trial in tried))
     if "mae" in result:
         print(f"{rating_line(result)} from {result['source']}, round {round_index}")
     else:
@@ -174,6 +175,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
                   " with the clients pooled into one" if "pooled_accuracy" in result else "")
         print(f"accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f}% (95% CI, "
               f"{result['episodes']} episodes from {where}, round {round_index}){pooled}")
+
+
+def setting_text(setting: dict) -> str:
+    """A candidate's values: the one value, or each key=value of a grid's combination."""
+    if len(setting) == 1:
+        return str(*setting.values())
+    return " ".join(f"{key.removeprefix('learner.')}={value}" for key, value in setting.items())
 
 
 def validation_score(metrics: dict) -> str:
@@ -324,9 +332,11 @@ def parser() -> argparse.ArgumentParser:
                           "instead of the run's run.device")
     evaluate.add_argument("--set", action="append", default=[], metavar="eval.KEY=VALUE",
                           help="score other tasks with the same model, e.g. --set eval.ways=20")
-    evaluate.add_argument("--choose", metavar="learner.KEY=V1,V2,...", help="a new client's "
-                          "adaptation setting (e.g. learner.finetune_lr=0.003,0.01,0.03): the "
-                          "value whose meta-validation score is best is the one meta-tested")
+    evaluate.add_argument("--choose", action="append", default=[],
+                          metavar="learner.KEY=V1,V2,...", help="a new client's adaptation "
+                          "setting (e.g. learner.finetune_lr=0.003,0.01,0.03): the value whose "
+                          "meta-validation score is best is the one meta-tested; given for "
+                          "several settings, every combination of their values is tried")
     evaluate.add_argument("--pooled", action="store_true", help="also draw episodes from all "
                           "the clients pooled into one, as centralized few-shot benchmarks do "
                           "(Omniglot's published numbers): --set eval.pooled=true")
