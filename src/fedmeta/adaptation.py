@@ -77,7 +77,7 @@ def choose_adaptation(experiment: Experiment, params: Params, states: Params | N
         raise UserError(f"--choose names a setting twice: {', '.join(keys)}")
     for key in keys:
         if key.removeprefix(SECTION) not in learner.adaptation:
-            reads = ", ".join(SECTION + key for key in learner.adaptation) or "none"
+            reads = ", ".join(SECTION + read for read in learner.adaptation) or "none"
             raise UserError(f"--choose {key}: {name} does not read it when a new client "
                             f"adapts (its adaptation settings: {reads})")
     if not Simulation(experiment).validates:
