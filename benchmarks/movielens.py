@@ -7,8 +7,10 @@ training episodes and new users; the model kept is the round of best MAE on the
 meta-validation users, scored once on the meta-test users. The references need no training:
 the training users' global mean, and each movie's mean (damped by 5 pseudo-ratings) plus the
 new user's bias on its K support ratings, its mean residual or (damped) its residuals summed
-over K plus pseudo-ratings chosen among `USER_DAMPINGS` on the meta-validation users (Koren's
-regularized baseline predictor); they are given for K = 5, 10 and 20.
+over K plus pseudo-ratings chosen among `USER_DAMPINGS` on the meta-validation users; and
+Koren's regularized baseline predictor fitted whole (koren-baseline: the item and training
+users' biases fitted jointly, a new user's bias damped as theirs were, both dampings chosen on
+the meta-validation users). They are given for K = 5, 10 and 20.
 
 - fedmeta-maml: FedMeta (Chen et al. 2018) with MeLU's split: clients take `local_steps`
   Adam steps on second-order MAML's meta-loss, adapting the MLP and output layer on the
@@ -42,6 +44,7 @@ meta-test users) are printed as the mean per-user MAE difference with its 95% CI
 
 import argparse
 import json
+from itertools import product
 from pathlib import Path
 
 import torch
@@ -54,7 +57,8 @@ from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize
 from fedmeta.evaluation import mean_ci95
-from fedmeta.ratings import cold_start_test, global_mean, item_mean_user_bias, item_means
+from fedmeta.ratings import (baseline_biases, cold_start_test, global_mean, item_mean_user_bias,
+                             item_means)
 from fedmeta.resume import restored
 
 CONFIG = Path(__file__).parents[1] / "configs" / "movielens_melu.toml"
@@ -88,7 +92,8 @@ RATES = {  # the adaptation rates a row is chosen among on validation, if not MA
 }
 
 
-USER_DAMPINGS = (1.0, 2.0, 5.0, 10.0, 20.0)  # the damped reference's, chosen on validation
+USER_DAMPINGS = (1.0, 2.0, 5.0, 10.0, 20.0)  # the damped references', chosen on validation
+ITEM_DAMPINGS = (0.5, 1.0, 2.0, 5.0, 10.0, 25.0)  # Koren's baseline's, chosen with those
 
 
 def references(datasets: Datasets) -> list[dict]:
@@ -99,17 +104,26 @@ def references(datasets: Datasets) -> list[dict]:
     val_clients = [validation.client(i) for i in range(validation.num_clients)]
     clients = [test.client(i) for i in range(test.num_clients)]
     item_mean = item_means(train)
+    koren = {(item, user): item_mean_user_bias(mean + item_bias, user_damping=user)
+             for item, user in product(ITEM_DAMPINGS, USER_DAMPINGS)
+             for mean, item_bias, _ in [baseline_biases(train, item, user)]}
     for shots in (5, 10, 20):
         sampler = ColdStartSampler(shots, 1)
         tried = [{"value": damping, "val_mae": cold_start_test(
             item_mean_user_bias(item_mean, user_damping=damping), val_clients, sampler).mae}
             for damping in USER_DAMPINGS]
         damping = min(tried, key=lambda t: t["val_mae"])["value"]
+        koren_tried = [{"value": f"item_damping={item} user_damping={user}",
+                        "val_mae": cold_start_test(predict, val_clients, sampler).mae}
+                       for (item, user), predict in koren.items()]
+        best = min(range(len(koren)), key=lambda i: koren_tried[i]["val_mae"])
         for name, predict, chosen in (
                 ("global-mean", global_mean(train), {}),
                 ("item-mean+user-bias", item_mean_user_bias(item_mean), {}),
                 ("item-mean+damped-user-bias", item_mean_user_bias(item_mean, user_damping=damping),
-                 {"chosen": f"user_damping={damping}", "validation": tried})):
+                 {"chosen": f"user_damping={damping}", "validation": tried}),
+                ("koren-baseline", list(koren.values())[best],
+                 {"chosen": koren_tried[best]["value"], "validation": koren_tried})):
             result = cold_start_test(predict, clients, sampler)
             rows.append({"method": name, "shots": shots, **result.as_dict(per_client=True),
                          **chosen})
@@ -142,7 +156,8 @@ def learned(name: str, overrides: list[str], args: argparse.Namespace, datasets:
     experiment, chosen, tried = choose_adaptation(experiment, params, states, Candidates(
         rate, RATES.get(name, MAML_RATES)))
     test = Simulation(experiment).evaluate(params, 0, per_client=True, states=states)
-    return {**row, **{k.removeprefix("test_"): v for k, v in test.items()}, "chosen": " ".join(chosen),
+    return {**row, **{k.removeprefix("test_"): v for k, v in test.items()},
+            "chosen": " ".join(chosen),
             "validation": [{"value": t["setting"][rate], "val_mae": t["val_mae"]} for t in tried]}
 
 
@@ -186,9 +201,10 @@ def main() -> None:
               f"{row['clients']} |")
     at_k = {row["method"]: row for row in rows if row["shots"] == args.shots}
     for other in ("fedavg-ft", "item-mean+user-bias", "item-mean+damped-user-bias",
-                  "centralized"):
+                  "koren-baseline", "centralized"):
         print(paired(at_k, "fedmeta-maml", other))
-    print(paired(at_k, "fedavg-ft", "item-mean+damped-user-bias"))
+    for reference in ("item-mean+damped-user-bias", "koren-baseline"):
+        print(paired(at_k, "fedavg-ft", reference))
     for other in ("item-mean+user-bias", "fedmeta-maml"):
         print(paired(at_k, "fcf", other))
 

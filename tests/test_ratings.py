@@ -22,7 +22,8 @@ from fedmeta.learners.perfedavg import PerFedAvgHF
 from fedmeta.learners.reptile import Reptile
 from fedmeta.models import MeLU
 from fedmeta.optim import sgd
-from fedmeta.ratings import (cold_start_test, global_mean, item_mean_user_bias, item_means,
+from fedmeta.ratings import (baseline_biases, cold_start_test, global_mean, item_mean_user_bias,
+                             item_means,
                              learner_predictor, ndcg_at)
 from ratings_file import GENRES, ITEMS, write_ratings
 from test_cli import fedmeta
@@ -128,6 +129,23 @@ def test_item_mean_plus_user_bias_by_hand(users):
     damped = item_mean_user_bias(item_means(train), user_damping=4.0)(support, x)
     assert torch.isclose(damped.double(), shrunk + 0.1, atol=1e-5).all()
     assert torch.isclose(global_mean(train)(support, x).double(), mean, atol=1e-5).all()
+
+
+def test_koren_baseline_biases_solve_their_normal_equations(users):
+    """The fitted biases are the regularized least-squares solution: every item's residuals
+    sum to its damping times its bias (an item no one rated: 0), every training user's
+    likewise."""
+    train, _ = users
+    items = torch.cat([train.client(i).x[:, 0] for i in range(train.num_clients)]).long()
+    owners = torch.cat([torch.full((len(train.client(u)),), u)
+                        for u in range(train.num_clients)])
+    ratings = torch.cat([train.client(i).y for i in range(train.num_clients)]).double()
+    mean, item_bias, user_bias = baseline_biases(train, 3.0, 7.0)
+    residual = ratings - mean - item_bias[items] - user_bias[owners]
+    per_item = torch.zeros_like(item_bias).index_add_(0, items, residual)
+    per_user = torch.zeros_like(user_bias).index_add_(0, owners, residual)
+    assert torch.allclose(per_item, 3.0 * item_bias, atol=1e-8)
+    assert torch.allclose(per_user, 7.0 * user_bias, atol=1e-8)
 
 
 @pytest.mark.slow
