@@ -11,6 +11,8 @@ reads the finished ones' summaries. Settings and hyperparameters are `accuracy.p
 each result row records; the published centralized numbers stand beside the federated ones,
 and for Omniglot so does the kept model's accuracy on the published numbers' episodes, the
 evaluation alphabets pooled (`eval.pooled`), since a new client here is one alphabet.
+`--fit-seconds` sizes a new run's schedule to the machine it runs on (a GPU's minutes, a CPU
+session's hours): `server.rounds` from the timing of its first rounds.
 
     python benchmarks/converged.py --data ../shared/data --runs runs/converged \\
         --settings omniglot-5w1s --algorithms protonet maml --out results.jsonl \\
@@ -21,13 +23,15 @@ import argparse
 import json
 import os
 import shutil
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from accuracy import ALGORITHMS, COMMON, PUBLISHED, SETTINGS  # beside this script
 from fedmeta.build import build_experiment
-from fedmeta.config import load_config
+from fedmeta.config import Config, load_config, with_overrides
 from fedmeta.resume import resume
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation
@@ -35,9 +39,46 @@ from fedmeta.engine.training import train_and_summarize
 from parallel import run_jobs
 
 
-def run_one(job: tuple) -> dict:
+class Job(NamedTuple):
+    """One (algorithm, setting) run and how to train, select and meta-test it."""
+
+    algorithm: str
+    setting: str
+    data_dir: str
+    runs: Path
+    every: int
+    patience: int
+    hours: float
+    episodes: int
+    threads: int
+    recipe: list[str]
+    fit_seconds: float | None  # size server.rounds to this many seconds of training
+
+
+def seconds_per_round(config: Config, rounds: int = 3) -> float:
+    """A training round's wall-clock seconds on this machine: the mean of `rounds` rounds after
+    a first one (a GPU's kernels and caches warm up in it); no evaluation, nothing kept."""
+    simulation = Simulation(build_experiment(config))
+    params = simulation.experiment.learner.init_params()
+    state = simulation.experiment.initial_state(params)
+    params, state, _ = simulation.round(1, params, state)
+    start = time.perf_counter()
+    for round_index in range(2, rounds + 2):
+        params, state, _ = simulation.round(round_index, params, state)
+    return (time.perf_counter() - start) / rounds
+
+
+def fitted(config: Config, seconds: float, every: int) -> Config:
+    """`config` with `server.rounds` the multiple of `every` (at least one) whose training
+    takes about `seconds` here, so that a schedule over the rounds (a cosine) ends in time."""
+    rounds = int(seconds / seconds_per_round(config)) // every * every
+    return with_overrides(config.model_dump(mode="json"), [f"server.rounds={max(every, rounds)}"])
+
+
+def run_one(job: Job) -> dict:
     """Train (or resume, or read) one run directory to its selected, meta-tested model."""
-    algorithm, setting, data_dir, runs, every, patience, hours, episodes, threads, recipe = job
+    algorithm, setting, data_dir, runs, every, patience, hours, episodes, threads, recipe, \
+        fit_seconds = job
     torch.set_num_threads(threads)
     path = Path(runs) / f"{algorithm}-{setting}"
     run = RunDirectory(path)
@@ -56,11 +97,14 @@ def run_one(job: tuple) -> dict:
                 f"run.time_budget_seconds={3600 * hours}",
                 # Omniglot: the published numbers' episodes too, the alphabets pooled
                 f"eval.pooled={str(dataset == 'omniglot').lower()}", *recipe])
+            if fit_seconds is not None:
+                config = fitted(config, fit_seconds, every)
             train_and_summarize(Simulation(build_experiment(config)),
                                 RunDirectory.create(config, path), False)
     summary = json.loads(run.summary_path.read_text())
     meta_test = summary["meta_test"]
     return {"algorithm": algorithm, "setting": setting, "rounds": summary["rounds"],
+            "schedule_rounds": load_config(run.config_path).server.rounds,
             "selected_round": summary["selected"]["round"],
             "val_accuracy": summary["selected"].get("accuracy"),
             "train_seconds": round(summary["train_seconds"], 1), "device": summary["device"],
@@ -68,6 +112,12 @@ def run_one(job: tuple) -> dict:
             **{f"test_{k}": v for k, v in meta_test.items()
                if k not in ("per_client_accuracy", "pooled_accuracy", "pooled_ci95")},
             **{k: meta_test[k] for k in ("pooled_accuracy", "pooled_ci95") if k in meta_test}}
+
+
+def of_schedule(row: dict) -> str:
+    """' of N' where the run stopped before its schedule's N rounds (patience, or the cap)."""
+    schedule = row.get("schedule_rounds", row["rounds"])
+    return f" of {schedule}" if schedule != row["rounds"] else ""
 
 
 def table(results: list[dict]) -> str:
@@ -87,8 +137,8 @@ def table(results: list[dict]) -> str:
                       if "pooled_accuracy" in r else "-")
             out.append(f"| {r['algorithm']} | {100 * r['test_accuracy']:.2f} ± "
                        f"{100 * r['test_ci95']:.2f} | {pooled} | {published} | "
-                       f"{r['selected_round']} / "
-                       f"{r['rounds']} | {r['train_seconds'] / 3600:.2f} h | {r['device']} | "
+                       f"{r['selected_round']} / {r['rounds']}{of_schedule(r)} | "
+                       f"{r['train_seconds'] / 3600:.2f} h | {r['device']} | "
                        f"{' '.join(r.get('recipe', [])) or '-'} |")
     return "\n".join(out)
 
@@ -102,6 +152,9 @@ def main() -> None:
     parser.add_argument("--max-hours", type=float, default=6.0,
                         help="a cap on each run's training, per process (a resumed run's anew)")
     parser.add_argument("--episodes", type=int, default=600, help="meta-test episodes")
+    parser.add_argument("--fit-seconds", type=float, help="a new run's server.rounds sized to "
+                        "about this many seconds of training here (a first rounds' timing), so "
+                        "that its schedule ends in time; evaluations come on top")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
@@ -116,8 +169,8 @@ def main() -> None:
         return
     if not args.data:
         parser.error("--data is needed to run")
-    jobs = [(a, s, args.data, args.runs, args.every, args.patience, args.max_hours,
-             args.episodes, args.threads, args.set)
+    jobs = [Job(a, s, args.data, args.runs, args.every, args.patience, args.max_hours,
+                args.episodes, args.threads, args.set, args.fit_seconds)
             for s in args.settings for a in args.algorithms]
     print(table(run_jobs(run_one, jobs, args.jobs, args.out)))
 
