@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -62,10 +61,11 @@ def seconds_per_round(config: Config, rounds: int = 3) -> float:
     params = simulation.experiment.learner.init_params()
     state = simulation.experiment.initial_state(params)
     params, state, _ = simulation.round(1, params, state)
-    start = time.perf_counter()
+    seconds = 0.0
     for round_index in range(2, rounds + 2):
-        params, state, _ = simulation.round(round_index, params, state)
-    return (time.perf_counter() - start) / rounds
+        params, state, metrics = simulation.round(round_index, params, state)
+        seconds += metrics["seconds"]
+    return seconds / rounds
 
 
 def fitted(config: Config, seconds: float, every: int) -> Config:

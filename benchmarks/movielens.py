@@ -116,14 +116,15 @@ def references(datasets: Datasets) -> list[dict]:
         koren_tried = [{"value": f"item_damping={item} user_damping={user}",
                         "val_mae": cold_start_test(predict, val_clients, sampler).mae}
                        for (item, user), predict in koren.items()]
-        best = min(range(len(koren)), key=lambda i: koren_tried[i]["val_mae"])
+        koren_predict, koren_best = min(zip(koren.values(), koren_tried),
+                                        key=lambda pair: pair[1]["val_mae"])
         for name, predict, chosen in (
                 ("global-mean", global_mean(train), {}),
                 ("item-mean+user-bias", item_mean_user_bias(item_mean), {}),
                 ("item-mean+damped-user-bias", item_mean_user_bias(item_mean, user_damping=damping),
                  {"chosen": f"user_damping={damping}", "validation": tried}),
-                ("koren-baseline", list(koren.values())[best],
-                 {"chosen": koren_tried[best]["value"], "validation": koren_tried})):
+                ("koren-baseline", koren_predict,
+                 {"chosen": koren_best["value"], "validation": koren_tried})):
             result = cold_start_test(predict, clients, sampler)
             rows.append({"method": name, "shots": shots, **result.as_dict(per_client=True),
                          **chosen})

@@ -157,12 +157,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.set:
         result["overrides"] = args.set
     if tried:
-        result["chosen"], result["validation"] = " ".join(chosen), tried
+        chosen = " ".join(chosen)
+        result["chosen"], result["validation"] = chosen, tried
     if args.json:
         print(json.dumps(result))
         return
     if tried:
-        print(f"{' '.join(chosen)} chosen on the meta-validation clients, of "
+        print(f"{chosen} chosen on the meta-validation clients, of "
               + ", ".join(f"{setting_text(trial['setting'])} ({validation_score(trial)})"
                           for trial in tried))
     if "mae" in result:

@@ -106,10 +106,12 @@ def learner_predictor(learner: Learner, params: Params) -> Predictor:
     return predict
 
 
-def training_ratings(train: FederatedDataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """(item index [R] int64, rating [R]) of every rating of the training users."""
+def training_ratings(train: FederatedDataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(item index [R] int64, rating [R], user index [R] int64) of every rating of the
+    training users."""
     clients = [train.client(i) for i in range(train.num_clients)]
-    return (torch.cat([c.x[:, 0] for c in clients]).long(), torch.cat([c.y for c in clients]))
+    return (torch.cat([c.x[:, 0] for c in clients]).long(), torch.cat([c.y for c in clients]),
+            torch.cat([torch.full((len(c),), u) for u, c in enumerate(clients)]))
 
 
 def global_mean(train: FederatedDataset) -> Predictor:
@@ -121,7 +123,7 @@ def global_mean(train: FederatedDataset) -> Predictor:
 def item_means(train: FederatedDataset, damping: float = 5.0) -> torch.Tensor:
     """Each item's mean rating over the training users [items], shrunk to their global mean
     by `damping` pseudo-ratings (an item none of them rated: the global mean)."""
-    items, ratings = training_ratings(train)
+    items, ratings, _ = training_ratings(train)
     mean = ratings.double().mean()
     count = torch.bincount(items, minlength=train.num_items).double()
     total = torch.zeros(train.num_items, dtype=torch.float64).index_add_(0, items, ratings.double())
@@ -135,8 +137,7 @@ def baseline_biases(train: FederatedDataset, item_damping: float, user_damping: 
     minimizing the squared error of mean + b_u + b_i plus `item_damping` and `user_damping`
     times the biases' squares, by exact minimization over the items and the users in turn
     (coordinate descent on a convex quadratic, `sweeps` times)."""
-    items, ratings = training_ratings(train)
-    users = torch.cat([torch.full((len(train.client(u)),), u) for u in range(train.num_clients)])
+    items, ratings, users = training_ratings(train)
     ratings = ratings.double()
     mean = ratings.mean()
     item_count = torch.bincount(items, minlength=train.num_items).double()
