@@ -10,7 +10,8 @@ roles only (every `--every` rounds); the target is FedAvg's last meta-validation
 The round kept is the best on the meta-validation roles, and so is the adaptation rate among
 `--adapt-lrs` (FedAvg+FT's fine-tuning rate, the MAML family's test-time rate;
 `fedmeta.adaptation`), so the meta-test roles are read once, at the end (accuracy, 95% CI over
-tasks). The meta-learners train with one inner step of `--inner-lr` a task.
+tasks). The meta-learners train with one inner step of `--inner-lr` a task; Reptile's inner
+optimizer is `--inner-optimizer` (SGD, or Adam as Nichol et al. train it).
 
     python benchmarks/shakespeare.py --data ../shared/data --out results.jsonl [--rounds 20]
     python benchmarks/shakespeare.py --table results.jsonl
@@ -26,7 +27,7 @@ from fedmeta.config import load_config
 from fedmeta.engine.simulation import Simulation
 from parallel import run_sweep, sweep_parser  # beside this script
 
-# trained with one inner step of --inner-lr (Reptile steps by SGD of inner_lr on each task:
+# trained with one inner step of --inner-lr (Reptile steps by its inner optimizer on each task:
 # as many steps as the others' local steps)
 META_LEARNERS = ("maml", "fomaml", "metasgd", "perfedavg-fo", "reptile")
 ALGORITHMS = ("fedavg", "fedavg-ft", *META_LEARNERS)
@@ -44,7 +45,7 @@ def overrides(args, algorithm: str) -> list[str]:
         f"data.min_samples={args.eval_shots}", "model.name='char-lstm'",
         f"model.hidden={args.hidden}", f"task.shots={args.shots}", f"task.queries={args.shots}",
         f"learner.algorithm='{algorithm}'", "learner.optimizer='adam'", "learner.lr=0.003",
-        f"learner.inner_lr={args.inner_lr}",
+        f"learner.inner_lr={args.inner_lr}", f"learner.inner_optimizer='{args.inner_optimizer}'",
         "learner.local_steps=5", f"learner.batch_size={2 * args.shots}",
         f"learner.eval_inner_steps={args.adapt_steps}",
         f"learner.finetune_steps={args.adapt_steps}", f"learner.finetune_lr={args.adapt_lrs[0]}",
@@ -77,6 +78,7 @@ def run_one(job) -> dict:
     test = Simulation(experiment).evaluate(kept[2], args.episodes)
     return {"algorithm": algorithm, "rounds": args.rounds, "clients": args.clients,
             "inner_lr": args.inner_lr if algorithm in META_LEARNERS else None,
+            "inner_optimizer": args.inner_optimizer if algorithm == "reptile" else None,
             "hidden": args.hidden, "shots": args.shots, "eval_shots": args.eval_shots,
             "train_seconds": round(seconds, 1), "curve": curve, "kept_round": kept[0],
             "adapt_lr": (getattr(experiment.config.learner, rate.removeprefix("learner."))
@@ -130,6 +132,8 @@ def main() -> None:
                         "family's test-time), the best on validation kept")
     parser.add_argument("--inner-lr", type=float, default=0.5,
                         help="the meta-learners' inner rate in training")
+    parser.add_argument("--inner-optimizer", choices=("sgd", "adam"), default="sgd",
+                        help="Reptile's inner optimizer, in training and for a new role")
     parser.add_argument("--every", type=int, default=5, help="rounds between validations")
     parser.add_argument("--val-episodes", type=int, default=20)
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)

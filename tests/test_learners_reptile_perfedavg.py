@@ -1,6 +1,7 @@
 """Reptile's client step against a manual SGD sequence; Per-FedAvg's gradient estimates
 against explicit Hessians."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import grad
@@ -8,7 +9,6 @@ from torch.func import grad
 from fedmeta.learners.fomaml import FOMAML
 from fedmeta.learners.perfedavg import PerFedAvg, PerFedAvgHF, hessian_vector_product
 from fedmeta.learners.reptile import Reptile
-from fedmeta.params import detached
 from tiny import WAYS, feature_client, float_episodes, mlp_learner
 
 
@@ -24,25 +24,50 @@ def unflat(vector, like):
     return out
 
 
-def test_reptile_client_update_is_sgd_through_the_tasks():
+TORCH_OPTIMIZERS = {"sgd": lambda leaves, lr: torch.optim.SGD(leaves, lr=lr),
+                    "adam": lambda leaves, lr: torch.optim.Adam(leaves, lr=lr, betas=(0.0, 0.999))}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_reptile_client_update_is_its_inner_optimizer_through_the_tasks(optimizer):
+    """Against torch.optim's SGD and Adam (beta1 = 0, Nichol et al.), one optimizer whose
+    moments carry across the round's tasks."""
     learner = mlp_learner(Reptile, dtype=torch.float32, inner_lr=0.1, inner_steps=2,
-                          local_steps=2, tasks_per_step=2)
+                          local_steps=2, tasks_per_step=2, inner_optimizer=optimizer)
     params, client = learner.init_params(), feature_client()
     update = learner.client_update(params, client, torch.Generator().manual_seed(5))
-    generator, local = torch.Generator().manual_seed(5), detached(params)
+    generator = torch.Generator().manual_seed(5)
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    reference = TORCH_OPTIMIZERS[optimizer](list(leaves.values()), 0.1)
     for _ in range(2):
         episodes = learner.sampler.sample(client, 2, generator)
         for e in range(2):
             x = torch.cat([episodes.support_x[e], episodes.query_x[e]])
             y = torch.cat([episodes.support_y[e], episodes.query_y[e]])
             for _ in range(2):
-                leaves = {k: v.requires_grad_() for k, v in local.items()}
-                grads = torch.autograd.grad(F.cross_entropy(learner.forward(leaves, x), y),
-                                            list(leaves.values()))
-                local = {k: (v - 0.1 * g).detach() for (k, v), g in zip(leaves.items(), grads)}
+                reference.zero_grad()
+                F.cross_entropy(learner.forward(leaves, x), y).backward()
+                reference.step()
     for key in params:
-        torch.testing.assert_close(update.delta[key], local[key] - params[key])
+        torch.testing.assert_close(update.delta[key], leaves[key].detach() - params[key])
     assert update.weight == len(client)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_reptile_meta_test_runs_a_fresh_inner_optimizer_on_the_support(optimizer):
+    learner = mlp_learner(Reptile, dtype=torch.float32, inner_lr=0.05, eval_inner_steps=3,
+                          inner_optimizer=optimizer)
+    params, episodes = learner.init_params(), float_episodes(num=1)
+    sx, sy = episodes.support_x[0].float(), episodes.support_y[0]
+    adapted = learner.eval_adapt(params, sx, sy)
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    reference = TORCH_OPTIMIZERS[optimizer](list(leaves.values()), 0.05)
+    for _ in range(3):
+        reference.zero_grad()
+        F.cross_entropy(learner.forward(leaves, sx), sy).backward()
+        reference.step()
+    for key in params:
+        torch.testing.assert_close(adapted[key], leaves[key].detach())
 
 
 def test_hessian_vector_product_matches_the_explicit_hessian():

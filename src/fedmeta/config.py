@@ -129,6 +129,9 @@ class LearnerConfig(Scheduled):
     # gradient-based inner loop (maml, fomaml, metasgd, anil, reptile, perfedavg-*)
     inner_lr: float = Field(0.4, gt=0)  # metasgd: the initial per-parameter rates
     inner_steps: int = Field(1, ge=1, le=1000)  # perfedavg trains with one step whatever this says
+    # reptile: its inner loop's optimizer, of rate inner_lr, in training and at meta-test
+    # ("adam": Adam with beta1 = 0, Nichol et al. 2018's choice)
+    inner_optimizer: Literal["sgd", "adam"] = "sgd"
     # meta-test steps; None = 2 * inner_steps
     eval_inner_steps: int | None = Field(None, ge=1, le=1000)
     # the params the inner loop adapts, by name prefix; [] = all (MeLU: ["mlp.", "head."])

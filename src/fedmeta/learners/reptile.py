@@ -2,28 +2,39 @@
 federated.
 
 A client trains its copy of the initialisation on its tasks one after another: for each of
-`local_steps x tasks_per_step` episodes, `inner_steps` SGD steps of `inner_lr` on the episode's
-support and query examples together. It returns `delta = adapted - global`; the server's
-learning rate (`server.lr` with the SGD server optimizer) is Reptile's outer step size epsilon.
-`learner.optimizer` and `learner.lr` are not used: the local optimizer is SGD of `inner_lr`.
-Meta-testing fine-tunes on the support set as MAML does.
+`local_steps x tasks_per_step` episodes, `inner_steps` steps of its inner optimizer (rate
+`inner_lr`) on the episode's support and query examples together. It returns
+`delta = adapted - global`; the server's learning rate (`server.lr` with the SGD server
+optimizer) is Reptile's outer step size epsilon. `learner.optimizer` and `learner.lr` are not
+used: the local optimizer is the inner one, SGD or, as Nichol et al. train it (Sec. 6), Adam
+with beta1 = 0, its moments carried across the round's tasks. Meta-testing runs the same
+inner optimizer, fresh, for `eval_inner_steps` steps on the support set.
 """
 
 import torch
 from torch import nn
-from torch.func import grad_and_value
+from torch.func import grad, grad_and_value
 
 from fedmeta.data import ClientData, EpisodeSampler
 from fedmeta.learners.maml import MAML
-from fedmeta.optim import Transform, sgd
+from fedmeta.optim import Transform, adam, apply_updates, sgd
 from fedmeta.params import Params
 
 
+def inner_transform(name: str, lr: float) -> Transform:
+    """Reptile's inner optimizer `name` ("sgd" or "adam") of rate `lr`."""
+    return sgd(lr) if name == "sgd" else adam(lr, b1=0.0)
+
+
 class Reptile(MAML):
+    hyperparameters = (*MAML.hyperparameters, "inner_optimizer")
+
     def __init__(self, model: nn.Module, sampler: EpisodeSampler, local_optimizer: Transform,
-                 local_steps: int = 1, tasks_per_step: int = 1, **inner: float | int | None) -> None:
+                 local_steps: int = 1, tasks_per_step: int = 1, inner_optimizer: str = "sgd",
+                 **inner: float | int | None) -> None:
         super().__init__(model, sampler, local_optimizer, local_steps, tasks_per_step, **inner)
-        self.local_optimizer = sgd(self.inner_lr)
+        self.inner_optimizer = inner_optimizer
+        self.local_optimizer = inner_transform(inner_optimizer, self.inner_lr)
 
     def local_batches(self, client: ClientData,
                       generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -35,6 +46,22 @@ class Reptile(MAML):
             y = torch.cat([episodes.support_y, episodes.query_y], dim=1)
             batches += [(x[e], y[e]) for e in range(len(episodes)) for _ in range(self.inner_steps)]
         return batches
+
+    def eval_adapt(self, params: Params, support_x: torch.Tensor,
+                   support_y: torch.Tensor) -> Params:
+        """All params, the adapted ones (`inner_params`) after `eval_inner_steps` steps of a
+        fresh inner optimizer on the support loss."""
+        fast = {k: v for k, v in params.items() if self.adapted(k)}
+
+        def support_loss(adapted: Params) -> torch.Tensor:
+            return self.loss({**params, **adapted}, support_x, support_y)
+
+        optimizer = inner_transform(self.inner_optimizer, self.inner_lr)
+        state = optimizer.init(fast)
+        for _ in range(self.eval_inner_steps):
+            updates, state = optimizer.update(grad(support_loss)(fast), state)
+            fast = apply_updates(fast, updates)
+        return {**params, **fast}
 
     def local_gradient(self, params: Params, batch: tuple[torch.Tensor, torch.Tensor]
                        ) -> tuple[Params, torch.Tensor]:
