@@ -116,7 +116,8 @@ def table(results: list[dict]) -> str:
         if not rows:
             continue
         overrides = " ".join(rows[0].get("overrides", []))
-        out += [f"\n{setting} ({rows[0]['rounds']} rounds, {rows[0]['device']}"
+        devices = "; ".join(sorted({r["device"] for r in rows}))  # runs may have moved machine
+        out += [f"\n{setting} ({rows[0]['rounds']} rounds, {devices}"
                 f"{', ' + overrides if overrides else ''})\n",
                 "| algorithm | mean over clients, selected on validation, % (mean ± std over "
                 "seeds) | pooled, selected on validation, % | pooled, best round on test "
