@@ -92,7 +92,7 @@ RATES = {  # the adaptation rates a row is chosen among on validation, if not MA
 }
 
 
-USER_DAMPINGS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # the damped references', chosen on validation
+USER_DAMPINGS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)  # chosen on validation
 ITEM_DAMPINGS = (0.5, 1.0, 2.0, 5.0, 10.0, 25.0)  # Koren's baseline's, chosen with those
 
 

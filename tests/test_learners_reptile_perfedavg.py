@@ -1,5 +1,5 @@
-"""Reptile's client step against a manual SGD sequence; Per-FedAvg's gradient estimates
-against explicit Hessians."""
+"""Reptile's client step and meta-test against torch.optim's SGD and Adam; Per-FedAvg's gradient
+estimates against explicit Hessians."""
 
 import pytest
 import torch

@@ -6,7 +6,7 @@ A client trains its copy of the initialisation on its tasks one after another: f
 `inner_lr`) on the episode's support and query examples together. It returns
 `delta = adapted - global`; the server's learning rate (`server.lr` with the SGD server
 optimizer) is Reptile's outer step size epsilon. `learner.optimizer` and `learner.lr` are not
-used: the local optimizer is the inner one, SGD or, as Nichol et al. train it (Sec. 6), Adam
+used: the local optimizer is the inner one, SGD or, as Nichol et al. train it, Adam
 with beta1 = 0, its moments carried across the round's tasks. Meta-testing runs the same
 inner optimizer, fresh, for `eval_inner_steps` steps on the support set.
 """
