@@ -48,10 +48,11 @@ ALGORITHMS = {
                   "learner.batch_size=32", "learner.finetune_steps=50",
                   "learner.finetune_lr=0.01"],
     "protonet": ["learner.optimizer='adam'", "learner.lr=0.001", "learner.local_steps=5"],
-    # FOMAML's inner rate by its sweep on the meta-validation alphabets (BENCHMARKS.md): 0.4
-    # suits second-order MAML only
-    "maml": META, "fomaml": [*META, "learner.inner_lr=0.05"], "metasgd": META, "anil": META,
-    "perfedavg-fo": META, "perfedavg-hf": META,
+    # the inner rates of FOMAML, Per-FedAvg (FO), Meta-SGD and ANIL by their sweeps on the
+    # meta-validation alphabets (BENCHMARKS.md): 0.4 suits second-order MAML only
+    "maml": META, "fomaml": [*META, "learner.inner_lr=0.05"],
+    "metasgd": [*META, "learner.inner_lr=0.05"], "anil": [*META, "learner.inner_lr=1.0"],
+    "perfedavg-fo": [*META, "learner.inner_lr=0.05"], "perfedavg-hf": META,
     "reptile": ["learner.inner_lr=0.05", "learner.inner_steps=5", "learner.tasks_per_step=4",
                 "learner.local_steps=1", "learner.eval_inner_steps=10"],
     # pFedHN's paper sizes (embeddings aside); a server SGD step of 1.0 or 0.1 on the
