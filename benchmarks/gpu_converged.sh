@@ -10,14 +10,16 @@
 #     mkdir -p .gpudata && cp ../shared/data/omniglot.npz .gpudata/
 #     device tool: run "bash benchmarks/gpu_converged.sh", carry [".gpudata"], timeout_s 560
 #
+# ALGORITHMS="metasgd" runs another of converged.py's algorithms instead (Meta-SGD led the
+# seven-minute CPU rows); each takes MAML_SECONDS plus its evaluations.
 # Paste the table into BENCHMARKS.md, issue 16's converged MAML section, with the device.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_install.sh  # step, $out (absolute), $py
 [ -f .gpudata/omniglot.npz ] || { echo ".gpudata/omniglot.npz is missing (see the header)"; exit 2; }
 
-step "FedMeta-MAML 5w1s, a cosine over about ${MAML_SECONDS:-180} s of training"
+step "${ALGORITHMS:-maml} 5w1s, a cosine over about ${MAML_SECONDS:-180} s of training"
 cd benchmarks && timeout 420 "$py" converged.py --data ../.gpudata --runs "$out/converged" \
-    --settings omniglot-5w1s --algorithms maml --threads 4 --every 200 --patience 100 \
+    --settings omniglot-5w1s --algorithms ${ALGORITHMS:-maml} --threads 4 --every 200 --patience 100 \
     --max-hours 0.1 --episodes 600 --fit-seconds "${MAML_SECONDS:-180}" \
-    --out "$out/converged-maml-5w1s-gpu.jsonl" --set "learner.lr_schedule='cosine'"
+    --out "$out/converged-5w1s-gpu.jsonl" --set "learner.lr_schedule='cosine'"
