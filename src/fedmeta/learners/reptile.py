@@ -13,11 +13,11 @@ inner optimizer, fresh, for `eval_inner_steps` steps on the support set.
 
 import torch
 from torch import nn
-from torch.func import grad, grad_and_value
+from torch.func import grad_and_value
 
 from fedmeta.data import ClientData, EpisodeSampler
 from fedmeta.learners.maml import MAML
-from fedmeta.optim import Transform, adam, apply_updates, sgd
+from fedmeta.optim import Transform, adam, sgd
 from fedmeta.params import Params
 
 
@@ -50,17 +50,15 @@ class Reptile(MAML):
     def eval_adapt(self, params: Params, support_x: torch.Tensor,
                    support_y: torch.Tensor) -> Params:
         """All params, the adapted ones (`inner_params`) after `eval_inner_steps` steps of a
-        fresh inner optimizer on the support loss."""
+        fresh inner optimizer (the local one: `optimizer_steps`) on the support loss."""
         fast = {k: v for k, v in params.items() if self.adapted(k)}
 
-        def support_loss(adapted: Params) -> torch.Tensor:
-            return self.loss({**params, **adapted}, support_x, support_y)
+        def support_gradient(adapted: Params, batch: tuple[torch.Tensor, torch.Tensor]
+                             ) -> tuple[Params, torch.Tensor]:
+            return grad_and_value(lambda a: self.loss({**params, **a}, *batch))(adapted)
 
-        optimizer = inner_transform(self.inner_optimizer, self.inner_lr)
-        state = optimizer.init(fast)
-        for _ in range(self.eval_inner_steps):
-            updates, state = optimizer.update(grad(support_loss)(fast), state)
-            fast = apply_updates(fast, updates)
+        fast, _ = self.optimizer_steps(fast, [(support_x, support_y)] * self.eval_inner_steps,
+                                       support_gradient)
         return {**params, **fast}
 
     def local_gradient(self, params: Params, batch: tuple[torch.Tensor, torch.Tensor]
