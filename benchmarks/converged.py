@@ -35,7 +35,7 @@ from fedmeta.resume import resume
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize
-from parallel import run_jobs
+from parallel import add_result_options, printed_table, run_jobs
 
 
 class Job(NamedTuple):
@@ -159,13 +159,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="config overrides after the setting's and algorithm's")
-    parser.add_argument("--table", type=Path, help="only print the tables of this results file")
-    parser.add_argument("--out", type=Path, help="append one JSON line per run here")
+    add_result_options(parser)
     args = parser.parse_args()
-    if args.table:
-        print(table([json.loads(line) for line in args.table.read_text().splitlines()]))
+    if printed_table(args, table):
         return
     if not args.data:
         parser.error("--data is needed to run")

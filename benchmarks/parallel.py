@@ -26,6 +26,21 @@ def run_jobs(run_one: Callable[[Any], dict], jobs: Sequence[Any], workers: int,
     return results
 
 
+def add_result_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a benchmark whose runs take config overrides: --set, --table, --out."""
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides after the setting's and algorithm's")
+    parser.add_argument("--table", type=Path, help="only print the tables of this results file")
+    parser.add_argument("--out", type=Path, help="append one JSON line per run here")
+
+
+def printed_table(args: argparse.Namespace, table: Callable[[list[dict]], str]) -> bool:
+    """With --table, print the table of that results file and return True."""
+    if args.table:
+        print(table([json.loads(line) for line in args.table.read_text().splitlines()]))
+    return bool(args.table)
+
+
 def sweep_parser(doc: str) -> argparse.ArgumentParser:
     """A sweep's options: --table, --data, --rounds, --episodes, --jobs, --out (add its own)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -44,8 +59,7 @@ def run_sweep(parser: argparse.ArgumentParser, run_one: Callable[[Any], dict],
     """Print the table of `--table`'s results, or run `jobs(args)` into `--out` and print
     theirs."""
     args = parser.parse_args()
-    if args.table:
-        print(table([json.loads(line) for line in args.table.read_text().splitlines()]))
+    if printed_table(args, table):
         return
     if not (args.data and args.out):
         parser.error("--data and --out are needed to run")

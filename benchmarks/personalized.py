@@ -42,6 +42,7 @@ from fedmeta.engine.client_state import CLIENTS
 from fedmeta.engine.rundir import RunDirectory
 from fedmeta.engine.simulation import Simulation
 from fedmeta.engine.training import train_and_summarize
+from parallel import add_result_options, printed_table  # beside this script
 
 COMMON = ["data.dataset='fashion-mnist'", "data.validation_fraction=0.15", "model.name='mlp'",
           "model.hidden=128", "model.batch_norm=true", "learner.optimizer='sgd'",
@@ -148,13 +149,9 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
     parser.add_argument("--settings", nargs="+", default=["dir0.1"], choices=SETTINGS)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="config overrides after the setting's and algorithm's")
-    parser.add_argument("--table", type=Path, help="only print the tables of this results file")
-    parser.add_argument("--out", type=Path, help="append one JSON line per run here")
+    add_result_options(parser)
     args = parser.parse_args()
-    if args.table:
-        print(table([json.loads(line) for line in args.table.read_text().splitlines()]))
+    if printed_table(args, table):
         return
     torch.set_num_threads(args.threads)
     results = []
