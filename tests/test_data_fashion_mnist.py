@@ -3,6 +3,7 @@ label-skew partitions: Dirichlet with its minimum size, pathological with exactl
 classes each client is given, every example once, each client's own 75/25 train/test."""
 
 import gzip
+import math
 import re
 
 import numpy as np
@@ -69,6 +70,36 @@ def test_a_pathological_client_holds_exactly_its_classes(clients, per_client, se
     parts = class_partition(labels, clients, per_client, seed)
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(labels)))
     assert all(np.unique(labels[p]).size == per_client for p in parts)
+
+
+def first_clients_with_room(clients: int, classes: int, per_client: int) -> list[frozenset]:
+    """PFLlib's "pat" rule, restated: class c (in label order) goes to the first
+    ceil(clients / classes * per_client) clients that still have room for a class."""
+    room, holds = [per_client] * clients, [set() for _ in range(clients)]
+    for c in range(classes):
+        chosen = [i for i in range(clients) if room[i] > 0]
+        for i in chosen[:math.ceil(clients / classes * per_client)]:
+            holds[i].add(c)
+            room[i] -= 1
+    return sorted(map(frozenset, holds), key=sorted)
+
+
+@given(st.integers(1, 30), st.sampled_from([1, 2, 5, 10]), st.integers(0, 2 ** 16))
+@settings(max_examples=60, deadline=None)
+def test_pathological_class_sets_are_pflibs_when_the_classes_divide(clients, per_client, seed):
+    if clients * per_client % 10:  # PFLlib's rule then leaves classes or clients short
+        return
+    labels = np.repeat(np.arange(10), 37)
+    parts = class_partition(labels, clients, per_client, seed)
+    held = sorted((frozenset(np.unique(labels[p]).tolist()) for p in parts), key=sorted)
+    assert held == first_clients_with_room(clients, 10, per_client)
+
+
+def test_fashion_mnists_pathological_pairs_are_pflibs():
+    labels = np.repeat(np.arange(10), 40)
+    parts = class_partition(labels, 20, 2, seed=7)
+    pairs = [tuple(np.unique(labels[p]).tolist()) for p in parts]
+    assert sorted(pairs) == sorted([(c, c + 1) for c in range(0, 10, 2)] * 4)
 
 
 def synthetic(n_per_class: int = 300) -> tuple[np.ndarray, np.ndarray]:

@@ -84,8 +84,12 @@ def class_partition(labels: np.ndarray, num_clients: int, classes_per_client: in
                     seed: int) -> list[np.ndarray]:
     """Pathological label skew as PFLlib builds it: each client holds `classes_per_client`
     distinct classes, every class goes to as near the same number of clients as the counts
-    allow (client i takes classes i*k, i*k+1, ... modulo the classes, in a seeded order), and
-    a class's examples are dealt at random in near-equal parts to the clients that hold it."""
+    allow (client i takes classes i*k, i*k+1, ... modulo the classes, in label order), and a
+    class's examples are dealt at random (by `seed`) in near-equal parts to the clients that
+    hold it. Where k divides the number of classes and that number divides clients x k, the
+    clients' class sets are those of PFLlib's generator (`separate_data`, "pat": each class
+    to the first clients with room), so Fashion-MNIST's 20 clients of 2 classes pair the
+    labels (0, 1), (2, 3), ... as there; PFLlib's unbalanced amounts are not reproduced."""
     labels = np.asarray(labels)
     classes = np.unique(labels)
     _check_clients(num_clients, labels.shape[0])
@@ -96,11 +100,10 @@ def class_partition(labels: np.ndarray, num_clients: int, classes_per_client: in
         raise ValueError(f"{num_clients} clients of {classes_per_client} classes cannot hold "
                          f"all {classes.size} classes")
     rng = np.random.default_rng(seed)
-    order = rng.permutation(classes)
     holders: dict[int, list[int]] = {int(c): [] for c in classes}
     for client in range(num_clients):
         for j in range(classes_per_client):
-            holders[int(order[(client * classes_per_client + j) % classes.size])].append(client)
+            holders[int(classes[(client * classes_per_client + j) % classes.size])].append(client)
     client_of = np.empty(labels.shape[0], dtype=np.int64)
     for label, clients in holders.items():
         members = rng.permutation(np.flatnonzero(labels == label))
