@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from fedmeta.data.fashion_mnist import (DEBIAN, FILES, fashion_mnist_federated,
                                         load_fashion_mnist, read_idx)
-from fedmeta.data.partition import class_partition
+from fedmeta.data.partition import capped_dirichlet_partition, class_partition
 from fedmeta.errors import UserError
 
 installed = pytest.mark.skipif(not (DEBIAN / "t10k-labels-idx1-ubyte.gz").is_file(),
@@ -100,6 +100,18 @@ def test_fashion_mnists_pathological_pairs_are_pflibs():
     parts = class_partition(labels, 20, 2, seed=7)
     pairs = [tuple(np.unique(labels[p]).tolist()) for p in parts]
     assert sorted(pairs) == sorted([(c, c + 1) for c in range(0, 10, 2)] * 4)
+
+
+@given(st.integers(2, 30), st.sampled_from([0.05, 0.1, 0.5, 5.0]), st.integers(0, 2 ** 16))
+@settings(max_examples=60, deadline=None)
+def test_a_dirichlet_client_over_its_share_takes_no_later_class(clients, beta, seed):
+    labels = np.repeat(np.arange(10), 60)
+    parts = capped_dirichlet_partition(labels, clients, beta, seed)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(labels)))
+    for part in parts:
+        held = np.bincount(labels[part], minlength=10)
+        before = np.cumsum(held) - held  # what the client held when each class was dealt
+        assert not np.any((held > 0) & (before >= len(labels) / clients))
 
 
 def synthetic(n_per_class: int = 300) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fedmeta.data.federated import ArrayFederatedDataset
-from fedmeta.data.partition import class_partition, dirichlet_partition
+from fedmeta.data.partition import capped_dirichlet_partition, class_partition
 from fedmeta.data.sources import DatasetNotFound, cache_dir, fetch
 from fedmeta.errors import UserError
 
@@ -111,14 +111,15 @@ def fashion_mnist_federated(images: np.ndarray, labels: np.ndarray, num_clients:
                             classes_per_client: int = 2, train_fraction: float = 0.75,
                             seed: int = 0) -> ArrayFederatedDataset:
     """`num_clients` clients of `images`, `labels` by label skew, as PFLlib's generator makes
-    them: "dirichlet", each class split over the clients by proportions ~ Dir(`beta`),
-    redrawn until every client has at least 40 examples (PFLlib: batch size 10 / (1 -
-    0.75)); or "pathological", `classes_per_client` classes each (`class_partition`). Each
+    them: "dirichlet", each class split over the clients that hold under their share so far
+    by proportions ~ Dir(`beta`) (`capped_dirichlet_partition`), redrawn until every client
+    has at least 40 examples (PFLlib: batch size 10 / (1 - 0.75)); or "pathological",
+    `classes_per_client` classes each (`class_partition`). Each
     client's examples, shuffled, are its train part (the first `train_fraction`) and its
     test part, its query (`query_mask`)."""
     if partition == "dirichlet":
-        clients = dirichlet_partition(labels, num_clients, beta, seed,
-                                      min_size=math.ceil(round(10 / (1 - train_fraction), 9)))
+        least = math.ceil(round(10 / (1 - train_fraction), 9))
+        clients = capped_dirichlet_partition(labels, num_clients, beta, seed, min_size=least)
     elif partition == "pathological":
         clients = class_partition(labels, num_clients, classes_per_client, seed)
     else:

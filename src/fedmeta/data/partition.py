@@ -21,6 +21,14 @@ def _check_clients(num_clients: int, n: int | None = None) -> None:
         raise ValueError(f"num_clients={num_clients} exceeds the {n} examples")
 
 
+def _check_dirichlet(n: int, num_clients: int, alpha: float, min_size: int) -> None:
+    _check_clients(num_clients)
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    if min_size * num_clients > n:
+        raise ValueError(f"min_size={min_size} x {num_clients} clients exceeds the {n} examples")
+
+
 def dirichlet_partition(
     labels: np.ndarray, num_clients: int, alpha: float, seed: int, min_size: int = 0
 ) -> list[np.ndarray]:
@@ -31,11 +39,7 @@ def dirichlet_partition(
     """
     labels = np.asarray(labels)
     n = labels.shape[0]
-    _check_clients(num_clients)
-    if alpha <= 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
-    if min_size * num_clients > n:
-        raise ValueError(f"min_size={min_size} x {num_clients} clients exceeds the {n} examples")
+    _check_dirichlet(n, num_clients, alpha, min_size)
     rng = np.random.default_rng(seed)
     classes, inverse = np.unique(labels, return_inverse=True)
     class_counts = np.bincount(inverse, minlength=classes.size)
@@ -51,6 +55,36 @@ def dirichlet_partition(
     client_of = np.empty(n, dtype=np.int64)
     client_of[shuffled] = np.repeat(np.tile(np.arange(num_clients), classes.size), counts.ravel())
     return _group(client_of, num_clients)
+
+
+def capped_dirichlet_partition(
+    labels: np.ndarray, num_clients: int, alpha: float, seed: int, min_size: int = 0
+) -> list[np.ndarray]:
+    """Label skew as PFLlib's generator draws it ("dir", after Yurochkin et al. 2019's PFNM
+    experiments): the classes in label order, each split by proportions ~ Dir(alpha) among
+    the clients that hold fewer than n / num_clients examples so far (a client over its
+    share takes no later class), redrawn (up to 1000 times) until every client holds at least
+    ``min_size``. The cap keeps the clients that an early class made large out of the later
+    classes, so a client holds fewer classes than under `dirichlet_partition`. (PFLlib
+    zeroes the others' proportions, whose rounding can leave an example to a capped client;
+    here the last client under its share takes it.)"""
+    labels = np.asarray(labels)
+    n = labels.shape[0]
+    _check_dirichlet(n, num_clients, alpha, min_size)
+    rng = np.random.default_rng(seed)
+    for _ in range(1000):
+        client_of, sizes = np.empty(n, dtype=np.int64), np.zeros(num_clients, dtype=np.int64)
+        for label in np.unique(labels):
+            members = rng.permutation(np.flatnonzero(labels == label))
+            under = np.flatnonzero(sizes < n / num_clients)
+            shares = rng.dirichlet(np.full(num_clients, float(alpha)))[under]
+            counts = np.diff(np.r_[0, (np.cumsum(shares / shares.sum()) * len(members))
+                                   .astype(np.int64)[:-1], len(members)])
+            client_of[members] = np.repeat(under, counts)
+            sizes[under] += counts
+        if sizes.min() >= min_size:
+            return _group(client_of, num_clients)
+    raise ValueError(f"could not give every client >= {min_size} examples with alpha={alpha}")
 
 
 def shard_partition(
