@@ -219,7 +219,8 @@ def test_own_splits_on_nodes_score_as_the_simulation(tmp_path, monkeypatch, own_
     selection chose (FedRep's: not the last): the federation logs, selects and meta-tests as
     the simulation does. A node that no longer holds that state says so."""
     monkeypatch.setattr(node, "PERSONAL", OrderedDict())
-    unsteady = ["learner.head_steps=5"] if algorithm == "fedrep" else []  # a best round before the last
+    # FedRep's 5 head steps make a round before the last the best one
+    unsteady = ["learner.head_steps=5"] if algorithm == "fedrep" else []
     config = load_config(None, SMALL + [f"learner.algorithm='{algorithm}'", "learner.lr=10.0",
                                         "server.rounds=5", *unsteady])
     simulated = train_and_summarize(Simulation(build_experiment(config)),
