@@ -131,8 +131,8 @@ def table(results: list[dict]) -> str:
             cells = []
             for key in ("accuracy", "pooled_accuracy", "best_on_test_pooled_accuracy"):
                 values = [100 * r[key] for r in runs]
-                spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-                cells.append(f"{statistics.mean(values):.2f} ± {spread:.2f} (n={len(values)})")
+                spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+                cells.append(f"{statistics.mean(values):.2f}{spread} (n={len(values)})")
             pfllib_name = algorithm.removesuffix("-fo").replace("-", "")
             published = PUBLISHED.get(setting, {}).get(pfllib_name, "")
             seconds = statistics.mean(r["train_seconds"] for r in runs)
