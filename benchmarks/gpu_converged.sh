@@ -19,10 +19,7 @@ source benchmarks/gpu_install.sh  # step, $out (absolute), $py
 [ -f .gpudata/omniglot.npz ] || { echo ".gpudata/omniglot.npz is missing (see the header)"; exit 2; }
 
 step "${ALGORITHMS:-maml} 5w1s, a cosine over about ${MAML_SECONDS:-180} s of training"
-recipe=("learner.lr_schedule='cosine'")
-# MAML at the inner rate its seven-minute sweep chose (BENCHMARKS.md; the others' chosen rates
-# are converged.py's own settings)
-[ "${ALGORITHMS:-maml}" = maml ] && recipe+=("learner.inner_lr=0.2")
+recipe=("learner.lr_schedule='cosine'")  # each algorithm at its swept inner rate (accuracy.py)
 cd benchmarks && timeout 420 "$py" converged.py --data ../.gpudata --runs "$out/converged" \
     --settings omniglot-5w1s --algorithms ${ALGORITHMS:-maml} --threads 4 --every 200 --patience 100 \
     --max-hours 0.1 --episodes 600 --fit-seconds "${MAML_SECONDS:-180}" \
