@@ -114,9 +114,9 @@ def fashion_mnist_federated(images: np.ndarray, labels: np.ndarray, num_clients:
     them: "dirichlet", each class split over the clients that hold under their share so far
     by proportions ~ Dir(`beta`) (`capped_dirichlet_partition`), redrawn until every client
     has at least 40 examples (PFLlib: batch size 10 / (1 - 0.75)); or "pathological",
-    `classes_per_client` classes each (`class_partition`). Each
-    client's examples, shuffled, are its train part (the first `train_fraction`) and its
-    test part, its query (`query_mask`)."""
+    `classes_per_client` classes each (`class_partition`). Each client's examples, shuffled,
+    are its train part (the first `train_fraction`) and its test part, its query
+    (`query_mask`)."""
     if partition == "dirichlet":
         least = math.ceil(round(10 / (1 - train_fraction), 9))
         clients = capped_dirichlet_partition(labels, num_clients, beta, seed, min_size=least)

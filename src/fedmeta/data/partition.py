@@ -22,6 +22,7 @@ def _check_clients(num_clients: int, n: int | None = None) -> None:
 
 
 def _check_dirichlet(n: int, num_clients: int, alpha: float, min_size: int) -> None:
+    """The arguments both Dirichlet partitioners take, checked alike."""
     _check_clients(num_clients)
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
@@ -72,10 +73,11 @@ def capped_dirichlet_partition(
     n = labels.shape[0]
     _check_dirichlet(n, num_clients, alpha, min_size)
     rng = np.random.default_rng(seed)
+    of_class = [np.flatnonzero(labels == label) for label in np.unique(labels)]
     for _ in range(1000):
         client_of, sizes = np.empty(n, dtype=np.int64), np.zeros(num_clients, dtype=np.int64)
-        for label in np.unique(labels):
-            members = rng.permutation(np.flatnonzero(labels == label))
+        for indices in of_class:
+            members = rng.permutation(indices)
             under = np.flatnonzero(sizes < n / num_clients)
             shares = rng.dirichlet(np.full(num_clients, float(alpha)))[under]
             counts = np.diff(np.r_[0, (np.cumsum(shares / shares.sum()) * len(members))
