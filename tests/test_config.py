@@ -26,6 +26,8 @@ def test_defaults_and_overrides():
     ("[data]\npartition = 'random'\n", "data.num_clients is required"),
     ("[server\n", "is not valid TOML"),
     ("[data]\ndataset = 'femnist'\npath = 'bundled'\n", "is the bundled Omniglot"),
+    ("[data]\ndataset = 'fashion-mnist'\nbalanced = false\n",
+     "data.balanced = false sets the amounts of data.partition = 'pathological'"),
     ("bogus = 1\n", "unknown key 'bogus'"),
 ])
 def test_bad_configs_name_the_key(tmp_path, text, message):

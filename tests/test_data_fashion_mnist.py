@@ -102,6 +102,38 @@ def test_fashion_mnists_pathological_pairs_are_pflibs():
     assert sorted(pairs) == sorted([(c, c + 1) for c in range(0, 10, 2)] * 4)
 
 
+@given(st.integers(1, 30), st.sampled_from([1, 2, 5, 10]), st.integers(30, 400),
+       st.integers(0, 2 ** 16))
+@settings(max_examples=60, deadline=None)
+def test_unbalanced_amounts_follow_pflibs_rule(clients, per_client, per_class, seed):
+    """PFLlib's balance = False, restated: of a class's m holders (in client order), each but
+    the last takes between max(1, floor(s / 10)) and floor(s) - 1 examples, s = per_class /
+    m, and the last takes the rest; the class sets are the balanced split's."""
+    if clients * per_client % 10:
+        return
+    labels = np.repeat(np.arange(10), per_class)
+    parts = class_partition(labels, clients, per_client, seed, balanced=False)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(labels)))
+    counts = np.stack([np.bincount(labels[p], minlength=10) for p in parts])
+    balanced = class_partition(labels, clients, per_client, seed)
+    assert np.array_equal(counts > 0, np.stack([np.bincount(labels[p], minlength=10)
+                                                for p in balanced]) > 0)
+    for c in range(10):
+        held = counts[:, c][counts[:, c] > 0]
+        share = per_class / len(held)
+        low = max(1, int(share / 10))
+        assert np.all((held[:-1] >= low) & (held[:-1] < max(low + 1, int(share))))
+        assert held[-1] >= share
+
+
+def test_unbalanced_amounts_differ_between_clients_of_a_class():
+    labels = np.repeat(np.arange(10), 7_000)
+    parts = class_partition(labels, 20, 2, seed=0, balanced=False)
+    sizes = sorted(len(p) for p in parts)
+    assert sizes[-1] > 3 * sizes[0]  # near-equal parts would be 3,500 each
+    assert sizes == sorted(len(p) for p in class_partition(labels, 20, 2, 0, balanced=False))
+
+
 @given(st.integers(2, 30), st.sampled_from([0.05, 0.1, 0.5, 5.0]), st.integers(0, 2 ** 16))
 @settings(max_examples=60, deadline=None)
 def test_a_dirichlet_client_over_its_share_takes_no_later_class(clients, beta, seed):

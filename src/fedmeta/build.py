@@ -98,7 +98,8 @@ def build_datasets(config: Config) -> Datasets:
     if data.dataset in OWN_SPLITS:
         clients = fashion_mnist_federated(
             *load_fashion_mnist(data.path, data.download), data.num_clients, data.partition,
-            data.dirichlet_beta, data.classes_per_client, seed=config.seed)
+            data.dirichlet_beta, data.classes_per_client, seed=config.seed,
+            balanced=data.balanced)
         return Datasets(*own_splits(clients, data.validation_fraction, config.seed))
     path = bundled_omniglot() if data.path == "bundled" else data.path
     if data.dataset == "synthetic":

@@ -42,6 +42,9 @@ class DataConfig(Section):
     num_clients: int | None = Field(None, ge=1, le=10**7)  # fashion-mnist: 20 by default
     dirichlet_beta: float = Field(0.1, gt=0, le=1000)  # label skew of "dirichlet"
     classes_per_client: int = Field(2, ge=1, le=10)  # of "pathological"
+    # of "pathological": a class's examples in near-equal parts to its clients; false: in
+    # PFLlib's unbalanced amounts (its generator's default, behind its published table)
+    balanced: bool = True
     rotations: bool = False
     test_fraction: float = Field(0.2, gt=0, lt=1)
     # shakespeare: a role is a client when its text gives at least this many samples before
@@ -80,6 +83,9 @@ class DataConfig(Section):
         elif self.partition in ("dirichlet", "pathological"):
             raise ValueError(f"data.partition = {self.partition!r} partitions fashion-mnist; "
                              f"data.dataset is {self.dataset!r}")
+        if not self.balanced and self.partition != "pathological":
+            raise ValueError("data.balanced = false sets the amounts of data.partition = "
+                             f"'pathological'; data.partition is {self.partition!r}")
         return self
 
 

@@ -109,19 +109,19 @@ def load_fashion_mnist(path: str | Path | None = None,
 def fashion_mnist_federated(images: np.ndarray, labels: np.ndarray, num_clients: int = 20,
                             partition: str = "dirichlet", beta: float = 0.1,
                             classes_per_client: int = 2, train_fraction: float = 0.75,
-                            seed: int = 0) -> ArrayFederatedDataset:
+                            seed: int = 0, balanced: bool = True) -> ArrayFederatedDataset:
     """`num_clients` clients of `images`, `labels` by label skew, as PFLlib's generator makes
     them: "dirichlet", each class split over the clients that hold under their share so far
     by proportions ~ Dir(`beta`) (`capped_dirichlet_partition`), redrawn until every client
     has at least 40 examples (PFLlib: batch size 10 / (1 - 0.75)); or "pathological",
-    `classes_per_client` classes each (`class_partition`). Each client's examples, shuffled,
-    are its train part (the first `train_fraction`) and its test part, its query
-    (`query_mask`)."""
+    `classes_per_client` classes each (`class_partition`: in near-equal parts if `balanced`,
+    else in PFLlib's unbalanced amounts). Each client's examples, shuffled, are its train
+    part (the first `train_fraction`) and its test part, its query (`query_mask`)."""
     if partition == "dirichlet":
         least = math.ceil(round(10 / (1 - train_fraction), 9))
         clients = capped_dirichlet_partition(labels, num_clients, beta, seed, min_size=least)
     elif partition == "pathological":
-        clients = class_partition(labels, num_clients, classes_per_client, seed)
+        clients = class_partition(labels, num_clients, classes_per_client, seed, balanced)
     else:
         raise ValueError(f"partition must be 'dirichlet' or 'pathological', got {partition!r}")
     rng = np.random.default_rng([seed, 1])

@@ -116,16 +116,29 @@ def shard_partition(
     return _group(client_of, num_clients)
 
 
+def _unbalanced_amounts(total: int, holders: int, rng: np.random.Generator) -> np.ndarray:
+    """PFLlib's unbalanced shares of one class (`separate_data`, "pat", balance = False): with
+    m = `holders` and s = total / m, the first m - 1 holders each take an integer drawn
+    uniformly from [max(1, floor(s / 10)), max(1, floor(s))) (one where that is empty), and
+    the last holder takes the rest, so at least s."""
+    share = total / holders
+    low = max(1, int(share / 10))
+    counts = rng.integers(low, max(low + 1, int(share)), holders - 1)
+    return np.append(counts, total - counts.sum())
+
+
 def class_partition(labels: np.ndarray, num_clients: int, classes_per_client: int,
-                    seed: int) -> list[np.ndarray]:
+                    seed: int, balanced: bool = True) -> list[np.ndarray]:
     """Pathological label skew as PFLlib builds it: each client holds `classes_per_client`
     distinct classes, every class goes to as near the same number of clients as the counts
     allow (client i takes classes i*k, i*k+1, ... modulo the classes, in label order), and a
-    class's examples are dealt at random (by `seed`) in near-equal parts to the clients that
-    hold it. Where k divides the number of classes and that number divides clients x k, the
-    clients' class sets are those of PFLlib's generator (`separate_data`, "pat": each class
-    to the first clients with room), so Fashion-MNIST's 20 clients of 2 classes pair the
-    labels (0, 1), (2, 3), ... as there; PFLlib's unbalanced amounts are not reproduced."""
+    class's examples are dealt at random (by `seed`) to the clients that hold it: in
+    near-equal parts if `balanced`, else in PFLlib's unbalanced amounts
+    (`_unbalanced_amounts`, the last holder the largest). Where k divides the number of
+    classes and that number divides clients x k, the clients' class sets are those of
+    PFLlib's generator (`separate_data`, "pat": each class to the first clients with room),
+    so Fashion-MNIST's 20 clients of 2 classes pair the labels (0, 1), (2, 3), ... as
+    there."""
     labels = np.asarray(labels)
     classes = np.unique(labels)
     _check_clients(num_clients, labels.shape[0])
@@ -146,8 +159,12 @@ def class_partition(labels: np.ndarray, num_clients: int, classes_per_client: in
         if len(members) < len(clients):
             raise ValueError(f"class {label} has {len(members)} examples for its "
                              f"{len(clients)} clients")
-        for client, part in zip(clients, np.array_split(members, len(clients))):
-            client_of[part] = client
+        if balanced:
+            client_of[members] = np.repeat(clients, [len(part) for part in
+                                                     np.array_split(members, len(clients))])
+        else:
+            client_of[members] = np.repeat(clients, _unbalanced_amounts(len(members),
+                                                                        len(clients), rng))
     return _group(client_of, num_clients)
 
 
