@@ -43,7 +43,7 @@ class DataConfig(Section):
     dirichlet_beta: float = Field(0.1, gt=0, le=1000)  # label skew of "dirichlet"
     classes_per_client: int = Field(2, ge=1, le=10)  # of "pathological"
     # of "pathological": a class's examples in near-equal parts to its clients; false: in
-    # PFLlib's unbalanced amounts (its generator's default, behind its published table)
+    # PFLlib's unbalanced amounts (its generator's default, as its README's commands run it)
     balanced: bool = True
     rotations: bool = False
     test_fraction: float = Field(0.2, gt=0, lt=1)

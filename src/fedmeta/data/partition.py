@@ -119,8 +119,8 @@ def shard_partition(
 def _unbalanced_amounts(total: int, holders: int, rng: np.random.Generator) -> np.ndarray:
     """PFLlib's unbalanced shares of one class (`separate_data`, "pat", balance = False): with
     m = `holders` and s = total / m, the first m - 1 holders each take an integer drawn
-    uniformly from [max(1, floor(s / 10)), max(1, floor(s))) (one where that is empty), and
-    the last holder takes the rest, so at least s."""
+    uniformly from low = max(1, floor(s / 10)) to floor(s) - 1 (low itself where that range
+    is empty), and the last holder takes the rest, so at least s."""
     share = total / holders
     low = max(1, int(share / 10))
     counts = rng.integers(low, max(low + 1, int(share)), holders - 1)
