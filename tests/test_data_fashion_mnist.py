@@ -102,6 +102,11 @@ def test_fashion_mnists_pathological_pairs_are_pflibs():
     assert sorted(pairs) == sorted([(c, c + 1) for c in range(0, 10, 2)] * 4)
 
 
+def class_counts(labels: np.ndarray, parts: list[np.ndarray]) -> np.ndarray:
+    """[client, class]: how many examples of each class each client holds."""
+    return np.stack([np.bincount(labels[p], minlength=10) for p in parts])
+
+
 @given(st.integers(1, 30), st.sampled_from([1, 2, 5, 10]), st.integers(30, 400),
        st.integers(0, 2 ** 16))
 @settings(max_examples=60, deadline=None)
@@ -114,10 +119,9 @@ def test_unbalanced_amounts_follow_pflibs_rule(clients, per_client, per_class, s
     labels = np.repeat(np.arange(10), per_class)
     parts = class_partition(labels, clients, per_client, seed, balanced=False)
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(labels)))
-    counts = np.stack([np.bincount(labels[p], minlength=10) for p in parts])
+    counts = class_counts(labels, parts)
     balanced = class_partition(labels, clients, per_client, seed)
-    assert np.array_equal(counts > 0, np.stack([np.bincount(labels[p], minlength=10)
-                                                for p in balanced]) > 0)
+    assert np.array_equal(counts > 0, class_counts(labels, balanced) > 0)
     for c in range(10):
         held = counts[:, c][counts[:, c] > 0]
         share = per_class / len(held)

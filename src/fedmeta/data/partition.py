@@ -14,6 +14,11 @@ def _group(client_of: np.ndarray, num_clients: int) -> list[np.ndarray]:
     return np.split(order, np.cumsum(np.bincount(client_of, minlength=num_clients))[:-1])
 
 
+def _near_equal_sizes(total: int, parts: int) -> np.ndarray:
+    """`total` cut into `parts` sizes that differ by at most one, the larger ones first."""
+    return np.full(parts, total // parts) + (np.arange(parts) < total % parts)
+
+
 def _check_clients(num_clients: int, n: int | None = None) -> None:
     if num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
@@ -108,7 +113,7 @@ def shard_partition(
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)
     by_label = perm[np.argsort(labels[perm], kind="stable")]
-    shard_sizes = np.full(num_shards, n // num_shards) + (np.arange(num_shards) < n % num_shards)
+    shard_sizes = _near_equal_sizes(n, num_shards)
     client_of_shard = np.empty(num_shards, dtype=np.int64)
     client_of_shard[rng.permutation(num_shards)] = np.arange(num_shards) // shards_per_client
     client_of = np.empty(n, dtype=np.int64)
@@ -159,12 +164,9 @@ def class_partition(labels: np.ndarray, num_clients: int, classes_per_client: in
         if len(members) < len(clients):
             raise ValueError(f"class {label} has {len(members)} examples for its "
                              f"{len(clients)} clients")
-        if balanced:
-            client_of[members] = np.repeat(clients, [len(part) for part in
-                                                     np.array_split(members, len(clients))])
-        else:
-            client_of[members] = np.repeat(clients, _unbalanced_amounts(len(members),
-                                                                        len(clients), rng))
+        amounts = (_near_equal_sizes(len(members), len(clients)) if balanced
+                   else _unbalanced_amounts(len(members), len(clients), rng))
+        client_of[members] = np.repeat(clients, amounts)
     return _group(client_of, num_clients)
 
 
