@@ -4,8 +4,8 @@
 # by 10 steps, FedAvg, FedAvg+FT, FOMAML and second-order MAML (training inner rate 0.5, the
 # CPU sweep's choice), one process each on the one GPU; the round kept and the adaptation
 # rate chosen on the meta-validation roles, the meta-test roles read once. About 3 minutes of
-# install, then at most 6 minutes of runs (a run cut short by the timeout prints nothing). The data does not travel by itself: copy it into
-# the ignored .gpudata/ and carry that folder:
+# install, then at most 6 minutes of runs (a run cut short by the timeout prints nothing).
+# The data does not travel by itself: copy it into the ignored .gpudata/ and carry that folder:
 #
 #     mkdir -p .gpudata && cp ../shared/data/shakespeare.npz .gpudata/
 #     device tool: run "bash benchmarks/gpu_shakespeare.sh", carry [".gpudata"], timeout_s 560
