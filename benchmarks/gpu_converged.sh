@@ -15,8 +15,8 @@
 # Paste the table into BENCHMARKS.md, issue 16's converged MAML section, with the device.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-source benchmarks/gpu_install.sh  # step, $out (absolute), $py
 [ -f .gpudata/omniglot.npz ] || { echo ".gpudata/omniglot.npz is missing (see the header)"; exit 2; }
+source benchmarks/gpu_install.sh  # step, $out (absolute), $py
 
 step "${ALGORITHMS:-maml} 5w1s, a cosine over about ${MAML_SECONDS:-180} s of training"
 recipe=("learner.lr_schedule='cosine'")  # each algorithm at its swept inner rate (accuracy.py)
